@@ -1,0 +1,48 @@
+# The README's commands. Everything installs into .venv; nothing outside it
+# except the Debian packages the tests drive (curl, openssl), added when missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYX     := $(wildcard lbcore_ext/*.pyx lbcore_ext/*.pxd lbcore_ext/*.pxi)
+CONFIG  ?=
+
+.PHONY: run test lint build bench clean deb-test-tools
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "Cython>=3.1,<4" setuptools wheel
+	$(BIN)/pip install -q -e '.[test]' --no-build-isolation
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps setup.py $(PYX)
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
+build: $(VENV)/.built
+
+run: build
+ifeq ($(CONFIG),)
+	$(BIN)/lbcore demo
+else
+	$(BIN)/lbcore run -c $(CONFIG)
+endif
+
+# curl and openssl are real clients the end-to-end tests use.
+deb-test-tools:
+	@command -v curl >/dev/null && command -v openssl >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq curl openssl >/dev/null; }
+
+test: build deb-test-tools
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: build
+	$(BIN)/ruff check lbcore lbcore_ext tests bench
+
+bench: build
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build $(VENV) lbcore_ext/*.c lbcore_ext/*.so lbcore_ext/*.html *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from lbcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,187 @@
+"""Compile the validated config model into the data plane's runtime objects.
+
+The data plane never sees YAML or pydantic: everything it needs per request is
+precomputed here (header names with aliases applied, the table of header
+actions, time-outs as floats, resolved member addresses)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lbcore_ext.balancer import Member, Pool
+from lbcore_ext.runtime import (
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_DROP,
+    H_HOST,
+    H_TRANSFER_ENCODING,
+    H_XFF,
+    TLS_ALPN,
+    TLS_CERT_ID,
+    TLS_CIPHER,
+    TLS_PROTOCOL,
+    TLS_SNI,
+    XFF_APPEND,
+    XFF_OFF,
+    XFF_PRESERVE,
+    XFF_REMOVE,
+    ListenerRuntime,
+)
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus the Proxy-* family (spec 5).
+HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate")
+
+# Headers lbcore owns: a client-sent copy never reaches a backend (spec 5),
+# whether or not the listener inserts its own value.
+ALWAYS_OWNED = (
+    "x-real-ip", "x-forwarded-elb-ip", "x-forwarded-elb-id",
+    "x-forwarded-tls-protocol", "x-forwarded-tls-cipher", "x-forwarded-tls-certificate-id",
+    "x-forwarded-tls-sni", "x-forwarded-alpn-protocol", "x-forwarded-clientcert",
+    "x-forwarded-clientcert-subjectdn", "x-forwarded-clientcert-issuerdn",
+    "x-forwarded-clientcert-fingerprint", "x-forwarded-clientcert-serialnumber",
+    "x-forwarded-clientcert-end", "x-forwarded-clientcert-clientverify",
+)
+
+# insert_headers key -> (default header name, TLS field bit or 0)
+OPTIONAL_HEADERS: Mapping[str, tuple[str, int]] = {
+    "x_forwarded_for": ("X-Forwarded-For", 0),
+    "x_real_ip": ("X-Real-IP", 0),
+    "x_forwarded_proto": ("X-Forwarded-Proto", 0),
+    "x_forwarded_host": ("X-Forwarded-Host", 0),
+    "x_forwarded_port": ("X-Forwarded-Port", 0),
+    "x_forwarded_for_port": ("X-Forwarded-For-Port", 0),
+    "x_forwarded_elb_id": ("X-Forwarded-ELB-ID", 0),
+    "x_forwarded_elb_ip": ("X-Forwarded-ELB-IP", 0),
+    "x_forwarded_tls_protocol": ("X-Forwarded-TLS-Protocol", TLS_PROTOCOL),
+    "x_forwarded_tls_cipher": ("X-Forwarded-TLS-Cipher", TLS_CIPHER),
+    "x_forwarded_tls_certificate_id": ("X-Forwarded-TLS-Certificate-ID", TLS_CERT_ID),
+    "x_forwarded_tls_sni": ("X-Forwarded-Tls-Sni", TLS_SNI),
+    "x_forwarded_alpn_protocol": ("X-Forwarded-Alpn-Protocol", TLS_ALPN),
+}
+
+XFF_MODES = {"append": XFF_APPEND, "remove": XFF_REMOVE, "preserve": XFF_PRESERVE}
+
+
+class ResolveError(Exception):
+    """A member's host name did not resolve at load time."""
+
+
+def resolve_host(host: str) -> str:
+    """Members are addressed by IP literal in the data plane: names resolve once, here."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ResolveError(f"member address {host!r} does not resolve: {exc}") from exc
+    return str(infos[0][4][0])
+
+
+def build_pools(cfg) -> dict[str, Pool]:
+    pools: dict[str, Pool] = {}
+    for name, pool in cfg.pools.items():
+        members = [
+            Member(m.name, resolve_host(m.address), m.port, m.weight) for m in pool.members
+        ]
+        pools[name] = Pool(name, members)
+    return pools
+
+
+def _header_name(ih, key: str) -> str:
+    aliases = getattr(ih, "aliases", None) or {}
+    return aliases.get(key) or OPTIONAL_HEADERS[key][0]
+
+
+def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
+    ih = listener.insert_headers
+    lrt = ListenerRuntime(listener.name, pools[listener.default_pool])
+    lrt.scheme = b"https" if listener.protocol == "HTTPS" else b"http"
+    lrt.port_bytes = str(listener.port).encode()
+
+    def name_of(key: str) -> bytes:
+        return _header_name(ih, key).encode() + b": "
+
+    actions: dict[bytes, int] = {b"connection": H_CONNECTION, b"host": H_HOST,
+                                 b"content-length": H_CONTENT_LENGTH,
+                                 b"transfer-encoding": H_TRANSFER_ENCODING}
+    for h in HOP_BY_HOP + ALWAYS_OWNED:
+        actions[h.encode()] = H_DROP
+
+    lrt.xff_mode = XFF_MODES[ih.x_forwarded_for] if listener.transfer_client_ip else XFF_OFF
+    lrt.x_real_ip = bool(listener.transfer_client_ip and ih.x_real_ip)
+    lrt.x_forwarded_proto = bool(ih.x_forwarded_proto)
+    lrt.x_forwarded_host = bool(ih.x_forwarded_host)
+    lrt.x_forwarded_port = bool(ih.x_forwarded_port)
+    lrt.x_forwarded_for_port = bool(ih.x_forwarded_for_port)
+    lrt.n_xff, lrt.n_real_ip = name_of("x_forwarded_for"), name_of("x_real_ip")
+    lrt.n_proto, lrt.n_host = name_of("x_forwarded_proto"), name_of("x_forwarded_host")
+    lrt.n_port, lrt.n_for_port = name_of("x_forwarded_port"), name_of("x_forwarded_for_port")
+    lrt.n_tls_protocol = name_of("x_forwarded_tls_protocol")
+    lrt.n_tls_cipher = name_of("x_forwarded_tls_cipher")
+    lrt.n_cert_id = name_of("x_forwarded_tls_certificate_id")
+    lrt.n_tls_sni = name_of("x_forwarded_tls_sni")
+    lrt.n_alpn = name_of("x_forwarded_alpn_protocol")
+
+    # Every header lbcore inserts is owned: the client's copy is dropped.
+    inserted = {
+        "x_forwarded_for": lrt.xff_mode in (XFF_APPEND, XFF_REMOVE),
+        "x_real_ip": True,
+        "x_forwarded_proto": lrt.x_forwarded_proto,
+        "x_forwarded_host": lrt.x_forwarded_host,
+        "x_forwarded_port": lrt.x_forwarded_port,
+        "x_forwarded_for_port": lrt.x_forwarded_for_port,
+    }
+    tls_fields = 0
+    if listener.protocol == "HTTPS":
+        for key, (_, bit) in OPTIONAL_HEADERS.items():
+            if bit and getattr(ih, key, False):
+                tls_fields |= bit
+                inserted[key] = True
+    lrt.tls_fields = tls_fields
+    for key, on in inserted.items():
+        if on and key != "x_forwarded_for":
+            actions[_header_name(ih, key).lower().encode()] = H_DROP
+    actions[_header_name(ih, "x_forwarded_for").lower().encode()] = H_XFF
+
+    static = b""
+    lb = cfg.load_balancer
+    if listener.transfer_eip and lb.eip:
+        static += name_of("x_forwarded_elb_ip") + lb.eip.encode() + b"\r\n"
+        actions[_header_name(ih, "x_forwarded_elb_ip").lower().encode()] = H_DROP
+    if ih.x_forwarded_elb_id and lb.id:
+        static += name_of("x_forwarded_elb_id") + lb.id.encode() + b"\r\n"
+        actions[_header_name(ih, "x_forwarded_elb_id").lower().encode()] = H_DROP
+    lrt.static_lines = static
+    lrt.header_actions = actions
+    lrt.cert_id = (listener.server_certificate or "").encode()
+
+    lrt.idle_timeout = float(listener.idle_timeout)
+    lrt.request_timeout = float(listener.request_timeout)
+    lrt.response_timeout = float(listener.response_timeout)
+    lrt.connect_timeout = float(listener.connect_timeout)
+    lim = listener.limits
+    lrt.max_request_line = lim.max_request_line
+    lrt.max_header_size = lim.max_header_size
+    lrt.max_header_block = lim.max_header_block
+    lrt.max_headers = lim.max_headers
+    lrt.max_body = lim.max_body
+    return lrt
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything one worker serves: built whole, swapped whole on reload."""
+
+    pools: Mapping[str, Pool]
+    listeners: tuple[ListenerRuntime, ...]
+
+
+def build_runtime(cfg) -> Runtime:
+    pools = build_pools(cfg)
+    return Runtime(pools, tuple(build_listener(cfg, lst, pools) for lst in cfg.listeners))

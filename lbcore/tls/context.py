@@ -1,0 +1,42 @@
+"""One ssl.SSLContext per listener, built in the control plane from the
+certificate and the security policy. Exact TLS 1.3 suite control, SNI and
+mutual authentication build on this in the TLS issue."""
+
+from __future__ import annotations
+
+import ssl
+
+VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+_ORDER = list(VERSIONS)
+
+
+class TLSConfigError(Exception):
+    """The local OpenSSL cannot do what the policy asks."""
+
+
+def server_context(cert_path, key_path, versions, ciphers, *, alpn=("http/1.1",)) -> ssl.SSLContext:
+    """A server context with exactly the policy's versions and TLS<=1.2 suites,
+    in the policy's order with server preference (spec 3.2)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ordered = sorted(versions, key=_ORDER.index)
+    ctx.minimum_version = VERSIONS[ordered[0]]
+    ctx.maximum_version = VERSIONS[ordered[-1]]
+    legacy = ordered[0] in ("TLSv1", "TLSv1.1")
+    if ciphers:
+        # OpenSSL 3 refuses TLS 1.0/1.1 (and SHA-1 suites) above security level 0.
+        spec = ":".join(ciphers) + (":@SECLEVEL=0" if legacy else "")
+        try:
+            ctx.set_ciphers(spec)
+        except ssl.SSLError as exc:
+            raise TLSConfigError(f"cipher list not usable by this OpenSSL: {spec}") from exc
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    ctx.load_cert_chain(str(cert_path), str(key_path))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx

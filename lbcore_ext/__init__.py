@@ -1,0 +1,1 @@
+"""lbcore's data plane: Cython. Never imports lbcore (the control plane)."""

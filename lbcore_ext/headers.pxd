@@ -1,0 +1,2 @@
+cpdef bytes error_response(int code, bytes router_code=*, bint close=*)
+cdef bytes chunk_header(Py_ssize_t n)

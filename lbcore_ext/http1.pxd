@@ -1,0 +1,35 @@
+from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.upstream cimport Downstream, Exchange
+
+cdef class HttpProtocol(Downstream):
+    cdef ListenerRuntime lrt
+    cdef object parser
+    cdef bytes peer_ip
+    cdef bytes peer_port
+    cdef bytes tls_lines                # X-Forwarded-TLS-* lines, built once
+    cdef list queue                     # exchanges in request order; [0] is running
+    cdef Exchange parsing               # the exchange receiving request body
+    cdef bint reading_paused
+    cdef bint stop_parsing              # no more requests on this connection
+    cdef object timer
+    cdef int timer_kind
+    cdef double last_activity
+    # the request being parsed
+    cdef bytes url
+    cdef bytearray hbuf
+    cdef Py_ssize_t nheaders
+    cdef Py_ssize_t block_size
+    cdef bytes host
+    cdef bytes xff
+    cdef list conn_tokens
+    cdef long long cl
+    cdef bint chunked
+    cdef bint bad_te
+    cdef long long body_seen
+    cdef int error_code
+    cdef int _send_error(self, int code, bytes router_code) except -1
+    cdef int _arm(self, int kind, double delay) except -1
+    cdef int _after_exchange(self) except -1
+    cdef bytes _build_head(self)
+    cdef bytes _tls_lines(self)
+    cdef int _close(self) except -1

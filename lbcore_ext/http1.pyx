@@ -1,0 +1,431 @@
+# cython: language_level=3
+"""Downstream HTTP/1.1: one protocol object per client connection. Parses with
+llhttp (httptools, strict mode), rewrites the request head for the backend in
+one buffer, hands it to an Exchange, and writes responses back in order."""
+
+import asyncio
+
+import httptools
+
+from lbcore_ext.headers cimport error_response
+from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.upstream cimport Downstream, Exchange
+
+from lbcore_ext.runtime import (H_CONNECTION, H_CONTENT_LENGTH, H_DROP, H_HOST,
+                                H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
+                                TLS_PROTOCOL, XFF_APPEND, XFF_PRESERVE, XFF_REMOVE)
+
+cdef object get_running_loop = asyncio.get_running_loop
+cdef object HttpRequestParser = httptools.HttpRequestParser
+cdef object HttpParserError = httptools.HttpParserError
+cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
+
+cdef int A_DROP = H_DROP
+cdef int A_XFF = H_XFF
+cdef int A_HOST = H_HOST
+cdef int A_CONNECTION = H_CONNECTION
+cdef int A_CL = H_CONTENT_LENGTH
+cdef int A_TE = H_TRANSFER_ENCODING
+cdef int M_APPEND = XFF_APPEND
+cdef int M_REMOVE = XFF_REMOVE
+cdef int M_PRESERVE = XFF_PRESERVE
+
+# Timer kinds of the client connection.
+DEF T_NONE = 0
+DEF T_HEADER = 1      # request_timeout: the whole header must arrive (408)
+DEF T_BODY = 2        # request_timeout: longest gap between body reads (close)
+DEF T_IDLE = 3        # idle_timeout between requests (close)
+
+# RFC 9110 9.2.2: these may be retried after they were sent.
+cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
+                                       b"TRACE"))
+cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
+
+
+cdef class HttpProtocol(Downstream):
+    def __init__(self, ListenerRuntime lrt):
+        self.lrt = lrt
+        self.queue = []
+        self.cl = -1
+
+    # ---- connection life ----------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.loop = get_running_loop()
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else "0.0.0.0"
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]
+        self.peer_ip = ip.encode()
+        self.peer_port = b"%d" % (peer[1] if peer else 0)
+        self.parser = HttpRequestParser(self)
+        self.last_activity = self.loop.time()
+        self._arm(T_HEADER, self.lrt.request_timeout)
+
+    def data_received(self, bytes data):
+        if self.stop_parsing or self.closed:
+            return
+        self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            # Upgrade/WebSocket tunnelling comes with the forwarding-core issue;
+            # the request went upstream without Upgrade, so this connection ends
+            # after its response.
+            self.stop_parsing = True
+        except HttpParserError:
+            self._send_error(self.error_code or 400, None)
+
+    def eof_received(self):
+        # Half-close from the client: finish what is in flight, then close.
+        self.stop_parsing = True
+        if not self.queue:
+            self.closed = True
+            self.transport.close()
+        return True
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        cdef Exchange ex
+        for ex in self.queue:
+            ex.abort()
+        if self.parsing is not None:
+            self.parsing.abort()
+        self.queue = []
+        self.parsing = None
+
+    def pause_writing(self):
+        # The client reads slower than the backend sends: stop reading the backend.
+        cdef Exchange ex
+        if self.queue:
+            ex = self.queue[0]
+            ex.pause_upstream()
+
+    def resume_writing(self):
+        cdef Exchange ex
+        if self.queue:
+            ex = self.queue[0]
+            ex.resume_upstream()
+
+    # ---- llhttp callbacks ---------------------------------------------------------
+
+    def on_message_begin(self):
+        self.url = None
+        self.hbuf = bytearray()
+        self.nheaders = 0
+        self.block_size = 0
+        self.host = None
+        self.xff = None
+        self.conn_tokens = None
+        self.cl = -1
+        self.chunked = False
+        self.bad_te = False
+        self.body_seen = 0
+        if self.timer_kind != T_HEADER:
+            self._arm(T_HEADER, self.lrt.request_timeout)
+
+    def on_url(self, bytes url):
+        self.url = url if self.url is None else self.url + url
+        if len(self.url) > self.lrt.max_request_line:
+            self.error_code = 414
+            raise ValueError("request line too long")
+
+    def on_header(self, bytes name, bytes value):
+        cdef ListenerRuntime lrt = self.lrt
+        cdef Py_ssize_t size = len(name) + len(value) + 4
+        self.nheaders += 1
+        self.block_size += size
+        if (size > lrt.max_header_size or self.nheaders > lrt.max_headers
+                or self.block_size > lrt.max_header_block):
+            self.error_code = 431
+            raise ValueError("header too large")
+        action = lrt.header_actions.get(name.lower())
+        if action is None:
+            self.hbuf += name
+            self.hbuf += b": "
+            self.hbuf += value
+            self.hbuf += b"\r\n"
+            return
+        cdef int a = action
+        if a == A_HOST:
+            if self.host is not None:
+                self.error_code = 400
+                raise ValueError("duplicate Host")
+            self.host = value
+            self.hbuf += name
+            self.hbuf += b": "
+            self.hbuf += value
+            self.hbuf += b"\r\n"
+        elif a == A_XFF:
+            if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == 3:
+                self.hbuf += name
+                self.hbuf += b": "
+                self.hbuf += value
+                self.hbuf += b"\r\n"
+            elif lrt.xff_mode == M_APPEND:
+                self.xff = value if self.xff is None else self.xff + b", " + value
+        elif a == A_CONNECTION:
+            for tok in value.lower().split(b","):
+                tok = tok.strip()
+                if tok and tok not in KEEP_TOKENS:
+                    if self.conn_tokens is None:
+                        self.conn_tokens = []
+                    self.conn_tokens.append(tok)
+        elif a == A_CL:
+            # llhttp already refuses duplicates and CL with TE.
+            self.cl = int(value)
+        elif a == A_TE:
+            if value.strip().lower() == b"chunked":
+                self.chunked = True
+            else:
+                self.bad_te = True
+        # A_DROP: hop-by-hop or owned by lbcore: never forwarded.
+
+    def on_headers_complete(self):
+        cdef ListenerRuntime lrt = self.lrt
+        parser = self.parser
+        if self.bad_te:
+            self.error_code = 501
+            raise ValueError("transfer coding other than chunked")
+        http10 = parser.get_http_version() == "1.0"
+        if self.host is None and not http10:
+            self.error_code = 400
+            raise ValueError("HTTP/1.1 request without Host")
+        if self.cl > lrt.max_body:
+            self.error_code = 413
+            raise ValueError("body too large")
+        method = parser.get_method()
+        keep_alive = parser.should_keep_alive() and lrt.idle_timeout > 0
+        if self.stop_parsing:
+            keep_alive = False
+        has_body = self.chunked or self.cl > 0
+        ex = Exchange(self, lrt, self._build_head(), method == b"HEAD",
+                      method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
+        self.parsing = ex
+        self.queue.append(ex)
+        if has_body:
+            self._arm(T_BODY, lrt.request_timeout)
+        elif self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.timer_kind = T_NONE
+        if len(self.queue) == 1:
+            ex.start()
+        elif not self.reading_paused:
+            # Pipelined: hold further requests until the ones before are answered.
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def on_body(self, bytes body):
+        self.body_seen += len(body)
+        if self.body_seen > self.lrt.max_body:
+            self.error_code = 413
+            raise ValueError("body too large")
+        if self.parsing is not None:
+            self.parsing.feed_body(body)
+
+    def on_message_complete(self):
+        cdef Exchange ex = self.parsing
+        self.parsing = None
+        if self.timer_kind == T_BODY:
+            self.timer.cancel()
+            self.timer = None
+            self.timer_kind = T_NONE
+        if ex is not None:
+            if not ex.client_keep_alive:
+                self.stop_parsing = True
+            ex.body_done()
+
+    # ---- the rewritten head -------------------------------------------------------
+
+    cdef bytes _build_head(self):
+        cdef ListenerRuntime lrt = self.lrt
+        cdef bytearray out = bytearray(self.parser.get_method())
+        out += b" "
+        out += self.url
+        out += b" HTTP/1.1\r\n"
+        if self.conn_tokens is None:
+            out += self.hbuf
+        else:
+            # Rare: Connection names more hop-by-hop headers; filter them out.
+            for line in bytes(self.hbuf).split(b"\r\n"):
+                if line and line.split(b":", 1)[0].strip().lower() not in self.conn_tokens:
+                    out += line
+                    out += b"\r\n"
+        if self.chunked:
+            out += b"Transfer-Encoding: chunked\r\n"
+        elif self.cl >= 0:
+            out += b"Content-Length: %d\r\n" % self.cl
+        if lrt.xff_mode == M_APPEND:
+            out += lrt.n_xff
+            if self.xff is not None:
+                out += self.xff
+                out += b", "
+            out += self.peer_ip
+            out += b"\r\n"
+        elif lrt.xff_mode == M_REMOVE:
+            out += lrt.n_xff
+            out += self.peer_ip
+            out += b"\r\n"
+        if lrt.x_real_ip:
+            out += lrt.n_real_ip
+            out += self.peer_ip
+            out += b"\r\n"
+        if lrt.x_forwarded_proto:
+            out += lrt.n_proto
+            out += lrt.scheme
+            out += b"\r\n"
+        if lrt.x_forwarded_host and self.host is not None:
+            out += lrt.n_host
+            out += self.host
+            out += b"\r\n"
+        if lrt.x_forwarded_port:
+            out += lrt.n_port
+            out += lrt.port_bytes
+            out += b"\r\n"
+        if lrt.x_forwarded_for_port:
+            out += lrt.n_for_port
+            out += self.peer_port
+            out += b"\r\n"
+        if lrt.tls_fields:
+            if self.tls_lines is None:
+                self.tls_lines = self._tls_lines()
+            out += self.tls_lines
+        out += lrt.static_lines
+        out += b"\r\n"
+        return bytes(out)
+
+    cdef bytes _tls_lines(self):
+        """X-Forwarded-TLS-* values are fixed for the connection: built once."""
+        cdef ListenerRuntime lrt = self.lrt
+        cdef int f = lrt.tls_fields
+        sslobj = self.transport.get_extra_info("ssl_object")
+        if sslobj is None:
+            return b""
+        out = b""
+        if f & TLS_PROTOCOL:
+            out += lrt.n_tls_protocol + (sslobj.version() or "").encode() + b"\r\n"
+        if f & TLS_CIPHER:
+            out += lrt.n_tls_cipher + (sslobj.cipher() or ("",))[0].encode() + b"\r\n"
+        if f & TLS_CERT_ID:
+            out += lrt.n_cert_id + lrt.cert_id + b"\r\n"
+        if f & TLS_ALPN:
+            out += lrt.n_alpn + (sslobj.selected_alpn_protocol() or "").encode() + b"\r\n"
+        return out
+
+    # ---- what the Exchange calls --------------------------------------------------
+
+    cdef int ds_write(self, object data) except -1:
+        if not self.closed:
+            self.transport.write(data)
+        return 0
+
+    cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:
+        if self.queue and self.queue[0] is ex:
+            self.queue.pop(0)
+        if self.parsing is ex and not keep_alive:
+            self.parsing = None
+        if not keep_alive:
+            self.stop_parsing = True
+            self._close()
+            return 0
+        self._after_exchange()
+        return 0
+
+    cdef int _after_exchange(self) except -1:
+        cdef Exchange nxt
+        if self.closed:
+            return 0
+        if self.queue:
+            nxt = self.queue[0]
+            nxt.start()
+            return 0
+        if self.stop_parsing:
+            self._close()
+            return 0
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if self.parsing is None:
+            self.last_activity = self.loop.time()
+            self._arm(T_IDLE, self.lrt.idle_timeout)
+        return 0
+
+    cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
+        self._send_error(code, router_code)
+        return 0
+
+    cdef int ds_abort(self, Exchange ex) except -1:
+        """Mid-response failure: the client must see a broken response, never a
+        complete-looking one."""
+        self.stop_parsing = True
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+        return 0
+
+    cdef int ds_pause_reading(self) except -1:
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        return 0
+
+    cdef int ds_resume_reading(self) except -1:
+        if self.reading_paused and not self.closed and len(self.queue) <= 1:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return 0
+
+    # ---- errors and time-outs -----------------------------------------------------
+
+    cdef int _send_error(self, int code, bytes router_code) except -1:
+        """A generated error ends the connection: after it the stream can't be trusted."""
+        cdef Exchange ex
+        self.stop_parsing = True
+        for ex in self.queue:
+            ex.abort()
+        if self.parsing is not None:
+            self.parsing.abort()
+        self.queue = []
+        self.parsing = None
+        if not self.closed:
+            self.transport.write(error_response(code, router_code, True))
+            self._close()
+        return 0
+
+    cdef int _close(self) except -1:
+        if not self.closed:
+            self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.transport.close()
+        return 0
+
+    cdef int _arm(self, int kind, double delay) except -1:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_kind = kind
+        self.timer = self.loop.call_later(delay, self._on_timer)
+        return 0
+
+    def _on_timer(self):
+        self.timer = None
+        cdef int kind = self.timer_kind
+        self.timer_kind = T_NONE
+        if self.closed:
+            return
+        if kind == T_HEADER:
+            self._send_error(408, None)
+        elif kind == T_BODY:
+            idle = self.loop.time() - self.last_activity
+            if idle < self.lrt.request_timeout:
+                self._arm(T_BODY, self.lrt.request_timeout - idle)
+            else:
+                self._send_error(408, None)
+        elif kind == T_IDLE:
+            self._close()

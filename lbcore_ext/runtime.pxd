@@ -1,0 +1,31 @@
+from lbcore_ext.balancer cimport Pool
+
+cdef class ListenerRuntime:
+    """One listener compiled for the data plane: plain values, no config objects."""
+    cdef public str name
+    cdef public bytes scheme            # b"https" / b"http"
+    cdef public bytes port_bytes        # the listener's port as ASCII
+    cdef public Pool pool               # default pool
+    cdef public dict header_actions     # lower-case header name -> H_* action
+    cdef public int xff_mode            # XFF_APPEND / XFF_REMOVE / XFF_PRESERVE / XFF_OFF
+    cdef public bint x_real_ip
+    cdef public bint x_forwarded_proto
+    cdef public bint x_forwarded_host
+    cdef public bint x_forwarded_port
+    cdef public bint x_forwarded_for_port
+    cdef public int tls_fields          # TLS_* bits: which X-Forwarded-TLS-* headers
+    # Header names as sent, aliases applied (each ends with b": ").
+    cdef public bytes n_xff, n_real_ip, n_proto, n_host, n_port, n_for_port
+    cdef public bytes n_tls_protocol, n_tls_cipher, n_tls_sni, n_alpn, n_cert_id
+    # Constant header lines appended to every request (ELB IP and ID).
+    cdef public bytes static_lines
+    cdef public double idle_timeout     # 0 = no keep-alive
+    cdef public double request_timeout
+    cdef public double response_timeout
+    cdef public double connect_timeout
+    cdef public Py_ssize_t max_request_line
+    cdef public Py_ssize_t max_header_size
+    cdef public Py_ssize_t max_header_block
+    cdef public Py_ssize_t max_headers
+    cdef public long long max_body
+    cdef public bytes cert_id           # name of the served certificate

@@ -1,0 +1,54 @@
+# cython: language_level=3
+"""Runtime objects the control plane fills in and the data plane reads."""
+
+# Header actions: what http1 does with a client request header of that name.
+H_DROP = 1          # hop-by-hop or owned by lbcore: never forwarded
+H_XFF = 2           # X-Forwarded-For: handled per xff_mode
+H_HOST = 3          # Host: forwarded, and remembered for X-Forwarded-Host
+H_CONNECTION = 4    # Connection: its tokens name more hop-by-hop headers
+H_CONTENT_LENGTH = 5
+H_TRANSFER_ENCODING = 6
+
+XFF_APPEND = 0
+XFF_REMOVE = 1
+XFF_PRESERVE = 2
+XFF_OFF = 3
+
+# Bits of ListenerRuntime.tls_fields.
+TLS_PROTOCOL = 1
+TLS_CIPHER = 2
+TLS_CERT_ID = 4
+TLS_SNI = 8
+TLS_ALPN = 16         # transfer_client_ip false: the client's value passes untouched
+
+
+cdef class ListenerRuntime:
+    def __init__(self, name: str, pool):
+        self.name = name
+        self.pool = pool
+        self.scheme = b"http"
+        self.port_bytes = b"0"
+        self.header_actions = {}
+        self.xff_mode = XFF_APPEND
+        self.static_lines = b""
+        self.idle_timeout = 60.0
+        self.request_timeout = 60.0
+        self.response_timeout = 60.0
+        self.connect_timeout = 5.0
+        self.max_request_line = 8192
+        self.max_header_size = 16384
+        self.max_header_block = 65536
+        self.max_headers = 100
+        self.max_body = 10737418240
+        self.cert_id = b""
+        self.n_xff = b"X-Forwarded-For: "
+        self.n_real_ip = b"X-Real-IP: "
+        self.n_proto = b"X-Forwarded-Proto: "
+        self.n_host = b"X-Forwarded-Host: "
+        self.n_port = b"X-Forwarded-Port: "
+        self.n_for_port = b"X-Forwarded-For-Port: "
+        self.n_tls_protocol = b"X-Forwarded-TLS-Protocol: "
+        self.n_tls_cipher = b"X-Forwarded-TLS-Cipher: "
+        self.n_tls_sni = b"X-Forwarded-Tls-Sni: "
+        self.n_alpn = b"X-Forwarded-Alpn-Protocol: "
+        self.n_cert_id = b"X-Forwarded-TLS-Certificate-ID: "

@@ -1,0 +1,92 @@
+from lbcore_ext.balancer cimport Member, Pool
+from lbcore_ext.runtime cimport ListenerRuntime
+
+cdef class Exchange
+cdef class UpstreamConnection
+
+
+cdef class Downstream:
+    """What an Exchange needs from the client side: HTTP/1.1 connections now,
+    HTTP/2 streams later. The forwarding core talks only to this."""
+    cdef object transport
+    cdef object loop
+    cdef bint closed
+    cdef int ds_write(self, object data) except -1
+    cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1
+    cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1
+    cdef int ds_abort(self, Exchange ex) except -1
+    cdef int ds_pause_reading(self) except -1
+    cdef int ds_resume_reading(self) except -1
+
+
+cdef class Exchange:
+    """One request's trip: pick a member, get a connection, send, relay the
+    response, retry or fail with the right status."""
+    cdef Downstream ds
+    cdef ListenerRuntime lrt
+    cdef Pool pool
+    cdef object loop
+    cdef bytes head
+    cdef bint is_head_method
+    cdef bint idempotent
+    cdef bint has_body
+    cdef bint req_chunked
+    cdef bint req_done
+    cdef list body_buf
+    cdef Py_ssize_t body_buf_len
+    cdef bint body_sent
+    cdef bint client_http10
+    cdef public bint client_keep_alive
+    cdef Member member
+    cdef list tried
+    cdef int retries
+    cdef bint fresh_retry_used
+    cdef UpstreamConnection conn
+    cdef object connect_task
+    cdef object timer
+    cdef int state
+    cdef double last_read
+    cdef int status
+    cdef bytes reason
+    cdef bytearray rhead
+    cdef long long resp_cl
+    cdef bint resp_chunked
+    cdef bint resp_close
+    cdef bint interim
+    cdef int resp_mode
+    cdef bint resp_started
+
+    cdef int start(self) except -1
+    cdef int feed_body(self, object data) except -1
+    cdef int body_done(self) except -1
+    cdef int abort(self) except -1
+    cdef int pause_upstream(self) except -1
+    cdef int resume_upstream(self) except -1
+    cdef int _acquire(self) except -1
+    cdef int _attach(self, UpstreamConnection conn) except -1
+    cdef int _write_body(self, object data) except -1
+    cdef int _arm(self, double delay) except -1
+    cdef int _cancel_timer(self) except -1
+    cdef int _fail(self, int kind) except -1
+    cdef int _release(self, bint reusable) except -1
+    cdef int _finish(self, bint reusable) except -1
+    cdef _restart(self)
+    cdef int _connect(self) except -1
+    cdef int up_status(self, bytes reason) except -1
+    cdef int up_header(self, bytes name, bytes value) except -1
+    cdef int up_headers_complete(self, int status) except -1
+    cdef int up_body(self, bytes data) except -1
+    cdef int up_message_complete(self) except -1
+    cdef int up_lost(self) except -1
+    cdef int up_invalid(self) except -1
+
+
+cdef class UpstreamConnection:
+    cdef object transport
+    cdef Member member
+    cdef object parser
+    cdef Exchange ex
+    cdef bint closed
+    cdef bint reused
+    cdef double last_used
+    cdef int close(self) except -1

@@ -1,0 +1,504 @@
+# cython: language_level=3
+"""The forwarding core: an Exchange carries one request from a Downstream (an
+HTTP/1.1 connection or, later, an HTTP/2 stream) to a member of the pool and
+relays the response back, with retries and the connect and response
+time-outs. UpstreamConnection is the keep-alive connection to a member."""
+
+include "consts.pxi"
+
+from functools import partial
+
+import httptools
+
+from lbcore_ext.balancer cimport Member, Pool
+from lbcore_ext.headers cimport chunk_header
+from lbcore_ext.runtime cimport ListenerRuntime
+
+cdef object HttpResponseParser = httptools.HttpResponseParser
+cdef object HttpParserError = httptools.HttpParserError
+
+# Exchange.state
+DEF S_NEW = 0
+DEF S_CONNECTING = 1
+DEF S_SENDING = 2        # upstream attached, request body still streaming
+DEF S_WAITING = 3        # request sent, waiting for/relaying the response
+DEF S_DONE = 4
+
+# How the response body is framed toward the client.
+DEF R_PLAIN = 0          # as the backend framed it (Content-Length or no body)
+DEF R_CHUNK = 1          # re-encoded chunked
+DEF R_CLOSE = 2          # delimited by closing the client connection (HTTP/1.0)
+
+# Failure kinds (decide retry and the final status).
+DEF F_REFUSED = 1        # connect failed: nothing was sent
+DEF F_CONNECT_TIMEOUT = 2
+DEF F_LOST = 3           # connection closed/reset before any response byte
+DEF F_RESPONSE_TIMEOUT = 4
+DEF F_INVALID = 5        # malformed response
+
+# Response headers that are hop-by-hop (RFC 9110 7.6.1) or re-framed by us.
+cdef dict RESP_DROP = {
+    b"connection": 1, b"keep-alive": 1, b"proxy-connection": 1, b"te": 1,
+    b"trailer": 1, b"upgrade": 1, b"transfer-encoding": 2, b"content-length": 3,
+}
+
+
+cdef class Downstream:
+    cdef int ds_write(self, object data) except -1:
+        raise NotImplementedError
+
+    cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:
+        raise NotImplementedError
+
+    cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
+        raise NotImplementedError
+
+    cdef int ds_abort(self, Exchange ex) except -1:
+        raise NotImplementedError
+
+    cdef int ds_pause_reading(self) except -1:
+        raise NotImplementedError
+
+    cdef int ds_resume_reading(self) except -1:
+        raise NotImplementedError
+
+
+cdef class Exchange:
+    def __init__(self, Downstream ds, ListenerRuntime lrt, bytes head, bint is_head_method,
+                 bint idempotent, bint has_body, bint req_chunked, bint client_http10,
+                 bint client_keep_alive):
+        self.ds = ds
+        self.lrt = lrt
+        self.pool = lrt.pool
+        self.loop = ds.loop
+        self.head = head
+        self.is_head_method = is_head_method
+        self.idempotent = idempotent
+        self.has_body = has_body
+        self.req_chunked = req_chunked
+        self.req_done = False
+        self.body_buf = []
+        self.body_buf_len = 0
+        self.client_http10 = client_http10
+        self.client_keep_alive = client_keep_alive
+        self.tried = []
+        self.state = S_NEW
+        self.resp_cl = -1
+
+    # ---- driven by the downstream -------------------------------------------------
+
+    cdef int start(self) except -1:
+        cdef Member m = self.pool.pick(self.tried)
+        if m is None:
+            self.state = S_DONE
+            router_code = b"40000" if not self.pool.members else b"50000"
+            self.ds.ds_error(self, 503, router_code)
+            return 0
+        self.member = m
+        self._acquire()
+        return 0
+
+    cdef int feed_body(self, object data) except -1:
+        if self.state == S_DONE:
+            return 0
+        if self.state == S_SENDING:
+            self._write_body(data)
+        else:
+            self.body_buf.append(data)
+            self.body_buf_len += len(data)
+            if self.body_buf_len > BODY_BUFFER_HIGH:
+                self.ds.ds_pause_reading()
+        return 0
+
+    cdef int body_done(self) except -1:
+        self.req_done = True
+        if self.state == S_SENDING:
+            if self.req_chunked:
+                self.conn.transport.write(b"0\r\n\r\n")
+            self.state = S_WAITING
+            self.last_read = self.loop.time()
+            self._arm(self.lrt.response_timeout)
+        return 0
+
+    cdef int abort(self) except -1:
+        """The client went away: drop the upstream side without reuse."""
+        if self.state == S_DONE:
+            return 0
+        if self.state == S_CONNECTING and self.connect_task is not None:
+            self.connect_task.cancel()
+        self.state = S_DONE
+        self._cancel_timer()
+        if self.conn is not None:
+            self._release(False)
+        return 0
+
+    cdef int pause_upstream(self) except -1:
+        if self.conn is not None and not self.conn.closed:
+            self.conn.transport.pause_reading()
+        return 0
+
+    cdef int resume_upstream(self) except -1:
+        if self.conn is not None and not self.conn.closed:
+            self.conn.transport.resume_reading()
+        return 0
+
+    # ---- upstream connection ------------------------------------------------------
+
+    cdef int _acquire(self) except -1:
+        cdef Member m = self.member
+        cdef UpstreamConnection c
+        cdef double now = self.loop.time()
+        while m.idle:
+            c = m.idle.pop()
+            if c.closed:
+                continue
+            if now - c.last_used > UPSTREAM_IDLE_EXPIRY:
+                c.close()
+                continue
+            c.reused = True
+            self._attach(c)
+            return 0
+        self._connect()
+        return 0
+
+    cdef int _connect(self) except -1:
+        cdef Member m = self.member
+        self.state = S_CONNECTING
+        self.connect_task = self.loop.create_task(self.loop.create_connection(
+            partial(UpstreamConnection, m), m.host, m.port))
+        self.connect_task.add_done_callback(self._connected)
+        self._arm(self.lrt.connect_timeout)
+        return 0
+
+    def _connected(self, task):
+        if self.state != S_CONNECTING or task is not self.connect_task:
+            if not task.cancelled() and task.exception() is None:
+                task.result()[0].close()
+            return
+        self.connect_task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._cancel_timer()
+            self._fail(F_REFUSED)
+            return
+        self._cancel_timer()
+        self._attach(<UpstreamConnection>task.result()[1])
+
+    cdef int _attach(self, UpstreamConnection conn) except -1:
+        conn.ex = self
+        self.conn = conn
+        self.member.active += 1
+        conn.transport.write(self.head)
+        if self.body_buf:
+            buf = self.body_buf
+            self.body_buf = []
+            self.body_buf_len = 0
+            for chunk in buf:
+                self._write_body(chunk)
+            self.ds.ds_resume_reading()
+        if self.req_done:
+            if self.req_chunked:
+                conn.transport.write(b"0\r\n\r\n")
+            self.state = S_WAITING
+            self.last_read = self.loop.time()
+            self._arm(self.lrt.response_timeout)
+        else:
+            self.state = S_SENDING
+        return 0
+
+    cdef int _write_body(self, object data) except -1:
+        self.body_sent = True
+        if self.req_chunked:
+            self.conn.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
+        else:
+            self.conn.transport.write(data)
+        return 0
+
+    # ---- time-outs ----------------------------------------------------------------
+
+    cdef int _arm(self, double delay) except -1:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, self._on_timer)
+        return 0
+
+    cdef int _cancel_timer(self) except -1:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return 0
+
+    def _on_timer(self):
+        self.timer = None
+        cdef double idle
+        if self.state == S_CONNECTING:
+            task = self.connect_task
+            self.connect_task = None
+            if task is not None:
+                task.cancel()
+            self._fail(F_CONNECT_TIMEOUT)
+        elif self.state == S_WAITING:
+            # One timer per exchange, re-armed lazily: reads only stamp last_read.
+            idle = self.loop.time() - self.last_read
+            if idle < self.lrt.response_timeout:
+                self._arm(self.lrt.response_timeout - idle)
+            elif self.resp_started:
+                self.state = S_DONE
+                self._release(False)
+                self.ds.ds_abort(self)
+            else:
+                self._fail(F_RESPONSE_TIMEOUT)
+
+    # ---- failure, retry, completion -----------------------------------------------
+
+    cdef int _fail(self, int kind) except -1:
+        """Nothing reached the client yet: retry where spec 7.2 allows, else answer."""
+        cdef bint reused = self.conn is not None and self.conn.reused
+        cdef bint sent = kind >= F_LOST
+        if self.conn is not None:
+            self._release(False)
+        # A reused keep-alive connection the backend closed under us: the
+        # classic race. Retry once on a fresh connection to the same member.
+        if (kind == F_LOST and reused and not self.fresh_retry_used
+                and (not self.has_body or not self.body_sent)):
+            self.fresh_retry_used = True
+            self._restart()
+            self._connect()
+            return 0
+        cdef bint can_retry = self.retries < MAX_RETRIES and kind != F_INVALID
+        if sent and (not self.idempotent or (self.has_body and self.body_sent)):
+            can_retry = False
+        if can_retry:
+            self.tried.append(self.member)
+            m = self.pool.pick(self.tried)
+            if m is not None:
+                self.retries += 1
+                self._restart()
+                self.member = m
+                self._acquire()
+                return 0
+        self.state = S_DONE
+        code = 504 if kind in (F_CONNECT_TIMEOUT, F_RESPONSE_TIMEOUT) else 502
+        self.ds.ds_error(self, code, None)
+        return 0
+
+    cdef _restart(self):
+        self.status = 0
+        self.reason = None
+        self.rhead = None
+        self.resp_cl = -1
+        self.resp_chunked = False
+        self.resp_close = False
+        self.interim = False
+
+    cdef int _release(self, bint reusable) except -1:
+        cdef UpstreamConnection c = self.conn
+        self.conn = None
+        self.member.active -= 1
+        c.ex = None
+        if reusable and not c.closed and len(self.member.idle) < UPSTREAM_MAX_IDLE:
+            c.last_used = self.loop.time()
+            c.transport.resume_reading()
+            self.member.idle.append(c)
+        else:
+            c.close()
+        return 0
+
+    cdef int _finish(self, bint reusable) except -1:
+        self.state = S_DONE
+        self._cancel_timer()
+        self._release(reusable)
+        self.ds.ds_exchange_done(self, self.client_keep_alive)
+        return 0
+
+    # ---- response events from the UpstreamConnection ------------------------------
+
+    cdef int up_status(self, bytes reason) except -1:
+        self.reason = reason if self.reason is None else self.reason + reason
+        return 0
+
+    cdef int up_header(self, bytes name, bytes value) except -1:
+        if self.rhead is None:
+            self.rhead = bytearray()
+        action = RESP_DROP.get(name.lower())
+        if action is None:
+            self.rhead += name
+            self.rhead += b": "
+            self.rhead += value
+            self.rhead += b"\r\n"
+        elif action == 1:
+            if name.lower() == b"connection" and b"close" in value.lower():
+                self.resp_close = True
+        elif action == 2:
+            self.resp_chunked = True
+        else:
+            self.resp_cl = int(value)
+        return 0
+
+    cdef int up_headers_complete(self, int status) except -1:
+        self.status = status
+        if status < 200:
+            # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
+            self.interim = True
+            if status == 101:
+                # lbcore removed Upgrade from the request; a 101 is invalid here.
+                self.up_invalid()
+                return 0
+            if not self.client_http10:
+                self.ds.ds_write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (
+                    status, self.reason or b"", bytes(self.rhead or b"")))
+            self.reason = None
+            self.rhead = None
+            return 0
+        cdef bytearray out = bytearray(b"HTTP/1.1 %d " % status)
+        if self.reason is not None:
+            out += self.reason
+        out += b"\r\n"
+        if self.rhead is not None:
+            out += self.rhead
+        no_body = self.is_head_method or status == 204 or status == 304
+        if self.resp_cl >= 0 and not self.resp_chunked:
+            out += b"Content-Length: %d\r\n" % self.resp_cl
+            self.resp_mode = R_PLAIN
+        elif no_body:
+            self.resp_mode = R_PLAIN
+        elif self.client_http10:
+            self.resp_mode = R_CLOSE
+            self.client_keep_alive = False
+        else:
+            out += b"Transfer-Encoding: chunked\r\n"
+            self.resp_mode = R_CHUNK
+        if not self.client_keep_alive:
+            out += b"Connection: close\r\n"
+        elif self.client_http10:
+            out += b"Connection: keep-alive\r\n"
+        out += b"\r\n"
+        self.resp_started = True
+        self.ds.ds_write(out)
+        if self.is_head_method:
+            # httptools cannot be told the request was HEAD, so the parser would
+            # wait for a body that never comes: finish now, never reuse.
+            self._finish(False)
+        return 0
+
+    cdef int up_body(self, bytes data) except -1:
+        if self.state == S_DONE:
+            return 0
+        if self.resp_mode == R_CHUNK:
+            self.ds.ds_write(chunk_header(len(data)) + data + b"\r\n")
+        else:
+            self.ds.ds_write(data)
+        return 0
+
+    cdef int up_message_complete(self) except -1:
+        if self.state == S_DONE:
+            return 0
+        if self.interim:
+            self.interim = False
+            return 0
+        if self.resp_mode == R_CHUNK:
+            self.ds.ds_write(b"0\r\n\r\n")
+        self._finish(self.req_done and not self.resp_close
+                     and self.conn.parser.should_keep_alive())
+        return 0
+
+    cdef int up_lost(self) except -1:
+        if self.state == S_DONE:
+            return 0
+        self._cancel_timer()
+        if not self.resp_started:
+            self._fail(F_LOST)
+        elif self.resp_cl < 0 and not self.resp_chunked:
+            # A response delimited by the backend closing: this is its end.
+            if self.resp_mode == R_CHUNK:
+                self.ds.ds_write(b"0\r\n\r\n")
+            self._finish(False)
+        else:
+            self.state = S_DONE
+            self._release(False)
+            self.ds.ds_abort(self)
+        return 0
+
+    cdef int up_invalid(self) except -1:
+        if self.state == S_DONE:
+            return 0
+        self._cancel_timer()
+        if not self.resp_started:
+            self._fail(F_INVALID)
+        else:
+            self.state = S_DONE
+            self._release(False)
+            self.ds.ds_abort(self)
+        return 0
+
+
+cdef class UpstreamConnection:
+    def __cinit__(self, Member member):
+        self.member = member
+        self.parser = HttpResponseParser(self)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, bytes data):
+        cdef Exchange ex = self.ex
+        if ex is None:
+            # Bytes from a backend while idle: the stream can't be trusted.
+            self.close()
+            return
+        ex.last_read = ex.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError:
+            ex = self.ex
+            if ex is not None:
+                ex.up_invalid()
+            self.close()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        cdef Exchange ex = self.ex
+        if ex is not None:
+            ex.up_lost()
+        elif self in self.member.idle:
+            self.member.idle.remove(self)
+
+    def pause_writing(self):
+        if self.ex is not None:
+            self.ex.ds.ds_pause_reading()
+
+    def resume_writing(self):
+        if self.ex is not None:
+            self.ex.ds.ds_resume_reading()
+
+    cdef int close(self) except -1:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+        return 0
+
+    # httptools callbacks
+    def on_status(self, bytes reason):
+        if self.ex is not None:
+            self.ex.up_status(reason)
+
+    def on_header(self, bytes name, bytes value):
+        if self.ex is not None:
+            self.ex.up_header(name, value)
+
+    def on_headers_complete(self):
+        if self.ex is not None:
+            self.ex.up_headers_complete(self.parser.get_status_code())
+
+    def on_body(self, bytes body):
+        if self.ex is not None:
+            self.ex.up_body(body)
+
+    def on_message_complete(self):
+        if self.ex is not None:
+            self.ex.up_message_complete()
