@@ -11,6 +11,7 @@ cdef class HttpProtocol(Downstream):
     cdef Exchange parsing               # the exchange receiving request body
     cdef bint reading_paused
     cdef bint stop_parsing              # no more requests on this connection
+    cdef bint in_request_line
     cdef object timer
     cdef int timer_kind
     cdef double last_activity

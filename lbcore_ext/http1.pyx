@@ -39,6 +39,25 @@ DEF T_IDLE = 3        # idle_timeout between requests (close)
 # RFC 9110 9.2.2: these may be retried after they were sent.
 cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
                                        b"TRACE"))
+# RFC 3986 host (reg-name / IP-literal) plus ":" port: anything else in Host is a 400.
+cdef bytes HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                         b"-._~%!$&'()*+,;=:[]")
+cdef unsigned char HOST_OK[256]
+for _c in range(256):
+    HOST_OK[_c] = 1 if bytes((_c,)) in HOST_CHARS else 0
+
+
+cdef bint valid_host(bytes value):
+    cdef const unsigned char* p = value
+    cdef Py_ssize_t i, n = len(value)
+    if n == 0:
+        return False
+    for i in range(n):
+        if not HOST_OK[p[i]]:
+            return False
+    return True
+
+
 cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 
@@ -69,6 +88,11 @@ cdef class HttpProtocol(Downstream):
         self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
+            if (self.in_request_line and self.url is not None and b"\n" in data
+                    and self.parser.get_http_version() in ("0.0", "0.9")):
+                # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
+                # HTTP/0.9 has no place at a proxy's edge.
+                self._send_error(400, None)
         except HttpParserUpgrade:
             # Upgrade/WebSocket tunnelling comes with the forwarding-core issue;
             # the request went upstream without Upgrade, so this connection ends
@@ -114,6 +138,7 @@ cdef class HttpProtocol(Downstream):
     # ---- llhttp callbacks ---------------------------------------------------------
 
     def on_message_begin(self):
+        self.in_request_line = True
         self.url = None
         self.hbuf = bytearray()
         self.nheaders = 0
@@ -136,6 +161,7 @@ cdef class HttpProtocol(Downstream):
 
     def on_header(self, bytes name, bytes value):
         cdef ListenerRuntime lrt = self.lrt
+        self.in_request_line = False
         cdef Py_ssize_t size = len(name) + len(value) + 4
         self.nheaders += 1
         self.block_size += size
@@ -155,6 +181,9 @@ cdef class HttpProtocol(Downstream):
             if self.host is not None:
                 self.error_code = 400
                 raise ValueError("duplicate Host")
+            if not valid_host(value):
+                self.error_code = 400
+                raise ValueError("invalid Host")
             self.host = value
             self.hbuf += name
             self.hbuf += b": "
@@ -188,6 +217,7 @@ cdef class HttpProtocol(Downstream):
     def on_headers_complete(self):
         cdef ListenerRuntime lrt = self.lrt
         parser = self.parser
+        self.in_request_line = False
         if self.bad_te:
             self.error_code = 501
             raise ValueError("transfer coding other than chunked")
