@@ -11,10 +11,21 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lbcore_ext.balancer import Member, Pool
+from lbcore_ext.balancer import (
+    ALG_SOURCE_IP_HASH,
+    ALG_WLC,
+    ALG_WRR,
+    STICKY_APP_COOKIE,
+    STICKY_LB_COOKIE,
+    STICKY_NONE,
+    STICKY_SOURCE_IP,
+    Member,
+    Pool,
+)
 from lbcore_ext.runtime import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
+    H_COOKIE,
     H_DROP,
     H_HOST,
     H_TRANSFER_ENCODING,
@@ -83,14 +94,34 @@ def resolve_host(host: str) -> str:
     return str(infos[0][4][0])
 
 
+ALGORITHMS = {"weighted_round_robin": ALG_WRR, "weighted_least_connections": ALG_WLC,
+              "source_ip_hash": ALG_SOURCE_IP_HASH}
+STICKY = {"lb_cookie": STICKY_LB_COOKIE, "app_cookie": STICKY_APP_COOKIE,
+          "source_ip": STICKY_SOURCE_IP}
+# The lb_cookie's name when the config names none.
+DEFAULT_LB_COOKIE = "lbcore_sticky"
+
+
+def build_pool(name: str, pool) -> Pool:
+    members = [Member(m.name, resolve_host(m.address), m.port, m.weight) for m in pool.members]
+    sticky = pool.sticky_session
+    slow = pool.slow_start
+    cookie = None
+    if sticky is not None and sticky.type in ("lb_cookie", "app_cookie"):
+        cookie = (sticky.cookie_name or DEFAULT_LB_COOKIE).encode()
+    return Pool(
+        name, members,
+        algorithm=ALGORITHMS[pool.algorithm],
+        sticky=STICKY[sticky.type] if sticky is not None else STICKY_NONE,
+        cookie_name=cookie,
+        cookie_max_age=(sticky.timeout_minutes * 60) if sticky is not None else 0,
+        slow_start=float(slow.duration) if slow is not None and slow.enabled else 0.0,
+        fail_open=bool(getattr(pool, "fail_open", False)),
+    )
+
+
 def build_pools(cfg) -> dict[str, Pool]:
-    pools: dict[str, Pool] = {}
-    for name, pool in cfg.pools.items():
-        members = [
-            Member(m.name, resolve_host(m.address), m.port, m.weight) for m in pool.members
-        ]
-        pools[name] = Pool(name, members)
-    return pools
+    return {name: build_pool(name, pool) for name, pool in cfg.pools.items()}
 
 
 def _header_name(ih, key: str) -> str:
@@ -108,7 +139,7 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
         return _header_name(ih, key).encode() + b": "
 
     actions: dict[bytes, int] = {b"connection": H_CONNECTION, b"host": H_HOST,
-                                 b"content-length": H_CONTENT_LENGTH,
+                                 b"content-length": H_CONTENT_LENGTH, b"cookie": H_COOKIE,
                                  b"transfer-encoding": H_TRANSFER_ENCODING}
     for h in HOP_BY_HOP + ALWAYS_OWNED:
         actions[h.encode()] = H_DROP

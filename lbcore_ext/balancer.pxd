@@ -1,3 +1,5 @@
+from libc.stdint cimport uint32_t, uint64_t
+
 cdef class Member:
     """A backend server. `healthy` is set by the health checker (operations issue)."""
     cdef public str name
@@ -5,11 +7,37 @@ cdef class Member:
     cdef public int port
     cdef public int weight
     cdef public bint healthy
+    cdef public double up_since         # loop time it became healthy (slow start)
     cdef public long active             # requests in flight
     cdef public list idle               # idle upstream connections, most recent last
+    cdef public bytes token             # opaque id for the lb_cookie (never the address)
     cdef long current_weight            # smooth WRR state
+    cdef int eff_weight(self, double now, double slow_start)
 
 cdef class Pool:
     cdef public str name
     cdef public tuple members
-    cdef Member pick(self, list tried)
+    cdef public int algorithm           # ALG_*
+    cdef public int sticky              # STICKY_*
+    cdef public bytes cookie_name       # lb_cookie / app_cookie name
+    cdef public int cookie_max_age      # seconds
+    cdef public double slow_start       # seconds, 0 = off
+    cdef public bint fail_open
+    cdef public bytes set_cookie_suffix # "; Max-Age=..; Path=/; HttpOnly"
+    cdef dict by_token
+    cdef dict app_sessions              # app cookie value -> (Member, expiry)
+    cdef uint32_t* ring_hash
+    cdef int* ring_member
+    cdef Py_ssize_t ring_len
+    cdef Py_ssize_t rr_start
+    cdef object clock
+    cdef Member pick(self, list tried, bytes client_ip, bytes cookie)
+    cdef Member _wrr(self, list tried, double now)
+    cdef Member _wlc(self, list tried, double now)
+    cdef Member _hash(self, list tried, bytes key)
+    cpdef Member sticky_member(self, bytes cookie)
+    cdef bint eligible(self, Member m, list tried)
+    cpdef remember_app_cookie(self, bytes value, Member m)
+
+cdef uint64_t fnv1a(const unsigned char* p, Py_ssize_t n)
+cdef bytes cookie_value(bytes header, bytes name)

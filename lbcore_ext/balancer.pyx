@@ -1,6 +1,55 @@
 # cython: language_level=3
-"""Member selection. The pool is immutable from the control plane's view: a
-config reload or health change builds a new Pool and swaps the reference."""
+"""Member selection (spec 6). A Pool is immutable from the control plane's
+view: a config reload or health change builds a new Pool and swaps the
+reference; only the balancing state (WRR weights, counters) moves inside it."""
+
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+
+import time
+
+ALG_WRR = 0
+ALG_WLC = 1
+ALG_SOURCE_IP_HASH = 2
+
+STICKY_NONE = 0
+STICKY_LB_COOKIE = 1
+STICKY_APP_COOKIE = 2
+STICKY_SOURCE_IP = 3
+
+# Points on the consistent-hash ring per unit of relative weight: 160 points
+# for a member of the heaviest weight keeps remapping near 1/N (ketama uses 160).
+DEF RING_POINTS = 160
+# app_cookie sessions remembered per pool and worker before the oldest go.
+DEF APP_SESSIONS_MAX = 100000
+
+
+cdef uint64_t fnv1a(const unsigned char* p, Py_ssize_t n):
+    """FNV-1a 64: stable across processes and runs, unlike hash(); every worker
+    must map a client to the same member."""
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= p[i]
+        h *= 1099511628211ULL
+    return h
+
+
+cdef inline uint32_t mix32(uint64_t h):
+    h ^= h >> 33
+    h *= 0xff51afd7ed558ccdULL
+    h ^= h >> 33
+    return <uint32_t>(h & 0xffffffffULL)
+
+
+cdef bytes cookie_value(bytes header, bytes name):
+    """The value of cookie `name` in a Cookie header, or None."""
+    cdef Py_ssize_t n = len(name)
+    for part in header.split(b";"):
+        part = part.strip()
+        if len(part) > n and part[n] == 61 and part.startswith(name):  # '='
+            return part[n + 1:]
+    return None
 
 
 cdef class Member:
@@ -10,38 +59,175 @@ cdef class Member:
         self.port = port
         self.weight = weight
         self.healthy = True
+        self.up_since = 0.0
         self.active = 0
         self.idle = []
         self.current_weight = 0
+        key = f"{host}:{port}".encode()
+        self.token = b"%016x" % fnv1a(key, len(key))
+
+    cdef int eff_weight(self, double now, double slow_start):
+        """Slow start: a newly healthy member's share ramps linearly (spec 6)."""
+        cdef double age
+        if slow_start <= 0.0 or self.up_since <= 0.0:
+            return self.weight
+        age = now - self.up_since
+        if age >= slow_start:
+            return self.weight
+        if age <= 0.0:
+            return 1
+        return max(1, <int>(self.weight * age / slow_start))
 
     def __repr__(self):
         return f"<Member {self.name} {self.host}:{self.port} w={self.weight}>"
 
 
 cdef class Pool:
-    def __init__(self, str name, members):
+    def __init__(self, str name, members, int algorithm=ALG_WRR, int sticky=STICKY_NONE,
+                 bytes cookie_name=None, int cookie_max_age=86400, double slow_start=0.0,
+                 bint fail_open=False, clock=None):
         self.name = name
         self.members = tuple(members)
+        self.algorithm = algorithm
+        self.sticky = sticky
+        self.cookie_name = cookie_name
+        self.cookie_max_age = cookie_max_age
+        self.slow_start = slow_start
+        self.fail_open = fail_open
+        self.set_cookie_suffix = b"; Max-Age=%d; Path=/; HttpOnly" % cookie_max_age
+        self.clock = clock if clock is not None else time.monotonic
+        self.by_token = {m.token: m for m in self.members}
+        self.app_sessions = {}
+        if algorithm == ALG_SOURCE_IP_HASH or sticky == STICKY_SOURCE_IP:
+            self._build_ring()
 
-    cdef Member pick(self, list tried):
+    def __dealloc__(self):
+        free(self.ring_hash)
+        free(self.ring_member)
+
+    def _build_ring(self):
+        cdef Member m
+        cdef int maxw = max([m.weight for m in self.members] or [0])
+        points = []
+        for idx, m in enumerate(self.members):
+            if m.weight <= 0:
+                continue
+            n = max(1, RING_POINTS * m.weight // maxw)
+            for i in range(n):
+                key = f"{m.host}:{m.port}#{i}".encode()
+                points.append((mix32(fnv1a(key, len(key))), idx))
+        points.sort()
+        self.ring_len = len(points)
+        self.ring_hash = <uint32_t*>malloc(sizeof(uint32_t) * max(1, self.ring_len))
+        self.ring_member = <int*>malloc(sizeof(int) * max(1, self.ring_len))
+        if self.ring_hash == NULL or self.ring_member == NULL:
+            raise MemoryError()
+        for i, (h, idx) in enumerate(points):
+            self.ring_hash[i] = h
+            self.ring_member[i] = idx
+
+    cdef bint eligible(self, Member m, list tried):
+        if m.weight <= 0 or not (m.healthy or self.fail_open):
+            return False
+        return tried is None or m not in tried
+
+    cdef Member pick(self, list tried, bytes client_ip, bytes cookie):
+        """The member for this request: a sticky binding if it is still usable,
+        else the pool's algorithm."""
+        cdef Member m
+        if self.sticky == STICKY_SOURCE_IP and client_ip is not None:
+            return self._hash(tried, client_ip)
+        if cookie is not None and (self.sticky == STICKY_LB_COOKIE
+                                   or self.sticky == STICKY_APP_COOKIE):
+            m = self.sticky_member(cookie)
+            if m is not None and self.eligible(m, tried):
+                return m
+        if self.algorithm == ALG_WRR:
+            return self._wrr(tried, self.clock() if self.slow_start > 0.0 else 0.0)
+        if self.algorithm == ALG_WLC:
+            return self._wlc(tried, self.clock() if self.slow_start > 0.0 else 0.0)
+        return self._hash(tried, client_ip if client_ip is not None else b"")
+
+    cpdef Member sticky_member(self, bytes cookie):
+        value = cookie_value(cookie, self.cookie_name)
+        if value is None:
+            return None
+        if self.sticky == STICKY_LB_COOKIE:
+            return self.by_token.get(value)
+        entry = self.app_sessions.get(value)
+        if entry is None:
+            return None
+        if entry[1] < self.clock():
+            del self.app_sessions[value]
+            return None
+        return entry[0]
+
+    cpdef remember_app_cookie(self, bytes value, Member m):
+        """The backend set the application cookie: bind its value to the member."""
+        if len(self.app_sessions) >= APP_SESSIONS_MAX:
+            # Dicts keep insertion order: drop the oldest tenth.
+            for key in list(self.app_sessions)[:APP_SESSIONS_MAX // 10]:
+                del self.app_sessions[key]
+        self.app_sessions[value] = (m, self.clock() + self.cookie_max_age)
+
+    cdef Member _wrr(self, list tried, double now):
         """Smooth weighted round robin (nginx's algorithm): no bursts to one
-        member, exact shares over a cycle. Skips weight 0, unhealthy members
-        and those in `tried` (retries go to another member)."""
+        member, exact shares over a cycle."""
         cdef Member m, best = None
         cdef long total = 0
+        cdef int w
         for m in self.members:
-            if m.weight <= 0 or not m.healthy:
+            if not self.eligible(m, tried):
                 continue
-            if tried is not None and m in tried:
-                continue
-            m.current_weight += m.weight
-            total += m.weight
+            w = m.eff_weight(now, self.slow_start) if now > 0.0 else m.weight
+            m.current_weight += w
+            total += w
             if best is None or m.current_weight > best.current_weight:
                 best = m
         if best is not None:
             best.current_weight -= total
         return best
 
-    def pick_for_test(self, tried=None):
-        """Python entry point for unit tests of the selection order."""
-        return self.pick(tried)
+    cdef Member _wlc(self, list tried, double now):
+        """Fewest in-flight requests per unit of weight; ties rotate so equal
+        members share the load."""
+        cdef Member m, best = None
+        cdef Py_ssize_t i, n = len(self.members)
+        cdef int w, bw = 0
+        self.rr_start = (self.rr_start + 1) % n if n else 0
+        for i in range(n):
+            m = self.members[(self.rr_start + i) % n]
+            if not self.eligible(m, tried):
+                continue
+            w = m.eff_weight(now, self.slow_start) if now > 0.0 else m.weight
+            # active/w < best.active/bw without division
+            if best is None or m.active * bw < best.active * w:
+                best = m
+                bw = w
+        return best
+
+    cdef Member _hash(self, list tried, bytes key):
+        """Consistent hashing on a ring: adding or removing one member remaps
+        about 1/N of the keys. Ineligible members are walked past clockwise."""
+        cdef uint32_t h = mix32(fnv1a(key, len(key)))
+        cdef Py_ssize_t lo = 0, hi = self.ring_len, mid, i
+        cdef Member m
+        if self.ring_len == 0:
+            return None
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.ring_hash[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        for i in range(self.ring_len):
+            m = self.members[self.ring_member[(lo + i) % self.ring_len]]
+            if self.eligible(m, tried):
+                return m
+        return None
+
+    # ---- Python entry points for tests and the control plane ----------------------
+
+    def pick_for_test(self, tried=None, client_ip=None, cookie=None):
+        return self.pick(tried, client_ip, cookie)
+

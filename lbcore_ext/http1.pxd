@@ -22,6 +22,7 @@ cdef class HttpProtocol(Downstream):
     cdef Py_ssize_t block_size
     cdef bytes host
     cdef bytes xff
+    cdef bytes cookie
     cdef list conn_tokens
     cdef long long cl
     cdef bint chunked

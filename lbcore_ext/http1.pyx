@@ -11,7 +11,7 @@ from lbcore_ext.headers cimport error_response
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
-from lbcore_ext.runtime import (H_CONNECTION, H_CONTENT_LENGTH, H_DROP, H_HOST,
+from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_CONTENT_LENGTH, H_DROP, H_HOST,
                                 H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
                                 TLS_PROTOCOL, XFF_APPEND, XFF_PRESERVE, XFF_REMOVE)
 
@@ -26,6 +26,7 @@ cdef int A_HOST = H_HOST
 cdef int A_CONNECTION = H_CONNECTION
 cdef int A_CL = H_CONTENT_LENGTH
 cdef int A_TE = H_TRANSFER_ENCODING
+cdef int A_COOKIE = H_COOKIE
 cdef int M_APPEND = XFF_APPEND
 cdef int M_REMOVE = XFF_REMOVE
 cdef int M_PRESERVE = XFF_PRESERVE
@@ -145,6 +146,7 @@ cdef class HttpProtocol(Downstream):
         self.block_size = 0
         self.host = None
         self.xff = None
+        self.cookie = None
         self.conn_tokens = None
         self.cl = -1
         self.chunked = False
@@ -204,6 +206,12 @@ cdef class HttpProtocol(Downstream):
                     if self.conn_tokens is None:
                         self.conn_tokens = []
                     self.conn_tokens.append(tok)
+        elif a == A_COOKIE:
+            self.cookie = value if self.cookie is None else self.cookie + b"; " + value
+            self.hbuf += name
+            self.hbuf += b": "
+            self.hbuf += value
+            self.hbuf += b"\r\n"
         elif a == A_CL:
             # llhttp already refuses duplicates and CL with TE.
             self.cl = int(value)
@@ -235,6 +243,8 @@ cdef class HttpProtocol(Downstream):
         has_body = self.chunked or self.cl > 0
         ex = Exchange(self, lrt, self._build_head(), method == b"HEAD",
                       method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
+        ex.client_ip = self.peer_ip
+        ex.cookie = self.cookie
         self.parsing = ex
         self.queue.append(ex)
         if has_body:

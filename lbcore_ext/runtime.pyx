@@ -8,6 +8,7 @@ H_HOST = 3          # Host: forwarded, and remembered for X-Forwarded-Host
 H_CONNECTION = 4    # Connection: its tokens name more hop-by-hop headers
 H_CONTENT_LENGTH = 5
 H_TRANSFER_ENCODING = 6
+H_COOKIE = 7        # Cookie: forwarded, and read for sticky sessions
 
 XFF_APPEND = 0
 XFF_REMOVE = 1

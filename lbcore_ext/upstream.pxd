@@ -55,6 +55,10 @@ cdef class Exchange:
     cdef bint interim
     cdef int resp_mode
     cdef bint resp_started
+    cdef public bytes client_ip
+    cdef public bytes cookie
+    cdef bint sticky_bound
+    cdef int _assign(self, Member m) except -1
 
     cdef int start(self) except -1
     cdef int feed_body(self, object data) except -1

@@ -10,7 +10,9 @@ from functools import partial
 
 import httptools
 
-from lbcore_ext.balancer cimport Member, Pool
+from lbcore_ext.balancer cimport Member, Pool, cookie_value
+
+from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
 from lbcore_ext.headers cimport chunk_header
 from lbcore_ext.runtime cimport ListenerRuntime
 
@@ -38,6 +40,7 @@ DEF F_INVALID = 5        # malformed response
 
 # Response headers that are hop-by-hop (RFC 9110 7.6.1) or re-framed by us.
 cdef dict RESP_DROP = {
+    b"set-cookie": 4,
     b"connection": 1, b"keep-alive": 1, b"proxy-connection": 1, b"te": 1,
     b"trailer": 1, b"upgrade": 1, b"transfer-encoding": 2, b"content-length": 3,
 }
@@ -88,14 +91,29 @@ cdef class Exchange:
     # ---- driven by the downstream -------------------------------------------------
 
     cdef int start(self) except -1:
-        cdef Member m = self.pool.pick(self.tried)
+        cdef Pool pool = self.pool
+        cdef Member m = pool.pick(self.tried, self.client_ip, self.cookie)
         if m is None:
             self.state = S_DONE
-            router_code = b"40000" if not self.pool.members else b"50000"
+            router_code = b"40000" if not pool.members else b"50000"
             self.ds.ds_error(self, 503, router_code)
             return 0
-        self.member = m
+        if pool.sticky == STICKY_SOURCE_IP:
+            self.sticky_bound = True
+        elif self.cookie is not None and pool.sticky:
+            self.sticky_bound = pool.sticky_member(self.cookie) is m
+        self._assign(m)
         self._acquire()
+        return 0
+
+    cdef int _assign(self, Member m) except -1:
+        """Member.active counts requests from pick to end, connecting included,
+        so least-connections sees load as soon as it is decided."""
+        if self.member is not None:
+            self.member.active -= 1
+        self.member = m
+        if m is not None:
+            m.active += 1
         return 0
 
     cdef int feed_body(self, object data) except -1:
@@ -130,6 +148,7 @@ cdef class Exchange:
         self._cancel_timer()
         if self.conn is not None:
             self._release(False)
+        self._assign(None)
         return 0
 
     cdef int pause_upstream(self) except -1:
@@ -189,7 +208,6 @@ cdef class Exchange:
     cdef int _attach(self, UpstreamConnection conn) except -1:
         conn.ex = self
         self.conn = conn
-        self.member.active += 1
         conn.transport.write(self.head)
         if self.body_buf:
             buf = self.body_buf
@@ -247,6 +265,7 @@ cdef class Exchange:
             elif self.resp_started:
                 self.state = S_DONE
                 self._release(False)
+                self._assign(None)
                 self.ds.ds_abort(self)
             else:
                 self._fail(F_RESPONSE_TIMEOUT)
@@ -270,16 +289,19 @@ cdef class Exchange:
         cdef bint can_retry = self.retries < MAX_RETRIES and kind != F_INVALID
         if sent and (not self.idempotent or (self.has_body and self.body_sent)):
             can_retry = False
+        if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
+            can_retry = False       # spec 7.2: sticky sessions are not retried on time-out
         if can_retry:
             self.tried.append(self.member)
-            m = self.pool.pick(self.tried)
+            m = self.pool.pick(self.tried, self.client_ip, None)
             if m is not None:
                 self.retries += 1
                 self._restart()
-                self.member = m
+                self._assign(m)
                 self._acquire()
                 return 0
         self.state = S_DONE
+        self._assign(None)
         code = 504 if kind in (F_CONNECT_TIMEOUT, F_RESPONSE_TIMEOUT) else 502
         self.ds.ds_error(self, code, None)
         return 0
@@ -296,7 +318,6 @@ cdef class Exchange:
     cdef int _release(self, bint reusable) except -1:
         cdef UpstreamConnection c = self.conn
         self.conn = None
-        self.member.active -= 1
         c.ex = None
         if reusable and not c.closed and len(self.member.idle) < UPSTREAM_MAX_IDLE:
             c.last_used = self.loop.time()
@@ -310,6 +331,7 @@ cdef class Exchange:
         self.state = S_DONE
         self._cancel_timer()
         self._release(reusable)
+        self._assign(None)
         self.ds.ds_exchange_done(self, self.client_keep_alive)
         return 0
 
@@ -333,8 +355,18 @@ cdef class Exchange:
                 self.resp_close = True
         elif action == 2:
             self.resp_chunked = True
-        else:
+        elif action == 3:
             self.resp_cl = int(value)
+        else:
+            self.rhead += name
+            self.rhead += b": "
+            self.rhead += value
+            self.rhead += b"\r\n"
+            if self.pool.sticky == STICKY_APP_COOKIE:
+                first = value.split(b";", 1)[0]
+                v = cookie_value(first, self.pool.cookie_name)
+                if v is not None:
+                    self.pool.remember_app_cookie(v, self.member)
         return 0
 
     cdef int up_headers_complete(self, int status) except -1:
@@ -358,6 +390,9 @@ cdef class Exchange:
         out += b"\r\n"
         if self.rhead is not None:
             out += self.rhead
+        if self.pool.sticky == STICKY_LB_COOKIE and not self.sticky_bound:
+            out += b"Set-Cookie: " + self.pool.cookie_name + b"=" + self.member.token
+            out += self.pool.set_cookie_suffix + b"\r\n"
         no_body = self.is_head_method or status == 204 or status == 304
         if self.resp_cl >= 0 and not self.resp_chunked:
             out += b"Content-Length: %d\r\n" % self.resp_cl
@@ -418,6 +453,7 @@ cdef class Exchange:
         else:
             self.state = S_DONE
             self._release(False)
+            self._assign(None)
             self.ds.ds_abort(self)
         return 0
 
@@ -430,6 +466,7 @@ cdef class Exchange:
         else:
             self.state = S_DONE
             self._release(False)
+            self._assign(None)
             self.ds.ds_abort(self)
         return 0
 
