@@ -29,6 +29,7 @@ from lbcore_ext.runtime import (
     H_DROP,
     H_HOST,
     H_TRANSFER_ENCODING,
+    H_UPGRADE,
     H_XFF,
     TLS_ALPN,
     TLS_CERT_ID,
@@ -43,7 +44,7 @@ from lbcore_ext.runtime import (
 )
 
 # RFC 9110 7.6.1 hop-by-hop headers, plus the Proxy-* family (spec 5).
-HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer",
               "proxy-authorization", "proxy-authenticate")
 
 # Headers lbcore owns: a client-sent copy never reaches a backend (spec 5),
@@ -140,6 +141,7 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
 
     actions: dict[bytes, int] = {b"connection": H_CONNECTION, b"host": H_HOST,
                                  b"content-length": H_CONTENT_LENGTH, b"cookie": H_COOKIE,
+                                 b"upgrade": H_UPGRADE,
                                  b"transfer-encoding": H_TRANSFER_ENCODING}
     for h in HOP_BY_HOP + ALWAYS_OWNED:
         actions[h.encode()] = H_DROP

@@ -3,7 +3,7 @@
 
 _REASONS = {
     400: b"Bad Request", 403: b"Forbidden", 408: b"Request Timeout",
-    413: b"Content Too Large", 414: b"URI Too Long", 421: b"Misdirected Request",
+    413: b"Content Too Large", 405: b"Method Not Allowed", 414: b"URI Too Long", 421: b"Misdirected Request",
     431: b"Request Header Fields Too Large", 501: b"Not Implemented",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }

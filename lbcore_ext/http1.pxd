@@ -23,6 +23,9 @@ cdef class HttpProtocol(Downstream):
     cdef bytes host
     cdef bytes xff
     cdef bytes cookie
+    cdef bytes upgrade_value
+    cdef Exchange tunnel                # set once a 101 switched this connection
+    cdef bytes tunnel_pending           # client bytes after an upgrade request's head
     cdef list conn_tokens
     cdef long long cl
     cdef bint chunked

@@ -11,7 +11,7 @@ from lbcore_ext.headers cimport error_response
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
-from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_CONTENT_LENGTH, H_DROP, H_HOST,
+from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
                                 H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
                                 TLS_PROTOCOL, XFF_APPEND, XFF_PRESERVE, XFF_REMOVE)
 
@@ -27,6 +27,7 @@ cdef int A_CONNECTION = H_CONNECTION
 cdef int A_CL = H_CONTENT_LENGTH
 cdef int A_TE = H_TRANSFER_ENCODING
 cdef int A_COOKIE = H_COOKIE
+cdef int A_UPGRADE = H_UPGRADE
 cdef int M_APPEND = XFF_APPEND
 cdef int M_REMOVE = XFF_REMOVE
 cdef int M_PRESERVE = XFF_PRESERVE
@@ -36,6 +37,7 @@ DEF T_NONE = 0
 DEF T_HEADER = 1      # request_timeout: the whole header must arrive (408)
 DEF T_BODY = 2        # request_timeout: longest gap between body reads (close)
 DEF T_IDLE = 3        # idle_timeout between requests (close)
+DEF T_TUNNEL = 4      # idle_timeout on an upgraded connection, both directions
 
 # RFC 9110 9.2.2: these may be retried after they were sent.
 cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
@@ -84,9 +86,12 @@ cdef class HttpProtocol(Downstream):
         self._arm(T_HEADER, self.lrt.request_timeout)
 
     def data_received(self, bytes data):
+        self.last_activity = self.loop.time()
+        if self.tunnel is not None:
+            self.tunnel.tunnel_write(data)
+            return
         if self.stop_parsing or self.closed:
             return
-        self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
             if (self.in_request_line and self.url is not None and b"\n" in data
@@ -94,11 +99,14 @@ cdef class HttpProtocol(Downstream):
                 # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
                 # HTTP/0.9 has no place at a proxy's edge.
                 self._send_error(400, None)
-        except HttpParserUpgrade:
-            # Upgrade/WebSocket tunnelling comes with the forwarding-core issue;
-            # the request went upstream without Upgrade, so this connection ends
-            # after its response.
+        except HttpParserUpgrade as exc:
+            # An upgrade request's head is parsed; the rest belongs to the tunnel
+            # if the member answers 101. Either way no more HTTP on this connection.
             self.stop_parsing = True
+            rest = data[exc.args[0]:]
+            if rest:
+                self.tunnel_pending = rest if self.tunnel_pending is None else (
+                    self.tunnel_pending + rest)
         except HttpParserError:
             self._send_error(self.error_code or 400, None)
 
@@ -147,6 +155,7 @@ cdef class HttpProtocol(Downstream):
         self.host = None
         self.xff = None
         self.cookie = None
+        self.upgrade_value = None
         self.conn_tokens = None
         self.cl = -1
         self.chunked = False
@@ -212,6 +221,8 @@ cdef class HttpProtocol(Downstream):
             self.hbuf += b": "
             self.hbuf += value
             self.hbuf += b"\r\n"
+        elif a == A_UPGRADE:
+            self.upgrade_value = value
         elif a == A_CL:
             # llhttp already refuses duplicates and CL with TE.
             self.cl = int(value)
@@ -237,6 +248,11 @@ cdef class HttpProtocol(Downstream):
             self.error_code = 413
             raise ValueError("body too large")
         method = parser.get_method()
+        if method == b"CONNECT":
+            self.error_code = 405
+            raise ValueError("CONNECT at a reverse proxy")
+        if self.upgrade_value is not None and not parser.should_upgrade():
+            self.upgrade_value = None
         keep_alive = parser.should_keep_alive() and lrt.idle_timeout > 0
         if self.stop_parsing:
             keep_alive = False
@@ -245,6 +261,7 @@ cdef class HttpProtocol(Downstream):
                       method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
         ex.client_ip = self.peer_ip
         ex.cookie = self.cookie
+        ex.upgrade = self.upgrade_value
         self.parsing = ex
         self.queue.append(ex)
         if has_body:
@@ -296,6 +313,10 @@ cdef class HttpProtocol(Downstream):
                 if line and line.split(b":", 1)[0].strip().lower() not in self.conn_tokens:
                     out += line
                     out += b"\r\n"
+        if self.upgrade_value is not None:
+            out += b"Connection: upgrade\r\nUpgrade: "
+            out += self.upgrade_value
+            out += b"\r\n"
         if self.chunked:
             out += b"Transfer-Encoding: chunked\r\n"
         elif self.cl >= 0:
@@ -395,6 +416,21 @@ cdef class HttpProtocol(Downstream):
             self._arm(T_IDLE, self.lrt.idle_timeout)
         return 0
 
+    cdef int ds_tunnel(self, Exchange ex) except -1:
+        self.tunnel = ex
+        if self.tunnel_pending is not None:
+            ex.tunnel_write(self.tunnel_pending)
+            self.tunnel_pending = None
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        self._arm(T_TUNNEL, self.lrt.idle_timeout or self.lrt.request_timeout)
+        return 0
+
+    cdef int ds_close(self) except -1:
+        self._close()
+        return 0
+
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         self._send_error(code, router_code)
         return 0
@@ -469,3 +505,11 @@ cdef class HttpProtocol(Downstream):
                 self._send_error(408, None)
         elif kind == T_IDLE:
             self._close()
+        elif kind == T_TUNNEL:
+            limit = self.lrt.idle_timeout or self.lrt.request_timeout
+            idle = self.loop.time() - max(self.last_activity, self.tunnel.last_read)
+            if idle < limit:
+                self._arm(T_TUNNEL, limit - idle)
+            else:
+                self.tunnel.abort()
+                self._close()

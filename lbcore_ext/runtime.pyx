@@ -9,6 +9,7 @@ H_CONNECTION = 4    # Connection: its tokens name more hop-by-hop headers
 H_CONTENT_LENGTH = 5
 H_TRANSFER_ENCODING = 6
 H_COOKIE = 7        # Cookie: forwarded, and read for sticky sessions
+H_UPGRADE = 8       # Upgrade: forwarded only on an upgrade request (WebSocket)
 
 XFF_APPEND = 0
 XFF_REMOVE = 1

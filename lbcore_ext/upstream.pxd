@@ -17,6 +17,8 @@ cdef class Downstream:
     cdef int ds_abort(self, Exchange ex) except -1
     cdef int ds_pause_reading(self) except -1
     cdef int ds_resume_reading(self) except -1
+    cdef int ds_tunnel(self, Exchange ex) except -1
+    cdef int ds_close(self) except -1
 
 
 cdef class Exchange:
@@ -58,6 +60,9 @@ cdef class Exchange:
     cdef public bytes client_ip
     cdef public bytes cookie
     cdef bint sticky_bound
+    cdef public bytes upgrade          # the request's Upgrade value, if an upgrade
+    cdef bytes resp_upgrade
+    cdef int tunnel_write(self, object data) except -1
     cdef int _assign(self, Member m) except -1
 
     cdef int start(self) except -1
@@ -75,6 +80,7 @@ cdef class Exchange:
     cdef int _release(self, bint reusable) except -1
     cdef int _finish(self, bint reusable) except -1
     cdef _restart(self)
+    cdef _start_tunnel(self)
     cdef int _connect(self) except -1
     cdef int up_status(self, bytes reason) except -1
     cdef int up_header(self, bytes name, bytes value) except -1
@@ -92,5 +98,6 @@ cdef class UpstreamConnection:
     cdef Exchange ex
     cdef bint closed
     cdef bint reused
+    cdef bint tunnel
     cdef double last_used
     cdef int close(self) except -1

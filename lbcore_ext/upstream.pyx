@@ -18,6 +18,7 @@ from lbcore_ext.runtime cimport ListenerRuntime
 
 cdef object HttpResponseParser = httptools.HttpResponseParser
 cdef object HttpParserError = httptools.HttpParserError
+cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 
 # Exchange.state
 DEF S_NEW = 0
@@ -25,6 +26,7 @@ DEF S_CONNECTING = 1
 DEF S_SENDING = 2        # upstream attached, request body still streaming
 DEF S_WAITING = 3        # request sent, waiting for/relaying the response
 DEF S_DONE = 4
+DEF S_TUNNEL = 5       # 101 Switching Protocols: raw bytes both ways
 
 # How the response body is framed toward the client.
 DEF R_PLAIN = 0          # as the backend framed it (Content-Length or no body)
@@ -63,6 +65,12 @@ cdef class Downstream:
         raise NotImplementedError
 
     cdef int ds_resume_reading(self) except -1:
+        raise NotImplementedError
+
+    cdef int ds_tunnel(self, Exchange ex) except -1:
+        raise NotImplementedError
+
+    cdef int ds_close(self) except -1:
         raise NotImplementedError
 
 
@@ -313,6 +321,7 @@ cdef class Exchange:
         self.resp_cl = -1
         self.resp_chunked = False
         self.resp_close = False
+        self.resp_upgrade = None
         self.interim = False
 
     cdef int _release(self, bint reusable) except -1:
@@ -351,8 +360,11 @@ cdef class Exchange:
             self.rhead += value
             self.rhead += b"\r\n"
         elif action == 1:
-            if name.lower() == b"connection" and b"close" in value.lower():
+            lname = name.lower()
+            if lname == b"connection" and b"close" in value.lower():
                 self.resp_close = True
+            elif lname == b"upgrade":
+                self.resp_upgrade = value
         elif action == 2:
             self.resp_chunked = True
         elif action == 3:
@@ -375,8 +387,10 @@ cdef class Exchange:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
             self.interim = True
             if status == 101:
-                # lbcore removed Upgrade from the request; a 101 is invalid here.
-                self.up_invalid()
+                if self.upgrade is None or self.resp_upgrade is None:
+                    self.up_invalid()   # 101 to a request that asked for no upgrade
+                    return 0
+                self._start_tunnel()
                 return 0
             if not self.client_http10:
                 self.ds.ds_write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (
@@ -418,6 +432,27 @@ cdef class Exchange:
             self._finish(False)
         return 0
 
+    cdef _start_tunnel(self):
+        """101: relay the switch, then both connections carry raw bytes."""
+        cdef bytearray out = bytearray(b"HTTP/1.1 101 ")
+        out += self.reason or b"Switching Protocols"
+        out += b"\r\n"
+        if self.rhead is not None:
+            out += self.rhead
+        out += b"Connection: upgrade\r\nUpgrade: " + self.resp_upgrade + b"\r\n\r\n"
+        self.state = S_TUNNEL
+        self.resp_started = True
+        self._cancel_timer()
+        self.conn.tunnel = True
+        self.ds.ds_write(out)
+        self.ds.ds_tunnel(self)
+
+    cdef int tunnel_write(self, object data) except -1:
+        """Client bytes in a tunnel go straight to the member."""
+        if self.state == S_TUNNEL and self.conn is not None and not self.conn.closed:
+            self.conn.transport.write(data)
+        return 0
+
     cdef int up_body(self, bytes data) except -1:
         if self.state == S_DONE:
             return 0
@@ -428,7 +463,7 @@ cdef class Exchange:
         return 0
 
     cdef int up_message_complete(self) except -1:
-        if self.state == S_DONE:
+        if self.state == S_DONE or self.state == S_TUNNEL:
             return 0
         if self.interim:
             self.interim = False
@@ -441,6 +476,12 @@ cdef class Exchange:
 
     cdef int up_lost(self) except -1:
         if self.state == S_DONE:
+            return 0
+        if self.state == S_TUNNEL:
+            self.state = S_DONE
+            self.conn = None
+            self._assign(None)
+            self.ds.ds_close()
             return 0
         self._cancel_timer()
         if not self.resp_started:
@@ -486,8 +527,18 @@ cdef class UpstreamConnection:
             self.close()
             return
         ex.last_read = ex.loop.time()
+        if self.tunnel:
+            ex.ds.ds_write(data)
+            return
         try:
             self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            # The 101 head was parsed; what follows it is already tunnel data.
+            ex = self.ex
+            if ex is not None and self.tunnel:
+                rest = data[exc.args[0]:]
+                if rest:
+                    ex.ds.ds_write(rest)
         except HttpParserError:
             ex = self.ex
             if ex is not None:
