@@ -22,7 +22,11 @@ from lbcore_ext.balancer import (
     Member,
     Pool,
 )
+from lbcore_ext.iptrie import IpTrie
 from lbcore_ext.runtime import (
+    ACL_ALL,
+    ACL_BLACKLIST,
+    ACL_WHITELIST,
     H_CONNECTION,
     H_CONTENT_LENGTH,
     H_COOKIE,
@@ -204,6 +208,12 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
     lrt.max_header_block = lim.max_header_block
     lrt.max_headers = lim.max_headers
     lrt.max_body = lim.max_body
+    ac = listener.access_control
+    if ac is not None and ac.mode != "all":
+        lrt.acl_mode = ACL_WHITELIST if ac.mode == "whitelist" else ACL_BLACKLIST
+        lrt.acl = IpTrie(cfg.ip_groups[ac.ip_group].addresses)
+    else:
+        lrt.acl_mode = ACL_ALL
     return lrt
 
 
@@ -215,6 +225,13 @@ class Runtime:
     listeners: tuple[ListenerRuntime, ...]
 
 
-def build_runtime(cfg) -> Runtime:
+def build_runtime(cfg, ssl_context_for=None) -> Runtime:
+    """`ssl_context_for(listener)` gives the listener's SSLContext (None for HTTP)."""
     pools = build_pools(cfg)
-    return Runtime(pools, tuple(build_listener(cfg, lst, pools) for lst in cfg.listeners))
+    listeners = []
+    for listener in cfg.listeners:
+        lrt = build_listener(cfg, listener, pools)
+        if ssl_context_for is not None:
+            lrt.ssl_ctx = ssl_context_for(listener)
+        listeners.append(lrt)
+    return Runtime(pools, tuple(listeners))

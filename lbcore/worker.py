@@ -9,13 +9,16 @@ import contextlib
 import functools
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import uvloop
 
 from lbcore.runtime_build import Runtime, build_runtime
 from lbcore.tls.context import server_context
+from lbcore_ext.acceptor import Acceptor
 from lbcore_ext.http1 import HttpProtocol
+from lbcore_ext.runtime import ACL_ALL
 
 log = logging.getLogger("lbcore")
 
@@ -35,21 +38,46 @@ def listener_ssl_context(cfg, listener):
     return server_context(cert.certificate, cert.private_key, policy.versions, policy.ciphers)
 
 
-async def open_listeners(cfg, runtime: Runtime) -> list[asyncio.AbstractServer]:
+def _bind(listener) -> list[socket.socket]:
+    """Sockets for a listener with access control: one per address family when
+    no address is given, like create_server(host=None)."""
+    hosts = [listener.address] if listener.address else ["0.0.0.0", "::"]
+    socks = []
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, listener.port))
+        sock.listen(LISTEN_BACKLOG)
+        socks.append(sock)
+    return socks
+
+
+async def open_listeners(cfg, runtime: Runtime) -> list:
+    """Listeners with access control accept through an Acceptor (IP check
+    before any TLS byte); the others use the loop's server with built-in TLS."""
     loop = asyncio.get_running_loop()
-    servers = []
+    servers: list = []
     for listener, lrt in zip(cfg.listeners, runtime.listeners):
-        ctx = listener_ssl_context(cfg, listener)
-        server = await loop.create_server(
-            functools.partial(HttpProtocol, lrt),
-            host=listener.address,
-            port=listener.port,
-            ssl=ctx,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ctx else None,
-            reuse_address=True,
-            backlog=LISTEN_BACKLOG,
-        )
-        servers.append(server)
+        lrt.handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+        factory = functools.partial(HttpProtocol, lrt)
+        if lrt.acl_mode != ACL_ALL:
+            for sock in _bind(listener):
+                acceptor = Acceptor(loop, sock, factory, lrt)
+                acceptor.start()
+                servers.append(acceptor)
+        else:
+            servers.append(await loop.create_server(
+                factory,
+                host=listener.address,
+                port=listener.port,
+                ssl=lrt.ssl_ctx,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if lrt.ssl_ctx else None,
+                reuse_address=True,
+                backlog=LISTEN_BACKLOG,
+            ))
         where = listener.address or "*"
         log.info("listener %s: %s on %s:%d -> pool %s", listener.name, listener.protocol,
                  where, listener.port, listener.default_pool)
@@ -64,7 +92,7 @@ async def _serve(cfg, on_loop_started) -> int:
     if on_loop_started is not None:
         await on_loop_started(loop)
     try:
-        runtime = build_runtime(cfg)
+        runtime = build_runtime(cfg, functools.partial(listener_ssl_context, cfg))
         servers = await open_listeners(cfg, runtime)
     except OSError as exc:
         log.error("cannot open listeners: %s", exc)
@@ -77,8 +105,9 @@ async def _serve(cfg, on_loop_started) -> int:
     log.info("stopping")
     for server in servers:
         server.close()
+    waiting = [s.wait_closed() for s in servers if isinstance(s, asyncio.AbstractServer)]
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in servers)), 1.0)
+        await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
     return 0
 
 

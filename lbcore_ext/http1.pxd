@@ -12,6 +12,7 @@ cdef class HttpProtocol(Downstream):
     cdef bint reading_paused
     cdef bint stop_parsing              # no more requests on this connection
     cdef bint in_request_line
+    cdef bint is_tls
     cdef object timer
     cdef int timer_kind
     cdef double last_activity

@@ -73,6 +73,8 @@ cdef class HttpProtocol(Downstream):
     # ---- connection life ----------------------------------------------------------
 
     def connection_made(self, transport):
+        """Called after the TLS handshake on HTTPS listeners (access control
+        already ran in the Acceptor, before any TLS byte)."""
         self.transport = transport
         self.loop = get_running_loop()
         peer = transport.get_extra_info("peername")
@@ -81,6 +83,7 @@ cdef class HttpProtocol(Downstream):
             ip = ip[7:]
         self.peer_ip = ip.encode()
         self.peer_port = b"%d" % (peer[1] if peer else 0)
+        self.is_tls = transport.get_extra_info("sslcontext") is not None
         self.parser = HttpRequestParser(self)
         self.last_activity = self.loop.time()
         self._arm(T_HEADER, self.lrt.request_timeout)
@@ -116,7 +119,8 @@ cdef class HttpProtocol(Downstream):
         if not self.queue:
             self.closed = True
             self.transport.close()
-        return True
+        # Over TLS a half-close can't be kept: the transport closes itself.
+        return not self.is_tls
 
     def connection_lost(self, exc):
         self.closed = True

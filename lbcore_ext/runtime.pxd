@@ -1,4 +1,5 @@
 from lbcore_ext.balancer cimport Pool
+from lbcore_ext.iptrie cimport IpTrie
 
 cdef class ListenerRuntime:
     """One listener compiled for the data plane: plain values, no config objects."""
@@ -29,3 +30,8 @@ cdef class ListenerRuntime:
     cdef public Py_ssize_t max_headers
     cdef public long long max_body
     cdef public bytes cert_id           # name of the served certificate
+    cdef public object ssl_ctx          # ssl.SSLContext, or None for plain HTTP
+    cdef public double handshake_timeout
+    cdef public int acl_mode            # ACL_ALL / ACL_WHITELIST / ACL_BLACKLIST
+    cdef public IpTrie acl
+    cdef public long long refused       # connections refused by access control

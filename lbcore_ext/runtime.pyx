@@ -16,6 +16,10 @@ XFF_REMOVE = 1
 XFF_PRESERVE = 2
 XFF_OFF = 3
 
+ACL_ALL = 0
+ACL_WHITELIST = 1
+ACL_BLACKLIST = 2
+
 # Bits of ListenerRuntime.tls_fields.
 TLS_PROTOCOL = 1
 TLS_CIPHER = 2
@@ -43,6 +47,11 @@ cdef class ListenerRuntime:
         self.max_headers = 100
         self.max_body = 10737418240
         self.cert_id = b""
+        self.ssl_ctx = None
+        self.handshake_timeout = 10.0
+        self.acl_mode = ACL_ALL
+        self.acl = None
+        self.refused = 0
         self.n_xff = b"X-Forwarded-For: "
         self.n_real_ip = b"X-Real-IP: "
         self.n_proto = b"X-Forwarded-Proto: "
