@@ -52,7 +52,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     from lbcore.worker import serve
 
-    return serve(cfg)
+    phases = None
+    if args.phases:
+        from lbcore.phases import load_phases
+
+        try:
+            phases = load_phases(args.phases)
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:
+            print(f"lbcore: --phases: {exc}", file=sys.stderr)
+            return 1
+    return serve(cfg, phases=phases)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -89,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve a configuration")
     run.add_argument("-c", "--config", required=True)
     run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("--phases", metavar="MODULE:CLASS",
+                     help="a lbcore.phases.Phases subclass whose hooks extend the proxy")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a configuration and exit (0 ok, 1 errors)")
     check.add_argument("-c", "--config", required=True)

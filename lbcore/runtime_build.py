@@ -225,13 +225,18 @@ class Runtime:
     listeners: tuple[ListenerRuntime, ...]
 
 
-def build_runtime(cfg, ssl_context_for=None) -> Runtime:
-    """`ssl_context_for(listener)` gives the listener's SSLContext (None for HTTP)."""
+def build_runtime(cfg, ssl_context_for=None, phases=None) -> Runtime:
+    """`ssl_context_for(listener)` gives the listener's SSLContext (None for HTTP);
+    `phases` is a lbcore.phases.Phases instance or None."""
+    from lbcore.phases import hook_mask
+
     pools = build_pools(cfg)
     listeners = []
+    hooks = hook_mask(phases)
     for listener in cfg.listeners:
         lrt = build_listener(cfg, listener, pools)
         if ssl_context_for is not None:
             lrt.ssl_ctx = ssl_context_for(listener)
+        lrt.phases, lrt.hooks = (phases, hooks) if hooks else (None, 0)
         listeners.append(lrt)
     return Runtime(pools, tuple(listeners))

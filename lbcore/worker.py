@@ -60,7 +60,7 @@ async def open_listeners(cfg, runtime: Runtime) -> list:
     before any TLS byte); the others use the loop's server with built-in TLS."""
     loop = asyncio.get_running_loop()
     servers: list = []
-    for listener, lrt in zip(cfg.listeners, runtime.listeners):
+    for listener, lrt in zip(cfg.listeners, runtime.listeners, strict=True):
         lrt.handshake_timeout = TLS_HANDSHAKE_TIMEOUT
         factory = functools.partial(HttpProtocol, lrt)
         if lrt.acl_mode != ACL_ALL:
@@ -84,7 +84,7 @@ async def open_listeners(cfg, runtime: Runtime) -> list:
     return servers
 
 
-async def _serve(cfg, on_loop_started) -> int:
+async def _serve(cfg, on_loop_started, phases) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,7 +92,7 @@ async def _serve(cfg, on_loop_started) -> int:
     if on_loop_started is not None:
         await on_loop_started(loop)
     try:
-        runtime = build_runtime(cfg, functools.partial(listener_ssl_context, cfg))
+        runtime = build_runtime(cfg, functools.partial(listener_ssl_context, cfg), phases)
         servers = await open_listeners(cfg, runtime)
     except OSError as exc:
         log.error("cannot open listeners: %s", exc)
@@ -112,12 +112,12 @@ async def _serve(cfg, on_loop_started) -> int:
 
 
 def serve(cfg, *, on_loop_started: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]
-          | None = None) -> int:
+          | None = None, phases=None) -> int:
     """Run one worker until SIGTERM/SIGINT. Returns the process exit code."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(cfg, on_loop_started))
+        return loop.run_until_complete(_serve(cfg, on_loop_started, phases))
     finally:
         with contextlib.suppress(Exception):
             loop.close()

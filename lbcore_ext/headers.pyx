@@ -1,6 +1,8 @@
 # cython: language_level=3
 """Byte-level pieces of HTTP/1.1 messages the data plane writes itself."""
 
+import re
+
 _REASONS = {
     400: b"Bad Request", 403: b"Forbidden", 408: b"Request Timeout",
     413: b"Content Too Large", 405: b"Method Not Allowed", 414: b"URI Too Long", 421: b"Misdirected Request",
@@ -8,7 +10,32 @@ _REASONS = {
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 
+_REASONS.update({
+    200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently",
+    302: b"Found", 303: b"See Other", 304: b"Not Modified", 307: b"Temporary Redirect",
+    308: b"Permanent Redirect", 401: b"Unauthorized", 404: b"Not Found",
+    429: b"Too Many Requests", 500: b"Internal Server Error",
+})
+
 cdef dict _cache = {}
+
+
+_BAD_NAME = re.compile(rb"[\s:\x00]")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+cpdef bytes reason_phrase(int status):
+    return _REASONS.get(status, b"Status")
+
+
+cpdef bytes header_line(object name, object value):
+    """One header line from hook-supplied values, refusing what could split
+    the message (CR, LF, NUL) or forge a header name."""
+    n = name.encode() if isinstance(name, str) else bytes(name)
+    v = value.encode() if isinstance(value, str) else bytes(value)
+    if not n or _BAD_NAME.search(n) or _BAD_VALUE.search(v):
+        raise ValueError(f"invalid header from a hook: {name!r}: {value!r}")
+    return n + b": " + v + b"\r\n"
 
 
 cpdef bytes error_response(int code, bytes router_code=None, bint close=True):

@@ -36,6 +36,6 @@ cdef class HttpProtocol(Downstream):
     cdef int _send_error(self, int code, bytes router_code) except -1
     cdef int _arm(self, int kind, double delay) except -1
     cdef int _after_exchange(self) except -1
-    cdef bytes _build_head(self)
+    cdef bytes _build_head(self, object view)
     cdef bytes _tls_lines(self)
     cdef int _close(self) except -1

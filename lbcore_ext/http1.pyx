@@ -7,9 +7,12 @@ import asyncio
 
 import httptools
 
-from lbcore_ext.headers cimport error_response
+from lbcore_ext.headers cimport error_response, header_line, reason_phrase
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
+
+from lbcore_ext.phases import (HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER,
+                               HOOK_UPSTREAM_REQUEST_FILTER, RequestView)
 
 from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
                                 H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
@@ -28,6 +31,9 @@ cdef int A_CL = H_CONTENT_LENGTH
 cdef int A_TE = H_TRANSFER_ENCODING
 cdef int A_COOKIE = H_COOKIE
 cdef int A_UPGRADE = H_UPGRADE
+cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
+cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
+cdef int K_UPSTREAM_REQUEST_FILTER = HOOK_UPSTREAM_REQUEST_FILTER
 cdef int M_APPEND = XFF_APPEND
 cdef int M_REMOVE = XFF_REMOVE
 cdef int M_PRESERVE = XFF_PRESERVE
@@ -84,6 +90,10 @@ cdef class HttpProtocol(Downstream):
         self.peer_ip = ip.encode()
         self.peer_port = b"%d" % (peer[1] if peer else 0)
         self.is_tls = transport.get_extra_info("sslcontext") is not None
+        if self.lrt.hooks & K_ON_ACCEPT and not self.lrt.phases.on_accept(ip, peer[1]):
+            self.closed = True
+            transport.abort()
+            return
         self.parser = HttpRequestParser(self)
         self.last_activity = self.loop.time()
         self._arm(T_HEADER, self.lrt.request_timeout)
@@ -261,8 +271,19 @@ cdef class HttpProtocol(Downstream):
         if self.stop_parsing:
             keep_alive = False
         has_body = self.chunked or self.cl > 0
-        ex = Exchange(self, lrt, self._build_head(), method == b"HEAD",
+        view = None
+        if lrt.hooks:
+            view = RequestView(method, self.url, parser.get_http_version(),
+                               self.peer_ip.decode(), int(self.peer_port), lrt.name,
+                               bytes(self.hbuf))
+            if lrt.hooks & K_REQUEST_FILTER:
+                answer = lrt.phases.request_filter(view)
+                if answer is not None:
+                    self._answer_directly(answer)
+                    return
+        ex = Exchange(self, lrt, self._build_head(view), method == b"HEAD",
                       method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
+        ex.view = view
         ex.client_ip = self.peer_ip
         ex.cookie = self.cookie
         ex.upgrade = self.upgrade_value
@@ -303,7 +324,7 @@ cdef class HttpProtocol(Downstream):
 
     # ---- the rewritten head -------------------------------------------------------
 
-    cdef bytes _build_head(self):
+    cdef bytes _build_head(self, object view):
         cdef ListenerRuntime lrt = self.lrt
         cdef bytearray out = bytearray(self.parser.get_method())
         out += b" "
@@ -361,8 +382,28 @@ cdef class HttpProtocol(Downstream):
                 self.tls_lines = self._tls_lines()
             out += self.tls_lines
         out += lrt.static_lines
+        if lrt.hooks & K_UPSTREAM_REQUEST_FILTER:
+            extra = lrt.phases.upstream_request_filter(view)
+            if extra:
+                for name, value in extra:
+                    out += header_line(name, value)
         out += b"\r\n"
         return bytes(out)
+
+    def _answer_directly(self, answer):
+        """request_filter answered: (status, [(name, value)], body). The request
+        body, if any, is not read, so the connection closes after."""
+        status, headers, body = answer
+        if isinstance(body, str):
+            body = body.encode()
+        out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)))
+        for name, value in headers or ():
+            out += header_line(name, value)
+        out += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        out += body
+        self.stop_parsing = True
+        self.transport.write(bytes(out))
+        self._close()
 
     cdef bytes _tls_lines(self):
         """X-Forwarded-TLS-* values are fixed for the connection: built once."""

@@ -35,3 +35,5 @@ cdef class ListenerRuntime:
     cdef public int acl_mode            # ACL_ALL / ACL_WHITELIST / ACL_BLACKLIST
     cdef public IpTrie acl
     cdef public long long refused       # connections refused by access control
+    cdef public object phases           # the Phases object, or None
+    cdef public int hooks               # HOOK_* bits of the overridden hooks

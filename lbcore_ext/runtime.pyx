@@ -52,6 +52,8 @@ cdef class ListenerRuntime:
         self.acl_mode = ACL_ALL
         self.acl = None
         self.refused = 0
+        self.phases = None
+        self.hooks = 0
         self.n_xff = b"X-Forwarded-For: "
         self.n_real_ip = b"X-Real-IP: "
         self.n_proto = b"X-Forwarded-Proto: "

@@ -61,6 +61,8 @@ cdef class Exchange:
     cdef public bytes cookie
     cdef bint sticky_bound
     cdef public bytes upgrade          # the request's Upgrade value, if an upgrade
+    cdef public object view            # RequestView when the listener has hooks
+    cdef int _log(self, int status) except -1
     cdef bytes resp_upgrade
     cdef int tunnel_write(self, object data) except -1
     cdef int _assign(self, Member m) except -1
@@ -81,6 +83,8 @@ cdef class Exchange:
     cdef int _finish(self, bint reusable) except -1
     cdef _restart(self)
     cdef _start_tunnel(self)
+    cdef _response_filter(self, int status)
+    cdef _error(self, int code, bytes router_code)
     cdef int _connect(self) except -1
     cdef int up_status(self, bytes reason) except -1
     cdef int up_header(self, bytes name, bytes value) except -1

@@ -12,13 +12,24 @@ import httptools
 
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 
+from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
+                               HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
 from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
-from lbcore_ext.headers cimport chunk_header
+from lbcore_ext.headers cimport chunk_header, header_line
 from lbcore_ext.runtime cimport ListenerRuntime
 
 cdef object HttpResponseParser = httptools.HttpResponseParser
 cdef object HttpParserError = httptools.HttpParserError
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
+
+cdef int K_UPSTREAM_PEER = HOOK_UPSTREAM_PEER
+cdef int K_RESPONSE_FILTER = HOOK_RESPONSE_FILTER
+cdef int K_FAIL_TO_CONNECT = HOOK_FAIL_TO_CONNECT
+cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
+cdef int K_FAIL_TO_PROXY = HOOK_FAIL_TO_PROXY
+cdef int K_LOGGING = HOOK_LOGGING
+cdef tuple FAILURE_NAMES = (None, "refused", "connect_timeout", "lost", "response_timeout",
+                            "invalid_response")
 
 # Exchange.state
 DEF S_NEW = 0
@@ -100,11 +111,15 @@ cdef class Exchange:
 
     cdef int start(self) except -1:
         cdef Pool pool = self.pool
-        cdef Member m = pool.pick(self.tried, self.client_ip, self.cookie)
+        cdef Member m = None
+        if self.lrt.hooks & K_UPSTREAM_PEER:
+            m = self.lrt.phases.upstream_peer(self.view, pool.members)
+        if m is None:
+            m = pool.pick(self.tried, self.client_ip, self.cookie)
         if m is None:
             self.state = S_DONE
             router_code = b"40000" if not pool.members else b"50000"
-            self.ds.ds_error(self, 503, router_code)
+            self._error(503, router_code)
             return 0
         if pool.sticky == STICKY_SOURCE_IP:
             self.sticky_bound = True
@@ -284,6 +299,11 @@ cdef class Exchange:
         """Nothing reached the client yet: retry where spec 7.2 allows, else answer."""
         cdef bint reused = self.conn is not None and self.conn.reused
         cdef bint sent = kind >= F_LOST
+        cdef int hooks = self.lrt.hooks
+        if hooks & K_FAIL_TO_CONNECT and kind <= F_CONNECT_TIMEOUT:
+            self.lrt.phases.fail_to_connect(self.view, self.member, FAILURE_NAMES[kind])
+        elif hooks & K_ERROR_WHILE_PROXY and kind > F_CONNECT_TIMEOUT:
+            self.lrt.phases.error_while_proxy(self.view, self.member, FAILURE_NAMES[kind])
         if self.conn is not None:
             self._release(False)
         # A reused keep-alive connection the backend closed under us: the
@@ -311,7 +331,24 @@ cdef class Exchange:
         self.state = S_DONE
         self._assign(None)
         code = 504 if kind in (F_CONNECT_TIMEOUT, F_RESPONSE_TIMEOUT) else 502
-        self.ds.ds_error(self, code, None)
+        self._error(code, None)
+        return 0
+
+    cdef _error(self, int code, bytes router_code):
+        """Answer with a generated error; fail_to_proxy may supply its own."""
+        if self.lrt.hooks & K_FAIL_TO_PROXY:
+            custom = self.lrt.phases.fail_to_proxy(self.view, code)
+            if custom is not None:
+                self.ds.ds_write(custom)
+                self.ds.ds_abort(self)
+                self._log(code)
+                return
+        self.ds.ds_error(self, code, router_code)
+        self._log(code)
+
+    cdef int _log(self, int status) except -1:
+        if self.lrt.hooks & K_LOGGING:
+            self.lrt.phases.logging(self.view, status, self.member)
         return 0
 
     cdef _restart(self):
@@ -340,6 +377,8 @@ cdef class Exchange:
         self.state = S_DONE
         self._cancel_timer()
         self._release(reusable)
+        if self.lrt.hooks:
+            self._log(self.status)
         self._assign(None)
         self.ds.ds_exchange_done(self, self.client_keep_alive)
         return 0
@@ -402,6 +441,8 @@ cdef class Exchange:
         if self.reason is not None:
             out += self.reason
         out += b"\r\n"
+        if self.lrt.hooks & K_RESPONSE_FILTER:
+            self._response_filter(status)
         if self.rhead is not None:
             out += self.rhead
         if self.pool.sticky == STICKY_LB_COOKIE and not self.sticky_bound:
@@ -431,6 +472,16 @@ cdef class Exchange:
             # wait for a body that never comes: finish now, never reuse.
             self._finish(False)
         return 0
+
+    cdef _response_filter(self, int status):
+        """Hand the response headers to the hook as a list it may edit in place."""
+        headers = []
+        for line in bytes(self.rhead or b"").split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                headers.append((name, value.strip()))
+        self.lrt.phases.response_filter(self.view, status, headers)
+        self.rhead = bytearray(b"".join([header_line(n, v) for n, v in headers]))
 
     cdef _start_tunnel(self):
         """101: relay the switch, then both connections carry raw bytes."""
