@@ -1,0 +1,159 @@
+"""Property tests of the request path: what a backend receives through lbcore
+equals what the client sent (minus hop-by-hop, plus lbcore's own headers), for
+arbitrary well-formed requests; and malformed variants never reach a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import threading
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lbcore_ext.balancer import Member, Pool
+from lbcore_ext.http1 import HttpProtocol
+from lbcore_ext.runtime import (
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_DROP,
+    H_HOST,
+    H_TRANSFER_ENCODING,
+    H_XFF,
+    ListenerRuntime,
+)
+from tests.reference.http1 import Incomplete, read_request, serialize
+
+
+class Recorder(asyncio.Protocol):
+    """A backend that parses with the reference reader and records requests."""
+
+    seen: list
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            try:
+                req, self.buf = read_request(self.buf)
+            except Incomplete:
+                return
+            self.seen.append(req)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    """lbcore's data plane and a recording backend on a loop in a thread."""
+    seen: list = []
+    ready = threading.Event()
+    state = {}
+
+    def run():
+        loop = uvloop.new_event_loop()
+        state["loop"] = loop
+
+        async def start():
+            rec = type("Rec", (Recorder,), {"seen": seen})
+            backend = await loop.create_server(rec, "127.0.0.1", 0)
+            bport = backend.sockets[0].getsockname()[1]
+            lrt = ListenerRuntime("t", Pool("p", [Member("m", "127.0.0.1", bport, 1)]))
+            lrt.header_actions = {
+                b"connection": H_CONNECTION, b"host": H_HOST, b"x-forwarded-for": H_XFF,
+                b"content-length": H_CONTENT_LENGTH, b"transfer-encoding": H_TRANSFER_ENCODING,
+                b"keep-alive": H_DROP, b"te": H_DROP, b"x-real-ip": H_DROP}
+            lrt.x_real_ip = True
+            server = await loop.create_server(functools.partial(HttpProtocol, lrt),
+                                              "127.0.0.1", 0)
+            state["port"] = server.sockets[0].getsockname()[1]
+            ready.set()
+
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield state["port"], seen
+    state["loop"].call_soon_threadsafe(state["loop"].stop)
+    thread.join(5)
+
+
+def exchange(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
+                min_size=1, max_size=12).map(str.encode)
+value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e),
+                max_size=40).map(lambda s: s.encode())
+RESERVED = {b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+            b"te", b"x-forwarded-for", b"x-real-ip", b"upgrade", b"expect", b"cookie"}
+header = st.tuples(token, value).filter(lambda h: h[0].lower() not in RESERVED)
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+target = st.lists(token, max_size=4).map(lambda parts: b"/" + b"/".join(parts))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"]),
+       target=target, headers=st.lists(header, max_size=8),
+       body=st.binary(max_size=3000), chunked=st.booleans(),
+       sizes=st.lists(st.integers(1, 700), max_size=6))
+def test_forwarded_request_equals_sent(proxy, method, target, headers, body, chunked, sizes):
+    port, seen = proxy
+    seen.clear()
+    if method in (b"GET", b"DELETE", b"OPTIONS") and not chunked:
+        body = b""
+    raw = serialize(method, target, [(b"Host", b"example.test")] + headers, body, chunked, sizes)
+    out = exchange(port, raw)
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    assert len(seen) == 1
+    got = seen[0]
+    assert (got.method, got.target, got.version) == (method, target, b"HTTP/1.1")
+    assert got.body == body
+    forwarded = [(n, v) for n, v in got.headers
+                 if n.lower() not in (b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto",
+                                      b"x-forwarded-host", b"content-length",
+                                      b"transfer-encoding")]
+    assert forwarded == [(b"Host", b"example.test")] + headers
+    assert got.header(b"x-forwarded-for") == [b"127.0.0.1"]
+
+
+GOOD = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+MUTATIONS = [
+    lambda r: r.replace(b"Host: h", b"Host: h\rX: y"),             # bare CR
+    lambda r: r.replace(b"Host: h", b"Host: h\nX: y"),              # bare LF
+    lambda r: r.replace(b"Host: h", b"Host: h\x00"),                # NUL
+    lambda r: r.replace(b"Host: h\r\n", b"Host: h\r\n folded\r\n"),  # obs-fold
+    lambda r: r.replace(b"Content-Length:", b"Content-Length :"),   # space before colon
+    lambda r: r.replace(b"Content-Length: 5", b"Content-Length: 5\r\nContent-Length: 6"),
+    lambda r: r.replace(b"Content-Length: 5", b"Content-Length: 5\r\nTransfer-Encoding: chunked"),
+    lambda r: r.replace(b"Content-Length: 5", b"Content-Length: +5"),
+    lambda r: r.replace(b"Content-Length: 5", b"Transfer-Encoding: gzip, chunked"),
+    lambda r: r.replace(b"POST /p", b"PO ST /p"),
+    lambda r: r.replace(b"/p HTTP", b"/p q HTTP"),
+    lambda r: r.replace(b"HTTP/1.1", b"HTTP/1.1x"),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(st.sampled_from(range(len(MUTATIONS))))
+def test_malformed_never_reaches_backend(proxy, which):
+    port, seen = proxy
+    seen.clear()
+    out = exchange(port, MUTATIONS[which](GOOD))
+    assert out == b"" or out[9:10] in (b"4", b"5"), out[:100]
+    assert seen == [], MUTATIONS[which](GOOD)
