@@ -5,7 +5,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
-MODULES = ["runtime", "balancer", "headers", "upstream", "http1", "iptrie", "acceptor", "phases"]
+MODULES = ["runtime", "balancer", "headers", "upstream", "http1", "iptrie", "acceptor", "phases", "tlsctl"]
 
 extensions = [
     Extension(f"lbcore_ext.{name}", [f"lbcore_ext/{name}.pyx"],
@@ -18,7 +18,8 @@ setup(
         extensions,
         language_level=3,
         compile_time_env={"DEBUG": DEBUG},
-        compiler_directives={"boundscheck": False, "wraparound": False,
-                             "cdivision": True, "embedsignature": True},
+        # No global boundscheck/wraparound=False: a stray [-1] would silently read
+        # garbage. Hot functions opt in locally where a profile justifies it.
+        compiler_directives={"embedsignature": True},
     )
 )

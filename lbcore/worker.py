@@ -35,7 +35,8 @@ def listener_ssl_context(cfg, listener):
 
     policy = resolve_policy(cfg, listener.security_policy)
     cert = cfg.certificates[listener.server_certificate]
-    return server_context(cert.certificate, cert.private_key, policy.versions, policy.ciphers)
+    return server_context(cert.certificate, cert.private_key, policy.versions, policy.ciphers,
+                          policy.tls13_suites)
 
 
 def _bind(listener) -> list[socket.socket]:

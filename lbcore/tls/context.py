@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ssl
 
+from lbcore_ext.tlsctl import set_ciphersuites
+
 VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
     "TLSv1.1": ssl.TLSVersion.TLSv1_1,
@@ -19,9 +21,10 @@ class TLSConfigError(Exception):
     """The local OpenSSL cannot do what the policy asks."""
 
 
-def server_context(cert_path, key_path, versions, ciphers, *, alpn=("http/1.1",)) -> ssl.SSLContext:
-    """A server context with exactly the policy's versions and TLS<=1.2 suites,
-    in the policy's order with server preference (spec 3.2)."""
+def server_context(cert_path, key_path, versions, ciphers, tls13_suites=(), *,
+                   alpn=("http/1.1",)) -> ssl.SSLContext:
+    """A server context with exactly the policy's versions, TLS<=1.2 suites and
+    TLS 1.3 suites, in the policy's order with server preference (spec 3.2)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ordered = sorted(versions, key=_ORDER.index)
     ctx.minimum_version = VERSIONS[ordered[0]]
@@ -34,6 +37,11 @@ def server_context(cert_path, key_path, versions, ciphers, *, alpn=("http/1.1",)
             ctx.set_ciphers(spec)
         except ssl.SSLError as exc:
             raise TLSConfigError(f"cipher list not usable by this OpenSSL: {spec}") from exc
+    if "TLSv1.3" in versions:
+        try:
+            set_ciphersuites(ctx, ":".join(tls13_suites))
+        except ValueError as exc:
+            raise TLSConfigError(str(exc)) from exc
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
     ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     ctx.load_cert_chain(str(cert_path), str(key_path))
