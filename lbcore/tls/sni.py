@@ -1,0 +1,69 @@
+"""Choosing the certificate by the name the client sends (spec 3.3)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def normalise(name: str) -> str:
+    """Names compare case-insensitively and without a trailing dot."""
+    return name.strip().rstrip(".").lower()
+
+
+class SniSelector(Generic[T]):
+    """exact name -> wildcard -> default. `wildcard` mode: `*.example.com`
+    matches exactly one label; `longest_suffix` mode: the most specific
+    wildcard suffix wins and may match deeper names."""
+
+    def __init__(self, entries: Iterable[tuple[Iterable[str], T]], default: T,
+                 match: str = "wildcard") -> None:
+        if match not in ("wildcard", "longest_suffix"):
+            raise ValueError(f"unknown SNI match mode {match!r}")
+        self.default = default
+        self.match = match
+        self.exact: dict[str, T] = {}
+        self.wild: dict[str, T] = {}          # "example.com" for "*.example.com"
+        for names, item in entries:
+            for name in names:
+                n = normalise(name)
+                if n.startswith("*."):
+                    self.wild.setdefault(n[2:], item)
+                else:
+                    self.exact.setdefault(n, item)
+        self.unmatched = 0
+
+    def select(self, server_name: str | None) -> T:
+        if not server_name:
+            return self.default
+        name = normalise(server_name)
+        hit = self.exact.get(name)
+        if hit is not None:
+            return hit
+        labels = name.split(".")
+        if self.match == "wildcard":
+            if len(labels) > 2 or (len(labels) == 2 and labels[0]):
+                hit = self.wild.get(".".join(labels[1:]))
+        else:
+            for i in range(1, len(labels)):
+                hit = self.wild.get(".".join(labels[i:]))
+                if hit is not None:
+                    break
+        if hit is not None:
+            return hit
+        self.unmatched += 1
+        return self.default
+
+    def install(self, default_ctx: ssl.SSLContext) -> None:
+        """Make `default_ctx` switch to the selected context during the handshake."""
+
+        def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext):
+            chosen = self.select(server_name)
+            if chosen is not _ctx:
+                sslobj.context = chosen
+            return None
+
+        default_ctx.sni_callback = callback
