@@ -13,6 +13,7 @@ cdef class HttpProtocol(Downstream):
     cdef bint stop_parsing              # no more requests on this connection
     cdef bint in_request_line
     cdef bint is_tls
+    cdef int resp_mode                  # R_* framing of the response being written
     cdef object timer
     cdef int timer_kind
     cdef double last_activity

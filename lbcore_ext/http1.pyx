@@ -7,7 +7,7 @@ import asyncio
 
 import httptools
 
-from lbcore_ext.headers cimport error_response, header_line, reason_phrase
+from lbcore_ext.headers cimport chunk_header, error_response, header_line, reason_phrase
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
@@ -44,6 +44,11 @@ DEF T_HEADER = 1      # request_timeout: the whole header must arrive (408)
 DEF T_BODY = 2        # request_timeout: longest gap between body reads (close)
 DEF T_IDLE = 3        # idle_timeout between requests (close)
 DEF T_TUNNEL = 4      # idle_timeout on an upgraded connection, both directions
+
+# How the response body is framed toward the client.
+DEF R_PLAIN = 0       # as the backend framed it (Content-Length or no body)
+DEF R_CHUNK = 1       # re-encoded chunked
+DEF R_CLOSE = 2       # delimited by closing the connection (HTTP/1.0 client)
 
 # RFC 9110 9.2.2: these may be retried after they were sent.
 cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
@@ -428,6 +433,55 @@ cdef class HttpProtocol(Downstream):
     cdef int ds_write(self, object data) except -1:
         if not self.closed:
             self.transport.write(data)
+        return 0
+
+    cdef int ds_interim(self, Exchange ex, int status, bytes reason, object rhead) except -1:
+        # 100 Continue / 103 Early Hints mean nothing to an HTTP/1.0 client.
+        if not ex.client_http10 and not self.closed:
+            self.transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (
+                status, reason or b"", bytes(rhead or b"")))
+        return 0
+
+    cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
+                     long long content_length, bint no_body) except -1:
+        cdef bytearray out = bytearray(b"HTTP/1.1 %d " % status)
+        if reason is not None:
+            out += reason
+        out += b"\r\n"
+        if rhead is not None:
+            out += rhead
+        if content_length >= 0:
+            out += b"Content-Length: %d\r\n" % content_length
+            self.resp_mode = R_PLAIN
+        elif no_body:
+            self.resp_mode = R_PLAIN
+        elif ex.client_http10:
+            self.resp_mode = R_CLOSE
+            ex.client_keep_alive = False
+        else:
+            out += b"Transfer-Encoding: chunked\r\n"
+            self.resp_mode = R_CHUNK
+        if not ex.client_keep_alive:
+            out += b"Connection: close\r\n"
+        elif ex.client_http10:
+            out += b"Connection: keep-alive\r\n"
+        out += b"\r\n"
+        if not self.closed:
+            self.transport.write(out)
+        return 0
+
+    cdef int ds_body(self, Exchange ex, object data) except -1:
+        if self.closed:
+            return 0
+        if self.resp_mode == R_CHUNK:
+            self.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+        return 0
+
+    cdef int ds_end(self, Exchange ex) except -1:
+        if self.resp_mode == R_CHUNK and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
         return 0
 
     cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:

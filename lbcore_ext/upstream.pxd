@@ -18,6 +18,13 @@ cdef class Downstream:
     cdef int ds_pause_reading(self) except -1
     cdef int ds_resume_reading(self) except -1
     cdef int ds_tunnel(self, Exchange ex) except -1
+    # The response, in the client's framing (HTTP/1.1 chunked or Content-Length,
+    # HTTP/2 frames): head once, body pieces, end.
+    cdef int ds_interim(self, Exchange ex, int status, bytes reason, object rhead) except -1
+    cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
+                     long long content_length, bint no_body) except -1
+    cdef int ds_body(self, Exchange ex, object data) except -1
+    cdef int ds_end(self, Exchange ex) except -1
     cdef int ds_close(self) except -1
 
 
@@ -37,7 +44,7 @@ cdef class Exchange:
     cdef list body_buf
     cdef Py_ssize_t body_buf_len
     cdef bint body_sent
-    cdef bint client_http10
+    cdef public bint client_http10
     cdef public bint client_keep_alive
     cdef Member member
     cdef list tried
@@ -55,7 +62,6 @@ cdef class Exchange:
     cdef bint resp_chunked
     cdef bint resp_close
     cdef bint interim
-    cdef int resp_mode
     cdef bint resp_started
     cdef public bytes client_ip
     cdef public bytes cookie

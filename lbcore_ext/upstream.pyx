@@ -39,10 +39,6 @@ DEF S_WAITING = 3        # request sent, waiting for/relaying the response
 DEF S_DONE = 4
 DEF S_TUNNEL = 5       # 101 Switching Protocols: raw bytes both ways
 
-# How the response body is framed toward the client.
-DEF R_PLAIN = 0          # as the backend framed it (Content-Length or no body)
-DEF R_CHUNK = 1          # re-encoded chunked
-DEF R_CLOSE = 2          # delimited by closing the client connection (HTTP/1.0)
 
 # Failure kinds (decide retry and the final status).
 DEF F_REFUSED = 1        # connect failed: nothing was sent
@@ -79,6 +75,19 @@ cdef class Downstream:
         raise NotImplementedError
 
     cdef int ds_tunnel(self, Exchange ex) except -1:
+        raise NotImplementedError
+
+    cdef int ds_interim(self, Exchange ex, int status, bytes reason, object rhead) except -1:
+        raise NotImplementedError
+
+    cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
+                     long long content_length, bint no_body) except -1:
+        raise NotImplementedError
+
+    cdef int ds_body(self, Exchange ex, object data) except -1:
+        raise NotImplementedError
+
+    cdef int ds_end(self, Exchange ex) except -1:
         raise NotImplementedError
 
     cdef int ds_close(self) except -1:
@@ -431,42 +440,21 @@ cdef class Exchange:
                     return 0
                 self._start_tunnel()
                 return 0
-            if not self.client_http10:
-                self.ds.ds_write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (
-                    status, self.reason or b"", bytes(self.rhead or b"")))
+            self.ds.ds_interim(self, status, self.reason, self.rhead)
             self.reason = None
             self.rhead = None
             return 0
-        cdef bytearray out = bytearray(b"HTTP/1.1 %d " % status)
-        if self.reason is not None:
-            out += self.reason
-        out += b"\r\n"
         if self.lrt.hooks & K_RESPONSE_FILTER:
             self._response_filter(status)
-        if self.rhead is not None:
-            out += self.rhead
         if self.pool.sticky == STICKY_LB_COOKIE and not self.sticky_bound:
-            out += b"Set-Cookie: " + self.pool.cookie_name + b"=" + self.member.token
-            out += self.pool.set_cookie_suffix + b"\r\n"
-        no_body = self.is_head_method or status == 204 or status == 304
-        if self.resp_cl >= 0 and not self.resp_chunked:
-            out += b"Content-Length: %d\r\n" % self.resp_cl
-            self.resp_mode = R_PLAIN
-        elif no_body:
-            self.resp_mode = R_PLAIN
-        elif self.client_http10:
-            self.resp_mode = R_CLOSE
-            self.client_keep_alive = False
-        else:
-            out += b"Transfer-Encoding: chunked\r\n"
-            self.resp_mode = R_CHUNK
-        if not self.client_keep_alive:
-            out += b"Connection: close\r\n"
-        elif self.client_http10:
-            out += b"Connection: keep-alive\r\n"
-        out += b"\r\n"
+            if self.rhead is None:
+                self.rhead = bytearray()
+            self.rhead += b"Set-Cookie: " + self.pool.cookie_name + b"=" + self.member.token
+            self.rhead += self.pool.set_cookie_suffix + b"\r\n"
         self.resp_started = True
-        self.ds.ds_write(out)
+        self.ds.ds_head(self, status, self.reason, self.rhead,
+                        -1 if self.resp_chunked else self.resp_cl,
+                        self.is_head_method or status == 204 or status == 304)
         if self.is_head_method:
             # httptools cannot be told the request was HEAD, so the parser would
             # wait for a body that never comes: finish now, never reuse.
@@ -507,10 +495,7 @@ cdef class Exchange:
     cdef int up_body(self, bytes data) except -1:
         if self.state == S_DONE:
             return 0
-        if self.resp_mode == R_CHUNK:
-            self.ds.ds_write(chunk_header(len(data)) + data + b"\r\n")
-        else:
-            self.ds.ds_write(data)
+        self.ds.ds_body(self, data)
         return 0
 
     cdef int up_message_complete(self) except -1:
@@ -519,8 +504,7 @@ cdef class Exchange:
         if self.interim:
             self.interim = False
             return 0
-        if self.resp_mode == R_CHUNK:
-            self.ds.ds_write(b"0\r\n\r\n")
+        self.ds.ds_end(self)
         self._finish(self.req_done and not self.resp_close
                      and self.conn.parser.should_keep_alive())
         return 0
@@ -539,8 +523,7 @@ cdef class Exchange:
             self._fail(F_LOST)
         elif self.resp_cl < 0 and not self.resp_chunked:
             # A response delimited by the backend closing: this is its end.
-            if self.resp_mode == R_CHUNK:
-                self.ds.ds_write(b"0\r\n\r\n")
+            self.ds.ds_end(self)
             self._finish(False)
         else:
             self.state = S_DONE
