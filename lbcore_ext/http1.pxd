@@ -38,5 +38,4 @@ cdef class HttpProtocol(Downstream):
     cdef int _arm(self, int kind, double delay) except -1
     cdef int _after_exchange(self) except -1
     cdef bytes _build_head(self, object view)
-    cdef bytes _tls_lines(self)
     cdef int _close(self) except -1

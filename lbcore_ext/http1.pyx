@@ -11,12 +11,11 @@ from lbcore_ext.headers cimport chunk_header, error_response, header_line, reaso
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
-from lbcore_ext.phases import (HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER,
-                               HOOK_UPSTREAM_REQUEST_FILTER, RequestView)
+from lbcore_ext.phases import HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER, RequestView
 
 from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
                                 H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
-                                TLS_PROTOCOL, XFF_APPEND, XFF_PRESERVE, XFF_REMOVE)
+                                TLS_PROTOCOL, XFF_APPEND, XFF_OFF, XFF_PRESERVE)
 
 cdef object get_running_loop = asyncio.get_running_loop
 cdef object HttpRequestParser = httptools.HttpRequestParser
@@ -33,10 +32,9 @@ cdef int A_COOKIE = H_COOKIE
 cdef int A_UPGRADE = H_UPGRADE
 cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
 cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
-cdef int K_UPSTREAM_REQUEST_FILTER = HOOK_UPSTREAM_REQUEST_FILTER
 cdef int M_APPEND = XFF_APPEND
-cdef int M_REMOVE = XFF_REMOVE
 cdef int M_PRESERVE = XFF_PRESERVE
+cdef int M_OFF = XFF_OFF
 
 # Timer kinds of the client connection.
 DEF T_NONE = 0
@@ -220,7 +218,7 @@ cdef class HttpProtocol(Downstream):
             self.hbuf += value
             self.hbuf += b"\r\n"
         elif a == A_XFF:
-            if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == 3:
+            if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
                 self.hbuf += name
                 self.hbuf += b": "
                 self.hbuf += value
@@ -351,47 +349,10 @@ cdef class HttpProtocol(Downstream):
             out += b"Transfer-Encoding: chunked\r\n"
         elif self.cl >= 0:
             out += b"Content-Length: %d\r\n" % self.cl
-        if lrt.xff_mode == M_APPEND:
-            out += lrt.n_xff
-            if self.xff is not None:
-                out += self.xff
-                out += b", "
-            out += self.peer_ip
-            out += b"\r\n"
-        elif lrt.xff_mode == M_REMOVE:
-            out += lrt.n_xff
-            out += self.peer_ip
-            out += b"\r\n"
-        if lrt.x_real_ip:
-            out += lrt.n_real_ip
-            out += self.peer_ip
-            out += b"\r\n"
-        if lrt.x_forwarded_proto:
-            out += lrt.n_proto
-            out += lrt.scheme
-            out += b"\r\n"
-        if lrt.x_forwarded_host and self.host is not None:
-            out += lrt.n_host
-            out += self.host
-            out += b"\r\n"
-        if lrt.x_forwarded_port:
-            out += lrt.n_port
-            out += lrt.port_bytes
-            out += b"\r\n"
-        if lrt.x_forwarded_for_port:
-            out += lrt.n_for_port
-            out += self.peer_port
-            out += b"\r\n"
-        if lrt.tls_fields:
-            if self.tls_lines is None:
-                self.tls_lines = self._tls_lines()
-            out += self.tls_lines
-        out += lrt.static_lines
-        if lrt.hooks & K_UPSTREAM_REQUEST_FILTER:
-            extra = lrt.phases.upstream_request_filter(view)
-            if extra:
-                for name, value in extra:
-                    out += header_line(name, value)
+        if lrt.tls_fields and self.tls_lines is None:
+            self.tls_lines = lrt.tls_lines(self.transport)
+        lrt.append_forwarded(out, self.peer_ip, self.peer_port, self.xff, self.host,
+                             self.tls_lines, view)
         out += b"\r\n"
         return bytes(out)
 
@@ -409,24 +370,6 @@ cdef class HttpProtocol(Downstream):
         self.stop_parsing = True
         self.transport.write(bytes(out))
         self._close()
-
-    cdef bytes _tls_lines(self):
-        """X-Forwarded-TLS-* values are fixed for the connection: built once."""
-        cdef ListenerRuntime lrt = self.lrt
-        cdef int f = lrt.tls_fields
-        sslobj = self.transport.get_extra_info("ssl_object")
-        if sslobj is None:
-            return b""
-        out = b""
-        if f & TLS_PROTOCOL:
-            out += lrt.n_tls_protocol + (sslobj.version() or "").encode() + b"\r\n"
-        if f & TLS_CIPHER:
-            out += lrt.n_tls_cipher + (sslobj.cipher() or ("",))[0].encode() + b"\r\n"
-        if f & TLS_CERT_ID:
-            out += lrt.n_cert_id + lrt.cert_id + b"\r\n"
-        if f & TLS_ALPN:
-            out += lrt.n_alpn + (sslobj.selected_alpn_protocol() or "").encode() + b"\r\n"
-        return out
 
     # ---- what the Exchange calls --------------------------------------------------
 

@@ -37,3 +37,7 @@ cdef class ListenerRuntime:
     cdef public long long refused       # connections refused by access control
     cdef public object phases           # the Phases object, or None
     cdef public int hooks               # HOOK_* bits of the overridden hooks
+
+    cdef bytes tls_lines(self, object transport)
+    cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
+                              bytes host, bytes tls_lines, object view) except -1

@@ -1,6 +1,12 @@
 # cython: language_level=3
 """Runtime objects the control plane fills in and the data plane reads."""
 
+from lbcore_ext.headers cimport header_line
+
+from lbcore_ext.phases import HOOK_UPSTREAM_REQUEST_FILTER
+
+cdef int K_UPSTREAM_REQUEST_FILTER = HOOK_UPSTREAM_REQUEST_FILTER
+
 # Header actions: what http1 does with a client request header of that name.
 H_DROP = 1          # hop-by-hop or owned by lbcore: never forwarded
 H_XFF = 2           # X-Forwarded-For: handled per xff_mode
@@ -15,6 +21,9 @@ XFF_APPEND = 0
 XFF_REMOVE = 1
 XFF_PRESERVE = 2
 XFF_OFF = 3
+
+cdef int C_XFF_APPEND = 0
+cdef int C_XFF_REMOVE = 1
 
 ACL_ALL = 0
 ACL_WHITELIST = 1
@@ -65,3 +74,65 @@ cdef class ListenerRuntime:
         self.n_tls_sni = b"X-Forwarded-Tls-Sni: "
         self.n_alpn = b"X-Forwarded-Alpn-Protocol: "
         self.n_cert_id = b"X-Forwarded-TLS-Certificate-ID: "
+
+    cdef bytes tls_lines(self, object transport):
+        """X-Forwarded-TLS-* lines: fixed for a connection, so built once per connection."""
+        cdef int f = self.tls_fields
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is None:
+            return b""
+        out = b""
+        if f & TLS_PROTOCOL:
+            out += self.n_tls_protocol + (sslobj.version() or "").encode() + b"\r\n"
+        if f & TLS_CIPHER:
+            out += self.n_tls_cipher + (sslobj.cipher() or ("",))[0].encode() + b"\r\n"
+        if f & TLS_CERT_ID:
+            out += self.n_cert_id + self.cert_id + b"\r\n"
+        if f & TLS_ALPN:
+            out += self.n_alpn + (sslobj.selected_alpn_protocol() or "").encode() + b"\r\n"
+        return out
+
+    cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
+                              bytes host, bytes tls_lines, object view) except -1:
+        """The headers lbcore adds toward the backend (spec 5), after the
+        client's own; `xff` is the client's X-Forwarded-For when appending."""
+        if self.xff_mode == C_XFF_APPEND:
+            out += self.n_xff
+            if xff is not None:
+                out += xff
+                out += b", "
+            out += peer_ip
+            out += b"\r\n"
+        elif self.xff_mode == C_XFF_REMOVE:
+            out += self.n_xff
+            out += peer_ip
+            out += b"\r\n"
+        if self.x_real_ip:
+            out += self.n_real_ip
+            out += peer_ip
+            out += b"\r\n"
+        if self.x_forwarded_proto:
+            out += self.n_proto
+            out += self.scheme
+            out += b"\r\n"
+        if self.x_forwarded_host and host is not None:
+            out += self.n_host
+            out += host
+            out += b"\r\n"
+        if self.x_forwarded_port:
+            out += self.n_port
+            out += self.port_bytes
+            out += b"\r\n"
+        if self.x_forwarded_for_port:
+            out += self.n_for_port
+            out += peer_port
+            out += b"\r\n"
+        if tls_lines is not None:
+            out += tls_lines
+        out += self.static_lines
+        if self.hooks & K_UPSTREAM_REQUEST_FILTER:
+            extra = self.phases.upstream_request_filter(view)
+            if extra:
+                for name, value in extra:
+                    out += header_line(name, value)
+        return 0
