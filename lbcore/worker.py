@@ -35,8 +35,9 @@ def listener_ssl_context(cfg, listener):
 
     policy = resolve_policy(cfg, listener.security_policy)
     cert = cfg.certificates[listener.server_certificate]
+    alpn = ("h2", "http/1.1") if listener.http2 else ("http/1.1",)
     return server_context(cert.certificate, cert.private_key, policy.versions, policy.ciphers,
-                          policy.tls13_suites)
+                          policy.tls13_suites, alpn=alpn)
 
 
 def _bind(listener) -> list[socket.socket]:

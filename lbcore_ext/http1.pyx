@@ -11,6 +11,7 @@ from lbcore_ext.headers cimport chunk_header, error_response, header_line, reaso
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
+from lbcore_ext.http2 import H2Protocol
 from lbcore_ext.phases import HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER, RequestView
 
 from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
@@ -97,6 +98,15 @@ cdef class HttpProtocol(Downstream):
             self.closed = True
             transport.abort()
             return
+        if self.is_tls:
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
+                # ALPN chose HTTP/2: hand the connection to the HTTP/2 protocol.
+                self.closed = True
+                h2proto = H2Protocol(self.lrt, self.peer_ip, self.peer_port)
+                transport.set_protocol(h2proto)
+                h2proto.connection_made(transport)
+                return
         self.parser = HttpRequestParser(self)
         self.last_activity = self.loop.time()
         self._arm(T_HEADER, self.lrt.request_timeout)

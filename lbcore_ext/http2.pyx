@@ -1,0 +1,380 @@
+# cython: language_level=3
+"""Downstream HTTP/2 (ALPN h2, spec 9): frames via the h2 library; each stream
+becomes an HTTP/1.1 request on the same forwarding core (Exchange) as HTTP/1.1
+clients. Response bodies respect the client's flow-control windows: when a
+stream's window is shut, its member's connection stops being read."""
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from lbcore_ext.headers cimport reason_phrase
+from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.upstream cimport Downstream, Exchange
+
+from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
+from lbcore_ext.runtime import (H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_XFF, XFF_APPEND,
+                                XFF_OFF, XFF_PRESERVE)
+
+# SETTINGS_MAX_CONCURRENT_STREAMS (spec 9, issue: 100 concurrent streams).
+DEF MAX_STREAMS = 100
+
+cdef object RequestReceived = h2.events.RequestReceived
+cdef object DataReceived = h2.events.DataReceived
+cdef object StreamEnded = h2.events.StreamEnded
+cdef object StreamReset = h2.events.StreamReset
+cdef object WindowUpdated = h2.events.WindowUpdated
+cdef object ConnectionTerminated = h2.events.ConnectionTerminated
+cdef object ProtocolError = h2.exceptions.ProtocolError
+cdef object StreamClosedError = h2.exceptions.StreamClosedError
+cdef int A_HOST = H_HOST
+cdef int A_XFF = H_XFF
+cdef int A_COOKIE = H_COOKIE
+cdef int A_CL = H_CONTENT_LENGTH
+cdef int M_APPEND = XFF_APPEND
+cdef int M_PRESERVE = XFF_PRESERVE
+cdef int M_OFF = XFF_OFF
+cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
+cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
+                                       b"TRACE"))
+
+
+cdef class H2Stream(Downstream):
+    cdef H2Protocol owner
+    cdef int sid
+    cdef Exchange ex
+    cdef list pending
+    cdef bint end_pending
+    cdef bint done
+
+    def __init__(self, H2Protocol owner, int sid):
+        self.owner = owner
+        self.sid = sid
+        self.loop = owner.loop
+        self.transport = owner.transport
+        self.pending = []
+
+    cdef int drain(self) except -1:
+        """Send what the stream's flow-control window allows; stop reading the
+        member while data waits for WINDOW_UPDATE."""
+        conn = self.owner.conn
+        cdef Py_ssize_t window, n
+        if self.done or self.owner.closed:
+            return 0
+        try:
+            while self.pending:
+                window = min(conn.local_flow_control_window(self.sid),
+                             conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = self.pending[0]
+                n = len(chunk)
+                if n <= window:
+                    self.pending.pop(0)
+                    conn.send_data(self.sid, chunk)
+                else:
+                    conn.send_data(self.sid, chunk[:window])
+                    self.pending[0] = chunk[window:]
+            if self.pending:
+                if self.ex is not None:
+                    self.ex.pause_upstream()
+            else:
+                if self.ex is not None:
+                    self.ex.resume_upstream()
+                if self.end_pending:
+                    self.end_pending = False
+                    conn.end_stream(self.sid)
+                    self.owner.forget(self)
+        except StreamClosedError:
+            self.pending = []
+        self.owner.flush()
+        return 0
+
+    cdef int ds_write(self, object data) except -1:
+        return 0    # raw HTTP/1 bytes (a hook's custom page) have no meaning here
+
+    cdef int ds_interim(self, Exchange ex, int status, bytes reason, object rhead) except -1:
+        return 0
+
+    cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
+                     long long content_length, bint no_body) except -1:
+        headers = [(b":status", b"%d" % status)]
+        if rhead is not None:
+            for line in bytes(rhead).split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b":")
+                    headers.append((name.strip().lower(), value.strip()))
+        if content_length >= 0:
+            headers.append((b"content-length", b"%d" % content_length))
+        try:
+            self.owner.conn.send_headers(self.sid, headers, end_stream=no_body)
+        except StreamClosedError:
+            pass
+        self.owner.flush()
+        return 0
+
+    cdef int ds_body(self, Exchange ex, object data) except -1:
+        self.pending.append(data)
+        self.drain()
+        return 0
+
+    cdef int ds_end(self, Exchange ex) except -1:
+        self.end_pending = True
+        self.drain()
+        return 0
+
+    cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:
+        if not self.pending and not self.end_pending:
+            self.owner.forget(self)
+        return 0
+
+    cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
+        body = b"%d %s\n" % (code, reason_phrase(code))
+        headers = [(b":status", b"%d" % code), (b"content-type", b"text/plain"),
+                   (b"content-length", b"%d" % len(body))]
+        if router_code is not None:
+            headers.append((b"x-router-code", router_code))
+        try:
+            self.owner.conn.send_headers(self.sid, headers)
+            self.owner.conn.send_data(self.sid, body, end_stream=True)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self.owner.flush()
+        self.owner.forget(self)
+        return 0
+
+    cdef int ds_abort(self, Exchange ex) except -1:
+        try:
+            self.owner.conn.reset_stream(self.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except (StreamClosedError, ProtocolError):
+            pass
+        self.owner.flush()
+        self.owner.forget(self)
+        return 0
+
+    cdef int ds_pause_reading(self) except -1:
+        self.owner.pause_reading()
+        return 0
+
+    cdef int ds_resume_reading(self) except -1:
+        self.owner.resume_reading()
+        return 0
+
+    cdef int ds_tunnel(self, Exchange ex) except -1:
+        raise RuntimeError("no upgrades over HTTP/2")
+
+    cdef int ds_close(self) except -1:
+        self.ds_abort(self.ex)
+        return 0
+
+
+cdef class H2Protocol:
+    """One HTTP/2 client connection (taken over from HttpProtocol after ALPN)."""
+    cdef object transport
+    cdef object loop
+    cdef ListenerRuntime lrt
+    cdef object conn
+    cdef dict streams
+    cdef bytes peer_ip
+    cdef bytes peer_port
+    cdef bytes tls_lines
+    cdef bint closed
+    cdef bint paused
+    cdef object idle_timer
+
+    def __init__(self, ListenerRuntime lrt, bytes peer_ip, bytes peer_port):
+        self.lrt = lrt
+        self.peer_ip = peer_ip
+        self.peer_port = peer_port
+        self.streams = {}
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_inbound_headers=True)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.lrt.max_header_block,
+        })
+        self.conn.initiate_connection()
+        if self.lrt.tls_fields:
+            self.tls_lines = self.lrt.tls_lines(transport)
+        self.flush()
+
+    cdef int flush(self) except -1:
+        if not self.closed:
+            data = self.conn.data_to_send()
+            if data:
+                self.transport.write(data)
+        return 0
+
+    cdef int forget(self, H2Stream stream) except -1:
+        stream.done = True
+        self.streams.pop(stream.sid, None)
+        return 0
+
+    cdef int pause_reading(self) except -1:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+        return 0
+
+    cdef int resume_reading(self) except -1:
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+        return 0
+
+    def data_received(self, bytes data):
+        cdef H2Stream stream
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError:
+            self.flush()            # h2 queued the GOAWAY
+            self._close()
+            return
+        for ev in events:
+            t = type(ev)
+            if t is RequestReceived:
+                self._request(ev)
+            elif t is DataReceived:
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None and stream.ex is not None:
+                    stream.ex.feed_body(ev.data)
+                if ev.flow_controlled_length:
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif t is StreamEnded:
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None and stream.ex is not None:
+                    stream.ex.body_done()
+            elif t is StreamReset:
+                stream = self.streams.pop(ev.stream_id, None)
+                if stream is not None:
+                    stream.done = True
+                    if stream.ex is not None:
+                        stream.ex.abort()
+            elif t is WindowUpdated:
+                if ev.stream_id == 0:
+                    for stream in list(self.streams.values()):
+                        stream.drain()
+                else:
+                    stream = self.streams.get(ev.stream_id)
+                    if stream is not None:
+                        stream.drain()
+            elif t is ConnectionTerminated:
+                self.flush()
+                self._close()
+                return
+        self.flush()
+
+    def _request(self, ev):
+        cdef ListenerRuntime lrt = self.lrt
+        cdef H2Stream stream = H2Stream(self, ev.stream_id)
+        cdef bytearray hbuf = bytearray()
+        method = path = authority = host = xff = None
+        cookies = None
+        cdef long long cl = -1
+        for name, value in ev.headers:
+            if name[0] == 58:      # ':'
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            action = lrt.header_actions.get(name)
+            if action is None:
+                hbuf += name + b": " + value + b"\r\n"
+                continue
+            a = <int>action
+            if a == A_HOST:
+                host = value
+                hbuf += b"host: " + value + b"\r\n"
+            elif a == A_XFF:
+                if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
+                    hbuf += name + b": " + value + b"\r\n"
+                elif lrt.xff_mode == M_APPEND:
+                    xff = value if xff is None else xff + b", " + value
+            elif a == A_COOKIE:
+                # HTTP/2 may split cookies (RFC 9113 8.2.3); HTTP/1.1 wants one line.
+                cookies = value if cookies is None else cookies + b"; " + value
+            elif a == A_CL:
+                cl = int(value)
+        self.streams[ev.stream_id] = stream
+        if method is None or path is None or method == b"CONNECT":
+            stream.ds_error(None, 400, None)
+            return
+        if host is None and authority is not None:
+            host = authority
+            hbuf += b"host: " + authority + b"\r\n"
+        if cookies is not None:
+            hbuf += b"cookie: " + cookies + b"\r\n"
+        ended = ev.stream_ended is not None
+        chunked = not ended and cl < 0
+        view = None
+        if lrt.hooks:
+            view = RequestView(method, path, "2", self.peer_ip.decode(), int(self.peer_port),
+                               lrt.name, bytes(hbuf))
+            if lrt.hooks & K_REQUEST_FILTER and lrt.phases.request_filter(view) is not None:
+                stream.ds_error(None, 403, None)
+                return
+        cdef bytearray out = bytearray(method)
+        out += b" " + path + b" HTTP/1.1\r\n"
+        out += hbuf
+        if chunked:
+            out += b"transfer-encoding: chunked\r\n"
+        elif cl >= 0:
+            out += b"content-length: %d\r\n" % cl
+        lrt.append_forwarded(out, self.peer_ip, self.peer_port, xff, host, self.tls_lines, view)
+        out += b"\r\n"
+        ex = Exchange(stream, lrt, bytes(out), method == b"HEAD", method in IDEMPOTENT,
+                      not ended, chunked, False, True)
+        ex.client_ip = self.peer_ip
+        ex.cookie = cookies
+        ex.view = view
+        stream.ex = ex
+        if ended:
+            ex.body_done()
+        ex.start()
+
+    def pause_writing(self):
+        cdef H2Stream stream
+        for stream in self.streams.values():
+            if stream.ex is not None:
+                stream.ex.pause_upstream()
+
+    def resume_writing(self):
+        cdef H2Stream stream
+        for stream in list(self.streams.values()):
+            stream.drain()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        cdef H2Stream stream
+        for stream in list(self.streams.values()):
+            stream.done = True
+            if stream.ex is not None:
+                stream.ex.abort()
+        self.streams = {}
+
+    def _close(self):
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def goaway(self):
+        """Graceful shutdown: no new streams, finish the ones in flight."""
+        if not self.closed:
+            self.conn.close_connection()
+            self.flush()
