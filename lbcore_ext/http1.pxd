@@ -14,8 +14,12 @@ cdef class HttpProtocol(Downstream):
     cdef bint in_request_line
     cdef bint is_tls
     cdef int resp_mode                  # R_* framing of the response being written
+    cdef bint corked
+    cdef list wbuf                      # writes held while corked
+    cdef int _out(self, object data) except -1
     cdef object timer
-    cdef int timer_kind
+    cdef double timer_at
+    cdef double req_start               # first byte of a request whose header is incomplete
     cdef double last_activity
     # the request being parsed
     cdef bytes url
@@ -35,7 +39,7 @@ cdef class HttpProtocol(Downstream):
     cdef long long body_seen
     cdef int error_code
     cdef int _send_error(self, int code, bytes router_code) except -1
-    cdef int _arm(self, int kind, double delay) except -1
+    cdef int _schedule(self, double at) except -1
     cdef int _after_exchange(self) except -1
     cdef bytes _build_head(self, object view)
     cdef int _close(self) except -1

@@ -37,12 +37,14 @@ cdef int M_APPEND = XFF_APPEND
 cdef int M_PRESERVE = XFF_PRESERVE
 cdef int M_OFF = XFF_OFF
 
-# Timer kinds of the client connection.
-DEF T_NONE = 0
-DEF T_HEADER = 1      # request_timeout: the whole header must arrive (408)
-DEF T_BODY = 2        # request_timeout: longest gap between body reads (close)
-DEF T_IDLE = 3        # idle_timeout between requests (close)
-DEF T_TUNNEL = 4      # idle_timeout on an upgraded connection, both directions
+# One timer per connection, checked lazily: when it fires it looks at the phase
+# the connection is in and either acts or re-arms for the remaining time.
+#   header: request_timeout from the request's first byte (408)
+#   body:   request_timeout since the last read (408 and close)
+#   exchange: the Exchange's connect / response deadline (504 or retry)
+#   idle:   idle_timeout since the last response (close)
+#   tunnel: idle_timeout since the last byte either way (close)
+DEF NEVER = 1e300
 
 # How the response body is framed toward the client.
 DEF R_PLAIN = 0       # as the backend framed it (Content-Length or no body)
@@ -77,6 +79,7 @@ cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
 cdef class HttpProtocol(Downstream):
     def __init__(self, ListenerRuntime lrt):
         self.lrt = lrt
+        self.wbuf = []
         self.queue = []
         self.cl = -1
 
@@ -109,7 +112,8 @@ cdef class HttpProtocol(Downstream):
                 return
         self.parser = HttpRequestParser(self)
         self.last_activity = self.loop.time()
-        self._arm(T_HEADER, self.lrt.request_timeout)
+        self.req_start = self.last_activity
+        self._schedule(self.last_activity + self.lrt.request_timeout)
 
     def data_received(self, bytes data):
         self.last_activity = self.loop.time()
@@ -188,8 +192,8 @@ cdef class HttpProtocol(Downstream):
         self.chunked = False
         self.bad_te = False
         self.body_seen = 0
-        if self.timer_kind != T_HEADER:
-            self._arm(T_HEADER, self.lrt.request_timeout)
+        self.req_start = self.last_activity
+        self._schedule(self.req_start + self.lrt.request_timeout)
 
     def on_url(self, bytes url):
         self.url = url if self.url is None else self.url + url
@@ -302,12 +306,7 @@ cdef class HttpProtocol(Downstream):
         ex.upgrade = self.upgrade_value
         self.parsing = ex
         self.queue.append(ex)
-        if has_body:
-            self._arm(T_BODY, lrt.request_timeout)
-        elif self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            self.timer_kind = T_NONE
+        self.req_start = 0.0
         if len(self.queue) == 1:
             ex.start()
         elif not self.reading_paused:
@@ -326,10 +325,6 @@ cdef class HttpProtocol(Downstream):
     def on_message_complete(self):
         cdef Exchange ex = self.parsing
         self.parsing = None
-        if self.timer_kind == T_BODY:
-            self.timer.cancel()
-            self.timer = None
-            self.timer_kind = T_NONE
         if ex is not None:
             if not ex.client_keep_alive:
                 self.stop_parsing = True
@@ -383,16 +378,36 @@ cdef class HttpProtocol(Downstream):
 
     # ---- what the Exchange calls --------------------------------------------------
 
-    cdef int ds_write(self, object data) except -1:
-        if not self.closed:
+    cdef int _out(self, object data) except -1:
+        if self.closed:
+            return 0
+        if self.corked:
+            self.wbuf.append(data)
+        else:
             self.transport.write(data)
+        return 0
+
+    cdef int ds_cork(self) except -1:
+        self.corked = True
+        return 0
+
+    cdef int ds_uncork(self) except -1:
+        self.corked = False
+        if self.wbuf:
+            data = self.wbuf[0] if len(self.wbuf) == 1 else b"".join(self.wbuf)
+            self.wbuf = []
+            if not self.closed:
+                self.transport.write(data)
+        return 0
+
+    cdef int ds_write(self, object data) except -1:
+        self._out(data)
         return 0
 
     cdef int ds_interim(self, Exchange ex, int status, bytes reason, object rhead) except -1:
         # 100 Continue / 103 Early Hints mean nothing to an HTTP/1.0 client.
-        if not ex.client_http10 and not self.closed:
-            self.transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (
-                status, reason or b"", bytes(rhead or b"")))
+        if not ex.client_http10:
+            self._out(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or b"", bytes(rhead or b"")))
         return 0
 
     cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
@@ -419,22 +434,19 @@ cdef class HttpProtocol(Downstream):
         elif ex.client_http10:
             out += b"Connection: keep-alive\r\n"
         out += b"\r\n"
-        if not self.closed:
-            self.transport.write(out)
+        self._out(bytes(out))
         return 0
 
     cdef int ds_body(self, Exchange ex, object data) except -1:
-        if self.closed:
-            return 0
         if self.resp_mode == R_CHUNK:
-            self.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
+            self._out(chunk_header(len(data)) + data + b"\r\n")
         else:
-            self.transport.write(data)
+            self._out(data)
         return 0
 
     cdef int ds_end(self, Exchange ex) except -1:
-        if self.resp_mode == R_CHUNK and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
+        if self.resp_mode == R_CHUNK:
+            self._out(b"0\r\n\r\n")
         return 0
 
     cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:
@@ -465,7 +477,7 @@ cdef class HttpProtocol(Downstream):
             self.transport.resume_reading()
         if self.parsing is None:
             self.last_activity = self.loop.time()
-            self._arm(T_IDLE, self.lrt.idle_timeout)
+            self._schedule(self.last_activity + self.lrt.idle_timeout)
         return 0
 
     cdef int ds_tunnel(self, Exchange ex) except -1:
@@ -476,7 +488,11 @@ cdef class HttpProtocol(Downstream):
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
-        self._arm(T_TUNNEL, self.lrt.idle_timeout or self.lrt.request_timeout)
+        self._schedule(self.loop.time() + (self.lrt.idle_timeout or self.lrt.request_timeout))
+        return 0
+
+    cdef int ds_deadline(self, double at) except -1:
+        self._schedule(at)
         return 0
 
     cdef int ds_close(self) except -1:
@@ -520,12 +536,13 @@ cdef class HttpProtocol(Downstream):
             self.parsing.abort()
         self.queue = []
         self.parsing = None
-        if not self.closed:
-            self.transport.write(error_response(code, router_code, True))
-            self._close()
+        self._out(error_response(code, router_code, True))
+        self._close()
         return 0
 
     cdef int _close(self) except -1:
+        if self.wbuf:
+            self.ds_uncork()
         if not self.closed:
             self.closed = True
             if self.timer is not None:
@@ -534,34 +551,67 @@ cdef class HttpProtocol(Downstream):
             self.transport.close()
         return 0
 
-    cdef int _arm(self, int kind, double delay) except -1:
+    cdef int _schedule(self, double at) except -1:
+        """Make sure the timer fires by `at`. A later deadline needs nothing: the
+        timer re-arms itself for the remainder when it fires early."""
+        if self.closed:
+            return 0
         if self.timer is not None:
+            if self.timer_at <= at:
+                return 0
             self.timer.cancel()
-        self.timer_kind = kind
-        self.timer = self.loop.call_later(delay, self._on_timer)
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._on_timer)
         return 0
 
     def _on_timer(self):
         self.timer = None
-        cdef int kind = self.timer_kind
-        self.timer_kind = T_NONE
         if self.closed:
             return
-        if kind == T_HEADER:
-            self._send_error(408, None)
-        elif kind == T_BODY:
-            idle = self.loop.time() - self.last_activity
-            if idle < self.lrt.request_timeout:
-                self._arm(T_BODY, self.lrt.request_timeout - idle)
-            else:
-                self._send_error(408, None)
-        elif kind == T_IDLE:
-            self._close()
-        elif kind == T_TUNNEL:
-            limit = self.lrt.idle_timeout or self.lrt.request_timeout
-            idle = self.loop.time() - max(self.last_activity, self.tunnel.last_read)
-            if idle < limit:
-                self._arm(T_TUNNEL, limit - idle)
-            else:
+        cdef ListenerRuntime lrt = self.lrt
+        cdef double now = self.loop.time()
+        cdef double due = NEVER, d
+        cdef Exchange ex
+        if self.tunnel is not None:
+            limit = lrt.idle_timeout or lrt.request_timeout
+            d = max(self.last_activity, self.tunnel.last_read) + limit
+            if now >= d:
                 self.tunnel.abort()
                 self._close()
+                return
+            self._schedule(d)
+            return
+        if self.req_start > 0.0:                    # header phase
+            d = self.req_start + lrt.request_timeout
+            if now >= d:
+                self._send_error(408, None)
+                return
+            due = d
+        elif self.parsing is not None:              # body phase
+            d = self.last_activity + lrt.request_timeout
+            if now >= d:
+                self._send_error(408, None)
+                return
+            due = d
+        if self.queue:                              # an exchange in flight
+            ex = self.queue[0]
+            d = ex.deadline()
+            if d > 0.0:
+                if now >= d:
+                    ex.expire()
+                    if self.closed:
+                        return
+                    d = ex.deadline() if self.queue and self.queue[0] is ex else 0.0
+                    if d <= 0.0:
+                        d = now + lrt.request_timeout
+                due = min(due, d)
+            else:
+                due = min(due, now + lrt.request_timeout)
+        elif self.req_start == 0.0 and self.parsing is None:   # idle keep-alive
+            d = self.last_activity + lrt.idle_timeout
+            if now >= d:
+                self._close()
+                return
+            due = min(due, d)
+        if due < NEVER:
+            self._schedule(due)

@@ -172,6 +172,10 @@ cdef class H2Stream(Downstream):
         self.ds_abort(self.ex)
         return 0
 
+    cdef int ds_deadline(self, double at) except -1:
+        self.owner.schedule(at)
+        return 0
+
 
 cdef class H2Protocol:
     """One HTTP/2 client connection (taken over from HttpProtocol after ALPN)."""
@@ -185,7 +189,9 @@ cdef class H2Protocol:
     cdef bytes tls_lines
     cdef bint closed
     cdef bint paused
-    cdef object idle_timer
+    cdef object timer
+    cdef double timer_at
+    cdef double last_activity
 
     def __init__(self, ListenerRuntime lrt, bytes peer_ip, bytes peer_port):
         self.lrt = lrt
@@ -206,7 +212,48 @@ cdef class H2Protocol:
         self.conn.initiate_connection()
         if self.lrt.tls_fields:
             self.tls_lines = self.lrt.tls_lines(transport)
+        self.last_activity = self.loop.time()
+        self.schedule(self.last_activity + (self.lrt.idle_timeout or self.lrt.request_timeout))
         self.flush()
+
+    cdef int schedule(self, double at) except -1:
+        """One lazy timer per connection, as in http1: fire by `at`, then re-check."""
+        if self.closed:
+            return 0
+        if self.timer is not None:
+            if self.timer_at <= at:
+                return 0
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._on_timer)
+        return 0
+
+    def _on_timer(self):
+        self.timer = None
+        if self.closed:
+            return
+        cdef double now = self.loop.time(), d, due = 1e300
+        cdef H2Stream stream
+        for stream in list(self.streams.values()):
+            if stream.ex is None:
+                continue
+            d = stream.ex.deadline()
+            if d <= 0.0:
+                continue
+            if now >= d:
+                stream.ex.expire()
+            else:
+                due = min(due, d)
+        if not self.streams:
+            d = self.last_activity + (self.lrt.idle_timeout or self.lrt.request_timeout)
+            if now >= d:
+                self.goaway()
+                self._close()
+                return
+            due = min(due, d)
+        else:
+            due = min(due, now + self.lrt.request_timeout)
+        self.schedule(due)
 
     cdef int flush(self) except -1:
         if not self.closed:
@@ -234,6 +281,7 @@ cdef class H2Protocol:
 
     def data_received(self, bytes data):
         cdef H2Stream stream
+        self.last_activity = self.loop.time()
         try:
             events = self.conn.receive_data(data)
         except ProtocolError:
@@ -361,6 +409,9 @@ cdef class H2Protocol:
 
     def connection_lost(self, exc):
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         cdef H2Stream stream
         for stream in list(self.streams.values()):
             stream.done = True

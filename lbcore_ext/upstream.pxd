@@ -25,6 +25,11 @@ cdef class Downstream:
                      long long content_length, bint no_body) except -1
     cdef int ds_body(self, Exchange ex, object data) except -1
     cdef int ds_end(self, Exchange ex) except -1
+    # Hold writes while one upstream read is processed, then send them as one.
+    cdef int ds_cork(self) except -1
+    # Make sure the owner's timer fires by loop time `at`, then asks deadline().
+    cdef int ds_deadline(self, double at) except -1
+    cdef int ds_uncork(self) except -1
     cdef int ds_close(self) except -1
 
 
@@ -52,7 +57,7 @@ cdef class Exchange:
     cdef bint fresh_retry_used
     cdef UpstreamConnection conn
     cdef object connect_task
-    cdef object timer
+    cdef double t_connect
     cdef int state
     cdef double last_read
     cdef int status
@@ -83,7 +88,8 @@ cdef class Exchange:
     cdef int _attach(self, UpstreamConnection conn) except -1
     cdef int _write_body(self, object data) except -1
     cdef int _arm(self, double delay) except -1
-    cdef int _cancel_timer(self) except -1
+    cdef double deadline(self)
+    cdef int expire(self) except -1
     cdef int _fail(self, int kind) except -1
     cdef int _release(self, bint reusable) except -1
     cdef int _finish(self, bint reusable) except -1

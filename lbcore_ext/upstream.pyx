@@ -90,6 +90,15 @@ cdef class Downstream:
     cdef int ds_end(self, Exchange ex) except -1:
         raise NotImplementedError
 
+    cdef int ds_cork(self) except -1:
+        return 0
+
+    cdef int ds_deadline(self, double at) except -1:
+        raise NotImplementedError
+
+    cdef int ds_uncork(self) except -1:
+        return 0
+
     cdef int ds_close(self) except -1:
         raise NotImplementedError
 
@@ -177,7 +186,6 @@ cdef class Exchange:
         if self.state == S_CONNECTING and self.connect_task is not None:
             self.connect_task.cancel()
         self.state = S_DONE
-        self._cancel_timer()
         if self.conn is not None:
             self._release(False)
         self._assign(None)
@@ -231,10 +239,8 @@ cdef class Exchange:
             return
         exc = task.exception()
         if exc is not None:
-            self._cancel_timer()
             self._fail(F_REFUSED)
             return
-        self._cancel_timer()
         self._attach(<UpstreamConnection>task.result()[1])
 
     cdef int _attach(self, UpstreamConnection conn) except -1:
@@ -268,21 +274,26 @@ cdef class Exchange:
 
     # ---- time-outs ----------------------------------------------------------------
 
+    # Deadlines are checked lazily by the downstream's single timer: the common
+    # path stamps times and arms nothing (DESIGN: timers on the loop, not per request).
+
     cdef int _arm(self, double delay) except -1:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(delay, self._on_timer)
+        cdef double now = self.loop.time()
+        if self.state == S_CONNECTING:
+            self.t_connect = now
+        self.ds.ds_deadline(now + delay)
         return 0
 
-    cdef int _cancel_timer(self) except -1:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        return 0
+    cdef double deadline(self):
+        """When this exchange times out if nothing happens; 0 = no deadline."""
+        if self.state == S_CONNECTING:
+            return self.t_connect + self.lrt.connect_timeout
+        if self.state == S_WAITING:
+            return self.last_read + self.lrt.response_timeout
+        return 0.0
 
-    def _on_timer(self):
-        self.timer = None
-        cdef double idle
+    cdef int expire(self) except -1:
+        """The downstream's timer found deadline() passed."""
         if self.state == S_CONNECTING:
             task = self.connect_task
             self.connect_task = None
@@ -290,17 +301,14 @@ cdef class Exchange:
                 task.cancel()
             self._fail(F_CONNECT_TIMEOUT)
         elif self.state == S_WAITING:
-            # One timer per exchange, re-armed lazily: reads only stamp last_read.
-            idle = self.loop.time() - self.last_read
-            if idle < self.lrt.response_timeout:
-                self._arm(self.lrt.response_timeout - idle)
-            elif self.resp_started:
+            if self.resp_started:
                 self.state = S_DONE
                 self._release(False)
                 self._assign(None)
                 self.ds.ds_abort(self)
             else:
                 self._fail(F_RESPONSE_TIMEOUT)
+        return 0
 
     # ---- failure, retry, completion -----------------------------------------------
 
@@ -384,7 +392,6 @@ cdef class Exchange:
 
     cdef int _finish(self, bint reusable) except -1:
         self.state = S_DONE
-        self._cancel_timer()
         self._release(reusable)
         if self.lrt.hooks:
             self._log(self.status)
@@ -481,7 +488,6 @@ cdef class Exchange:
         out += b"Connection: upgrade\r\nUpgrade: " + self.resp_upgrade + b"\r\n\r\n"
         self.state = S_TUNNEL
         self.resp_started = True
-        self._cancel_timer()
         self.conn.tunnel = True
         self.ds.ds_write(out)
         self.ds.ds_tunnel(self)
@@ -518,7 +524,6 @@ cdef class Exchange:
             self._assign(None)
             self.ds.ds_close()
             return 0
-        self._cancel_timer()
         if not self.resp_started:
             self._fail(F_LOST)
         elif self.resp_cl < 0 and not self.resp_chunked:
@@ -535,7 +540,6 @@ cdef class Exchange:
     cdef int up_invalid(self) except -1:
         if self.state == S_DONE:
             return 0
-        self._cancel_timer()
         if not self.resp_started:
             self._fail(F_INVALID)
         else:
@@ -564,6 +568,8 @@ cdef class UpstreamConnection:
         if self.tunnel:
             ex.ds.ds_write(data)
             return
+        cdef Downstream ds = ex.ds
+        ds.ds_cork()
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -578,6 +584,8 @@ cdef class UpstreamConnection:
             if ex is not None:
                 ex.up_invalid()
             self.close()
+        finally:
+            ds.ds_uncork()
 
     def eof_received(self):
         return False
