@@ -5,27 +5,13 @@ arbitrary well-formed requests; and malformed variants never reach a backend."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import socket
-import threading
 
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbcore_ext.balancer import Member, Pool
-from lbcore_ext.http1 import HttpProtocol
-from lbcore_ext.runtime import (
-    H_CONNECTION,
-    H_CONTENT_LENGTH,
-    H_DROP,
-    H_HOST,
-    H_TRANSFER_ENCODING,
-    H_XFF,
-    ListenerRuntime,
-)
 from tests.reference.http1 import Incomplete, read_request, serialize
+from tests.support.inproc import LoopThread, exchange, start_backend, start_proxy
 
 
 class Recorder(asyncio.Protocol):
@@ -51,49 +37,15 @@ class Recorder(asyncio.Protocol):
 def proxy():
     """lbcore's data plane and a recording backend on a loop in a thread."""
     seen: list = []
-    ready = threading.Event()
-    state = {}
+    lt = LoopThread()
 
-    def run():
-        loop = uvloop.new_event_loop()
-        state["loop"] = loop
+    async def start():
+        _, bport = await start_backend(type("Rec", (Recorder,), {"seen": seen}))
+        _, port, _ = await start_proxy([(bport, 1)])
+        return port
 
-        async def start():
-            rec = type("Rec", (Recorder,), {"seen": seen})
-            backend = await loop.create_server(rec, "127.0.0.1", 0)
-            bport = backend.sockets[0].getsockname()[1]
-            lrt = ListenerRuntime("t", Pool("p", [Member("m", "127.0.0.1", bport, 1)]))
-            lrt.header_actions = {
-                b"connection": H_CONNECTION, b"host": H_HOST, b"x-forwarded-for": H_XFF,
-                b"content-length": H_CONTENT_LENGTH, b"transfer-encoding": H_TRANSFER_ENCODING,
-                b"keep-alive": H_DROP, b"te": H_DROP, b"x-real-ip": H_DROP}
-            lrt.x_real_ip = True
-            server = await loop.create_server(functools.partial(HttpProtocol, lrt),
-                                              "127.0.0.1", 0)
-            state["port"] = server.sockets[0].getsockname()[1]
-            ready.set()
-
-        loop.run_until_complete(start())
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield state["port"], seen
-    state["loop"].call_soon_threadsafe(state["loop"].stop)
-    thread.join(5)
-
-
-def exchange(port: int, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(raw)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
+    yield lt.call(start()), seen
+    lt.stop()
 
 
 token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
