@@ -590,7 +590,9 @@ cdef class HttpProtocol(Downstream):
         elif self.parsing is not None:              # body phase
             d = self.last_activity + lrt.request_timeout
             if now >= d:
-                self._send_error(408, None)
+                # Spec 2: a gap in the body closes the connection (408 is for the
+                # header; a response may already be on its way).
+                self._close()
                 return
             due = d
         if self.queue:                              # an exchange in flight
