@@ -128,7 +128,8 @@ def test_websocket_is_tunnelled_both_ways(lt):
 def test_tunnel_closes_after_idle_timeout(lt):
     port = proxy(lt, idle_timeout=0.5)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\n\r\n")
         t0 = time.monotonic()
         out = b""
         while True:
