@@ -266,6 +266,7 @@ cdef class HttpProtocol(Downstream):
 
     def on_headers_complete(self):
         cdef ListenerRuntime lrt = self.lrt
+        cdef Exchange ex
         parser = self.parser
         self.in_request_line = False
         if self.bad_te:
@@ -298,7 +299,7 @@ cdef class HttpProtocol(Downstream):
                 if answer is not None:
                     self._answer_directly(answer)
                     return
-        ex = Exchange(self, lrt, self._build_head(view), method == b"HEAD",
+        ex = Exchange.new(self, lrt, self._build_head(view), method == b"HEAD",
                       method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
         ex.view = view
         ex.client_ip = self.peer_ip

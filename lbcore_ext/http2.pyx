@@ -325,6 +325,7 @@ cdef class H2Protocol:
     def _request(self, ev):
         cdef ListenerRuntime lrt = self.lrt
         cdef H2Stream stream = H2Stream(self, ev.stream_id)
+        cdef Exchange ex
         cdef bytearray hbuf = bytearray()
         method = path = authority = host = xff = None
         cookies = None
@@ -383,7 +384,7 @@ cdef class H2Protocol:
             out += b"content-length: %d\r\n" % cl
         lrt.append_forwarded(out, self.peer_ip, self.peer_port, xff, host, self.tls_lines, view)
         out += b"\r\n"
-        ex = Exchange(stream, lrt, bytes(out), method == b"HEAD", method in IDEMPOTENT,
+        ex = Exchange.new(stream, lrt, bytes(out), method == b"HEAD", method in IDEMPOTENT,
                       not ended, chunked, False, True)
         ex.client_ip = self.peer_ip
         ex.cookie = cookies

@@ -78,6 +78,10 @@ cdef class Exchange:
     cdef int tunnel_write(self, object data) except -1
     cdef int _assign(self, Member m) except -1
 
+    @staticmethod
+    cdef Exchange new(Downstream ds, ListenerRuntime lrt, bytes head, bint is_head_method,
+                      bint idempotent, bint has_body, bint req_chunked, bint client_http10,
+                      bint client_keep_alive)
     cdef int start(self) except -1
     cdef int feed_body(self, object data) except -1
     cdef int body_done(self) except -1
