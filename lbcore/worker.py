@@ -10,10 +10,12 @@ import functools
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from lbcore.health import HealthChecker, targets_from_config
 from lbcore.runtime_build import Runtime, build_runtime
 from lbcore.tls.context import server_context
 from lbcore_ext.acceptor import Acceptor
@@ -86,6 +88,20 @@ async def open_listeners(cfg, runtime: Runtime) -> list:
     return servers
 
 
+def start_health_checks(cfg, runtime: Runtime) -> HealthChecker:
+    """In a single process the checker sets the members' state directly."""
+
+    def publish(target, healthy: bool) -> None:
+        member = runtime.pools[target.pool].members[target.index]
+        if healthy and member.healthy is False:
+            member.up_since = time.monotonic()      # slow start ramps from here
+        member.healthy = healthy
+
+    checker = HealthChecker(targets_from_config(cfg, runtime.pools), publish)
+    checker.start()
+    return checker
+
+
 async def _serve(cfg, on_loop_started, phases) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -102,9 +118,11 @@ async def _serve(cfg, on_loop_started, phases) -> int:
     except Exception as exc:  # a config the model accepted but the runtime can't serve
         log.error("cannot start: %s", exc)
         return 1
+    checker = start_health_checks(cfg, runtime)
     log.info("lbcore ready: %d listener(s)", len(servers))
     await stop.wait()
     log.info("stopping")
+    await checker.stop()
     for server in servers:
         server.close()
     waiting = [s.wait_closed() for s in servers if isinstance(s, asyncio.AbstractServer)]
