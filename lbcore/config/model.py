@@ -1,0 +1,330 @@
+"""The configuration model: every key of spec/lb.example.yaml with the ranges
+and defaults of spec/LISTENER.md. Immutable once built; unknown keys refused."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def in_range(lo: float, hi: float):
+    """An int (or float) validator whose message names both bounds, as users
+    of nginx -t expect: '5000 is outside 0-4000'."""
+
+    def check(v):
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is outside {lo}-{hi}")
+        return v
+
+    return AfterValidator(check)
+
+
+def no_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {v!r}")
+    return v
+
+
+def Int(lo: int, hi: int):  # noqa: N802 - reads like a type in annotations
+    return Annotated[int, BeforeValidator(no_bool), in_range(lo, hi)]
+
+
+Port = Int(1, 65535)
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class Admin(Model):
+    address: str = "127.0.0.1"
+    port: Port = 9100
+
+
+class AccessLog(Model):
+    path: str = "-"
+    format: Literal["json", "elb"] = "json"
+
+
+class LoadBalancer(Model):
+    name: Name = "lbcore"
+    id: str | None = None
+    eip: str | None = None
+    workers: Literal["auto"] | Int(1, 1024) = "auto"
+    admin: Admin = Admin()
+    access_log: AccessLog = AccessLog()
+
+
+class Certificate(Model):
+    type: Literal["server", "ca"]
+    certificate: Path
+    private_key: Path | None = None
+    crl: Path | None = None
+    info: Any = Field(default=None, exclude=True)   # filled in by the loader, never from YAML
+
+
+class IpGroup(Model):
+    description: Annotated[str, Field(max_length=255)] = ""
+    addresses: tuple[str, ...] = ()
+
+
+TlsVersion = Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+
+
+class SecurityPolicy(Model):
+    description: str = ""
+    protocols: Annotated[tuple[TlsVersion, ...], Field(min_length=1)]
+    ciphers: Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+class Sni(Model):
+    enabled: bool = False
+    match: Literal["wildcard", "longest_suffix"] = "wildcard"
+    certificates: Annotated[tuple[str, ...], Field(max_length=50)] = ()
+
+
+class AccessControl(Model):
+    mode: Literal["all", "whitelist", "blacklist"] = "all"
+    ip_group: str | None = None
+
+    @model_validator(mode="after")
+    def group_needed(self):
+        if self.mode != "all" and not self.ip_group:
+            raise ValueError(f"mode {self.mode} needs an ip_group")
+        return self
+
+
+ClientCertField = Literal["subjectdn", "issuerdn", "fingerprint", "serialnumber", "end",
+                          "clientverify", "cert"]
+OPTIONAL_HEADER_KEYS = (
+    "x_forwarded_for", "x_forwarded_host", "x_forwarded_proto", "x_real_ip", "x_forwarded_port",
+    "x_forwarded_for_port", "x_forwarded_elb_id", "x_forwarded_elb_ip",
+    "x_forwarded_tls_protocol", "x_forwarded_tls_cipher", "x_forwarded_tls_certificate_id",
+    "x_forwarded_tls_sni", "x_forwarded_alpn_protocol", "x_forwarded_clientcert",
+)
+
+
+def check_aliases(v: dict[str, str]) -> dict[str, str]:
+    for key, alias in v.items():
+        if key not in OPTIONAL_HEADER_KEYS:
+            raise ValueError(f"aliases: {key!r} is not an insert_headers key")
+        if not ALIAS.match(alias):
+            raise ValueError(f"aliases.{key}: {alias!r} must be 1-40 characters [A-Za-z0-9_-]")
+    return v
+
+
+class InsertHeaders(Model):
+    x_forwarded_for: Literal["append", "remove", "preserve"] = "append"
+    x_forwarded_host: bool = True
+    x_forwarded_proto: bool = True
+    x_real_ip: bool = True
+    x_forwarded_port: bool = False
+    x_forwarded_for_port: bool = False
+    x_forwarded_elb_id: bool = False
+    x_forwarded_tls_protocol: bool = False
+    x_forwarded_tls_cipher: bool = False
+    x_forwarded_tls_certificate_id: bool = False
+    x_forwarded_tls_sni: bool = False
+    x_forwarded_alpn_protocol: bool = False
+    x_forwarded_clientcert: tuple[ClientCertField, ...] = ()
+    aliases: Annotated[dict[str, str], AfterValidator(check_aliases)] = {}
+
+
+class Limits(Model):
+    """Ranges: generous enough for any real client, tight enough that a typo
+    (an extra zero) is caught rather than served."""
+
+    max_request_line: Int(256, 1 << 20) = 8192
+    max_header_size: Int(256, 1 << 20) = 16384
+    max_header_block: Int(1024, 1 << 22) = 65536
+    max_headers: Int(1, 10000) = 100
+    max_body: Int(0, 1 << 50) = 10737418240
+    max_connections: Int(0, 10_000_000) = 0
+    max_new_connections_per_second: Int(0, 10_000_000) = 0
+
+
+class Rule(Model):
+    type: Literal["host", "path", "method", "header", "query", "source_ip"]
+    match: Literal["exact", "prefix", "regex"] | None = None
+    name: str | None = None
+    values: Annotated[tuple[str, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def consistent(self):
+        if self.type in ("header", "query") and not self.name:
+            raise ValueError(f"a {self.type} rule needs a name")
+        if self.match is not None and self.type != "path":
+            raise ValueError("match applies to path rules only")
+        if self.match == "regex":
+            for v in self.values:
+                try:
+                    re.compile(v)
+                except re.error as exc:
+                    raise ValueError(f"regex {v!r} does not compile: {exc}") from exc
+        return self
+
+
+class UrlSpec(Model):
+    protocol: Literal["HTTP", "HTTPS"] | None = None
+    host: str | None = None
+    port: Port | None = None
+    path: str | None = None
+    query: str | None = None
+
+
+class ForwardAction(Model):
+    type: Literal["forward"]
+    pool: str | None = None
+    pools: dict[str, Int(0, 100)] | None = None
+
+    @model_validator(mode="after")
+    def one_target(self):
+        if (self.pool is None) == (self.pools is None):
+            raise ValueError("forward needs exactly one of pool or pools")
+        return self
+
+
+class RedirectAction(Model):
+    type: Literal["redirect"]
+    status: Literal[301, 302, 303, 307, 308] = 301
+    url: UrlSpec
+
+
+class FixedResponseAction(Model):
+    type: Literal["fixed_response"]
+    status: Int(100, 599) = 200
+    content_type: str = "text/plain"
+    body: Annotated[str, Field(max_length=1024)] = ""
+
+
+Action = Annotated[ForwardAction | RedirectAction | FixedResponseAction,
+                   Field(discriminator="type")]
+
+
+class ForwardingPolicy(Model):
+    name: Name
+    priority: Int(0, 10000)
+    rules: tuple[Rule, ...] = ()
+    action: Action
+    qps_limit: Int(0, 1_000_000) = 0
+
+
+class Listener(Model):
+    name: Name
+    protocol: Literal["HTTPS", "HTTP"]
+    port: Port
+    address: str | None = None
+    description: Annotated[str, Field(max_length=255)] = ""
+    ssl_authentication: Literal["one-way", "mutual"] = "one-way"
+    server_certificate: str | None = None
+    ca_certificate: str | None = None
+    sni: Sni = Sni()
+    access_control: AccessControl = AccessControl()
+    transfer_client_ip: bool = True
+    security_policy: str = "tls-1-2"
+    http2: bool = False
+    transfer_eip: bool = False
+    idle_timeout: Int(0, 4000) = 60
+    request_timeout: Int(1, 300) = 60
+    response_timeout: Int(1, 300) = 60
+    connect_timeout: Annotated[float, BeforeValidator(no_bool), in_range(0.1, 60)] = 5.0
+    insert_headers: InsertHeaders = InsertHeaders()
+    limits: Limits = Limits()
+    default_pool: str
+    forwarding_policies: tuple[ForwardingPolicy, ...] = ()
+
+
+class StickySession(Model):
+    type: Literal["lb_cookie", "app_cookie", "source_ip"]
+    cookie_name: str | None = None
+    timeout_minutes: Int(1, 1440) = 1440
+
+    @model_validator(mode="after")
+    def app_cookie_named(self):
+        if self.type == "app_cookie" and not self.cookie_name:
+            raise ValueError("app_cookie needs cookie_name (the application's cookie)")
+        return self
+
+
+class SlowStart(Model):
+    enabled: bool = False
+    duration: Int(30, 1200) = 30
+
+
+class Member(Model):
+    name: str | None = None
+    address: Annotated[str, Field(min_length=1)]
+    port: Port
+    weight: Int(0, 100) = 1
+
+    @model_validator(mode="after")
+    def default_name(self):
+        if self.name is None:
+            object.__setattr__(self, "name", f"{self.address}:{self.port}")
+        return self
+
+
+EXPECTED_CODES = re.compile(r"^\d{3}(-\d{3})?(,\d{3}(-\d{3})?)*$")
+
+
+def check_codes(v: Any) -> str:
+    v = str(v).replace(" ", "")
+    if not EXPECTED_CODES.match(v):
+        raise ValueError(f"expected_codes {v!r}: use 200, 200,202 or 200-299")
+    return v
+
+
+def check_path(v: str) -> str:
+    if not v.startswith("/") or len(v) > 80:
+        raise ValueError(f"path {v!r} must start with / and be at most 80 characters")
+    return v
+
+
+class HealthCheck(Model):
+    enabled: bool = True
+    protocol: Literal["HTTP", "TCP"] = "HTTP"
+    port: Port | None = None
+    domain: str | None = None
+    path: Annotated[str, AfterValidator(check_path)] = "/"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    interval: Int(1, 50) = 5
+    timeout: Int(1, 50) = 3
+    healthy_threshold: Int(1, 10) = 3
+    unhealthy_threshold: Int(1, 10) = 3
+    expected_codes: Annotated[str, BeforeValidator(check_codes)] = "200"
+
+
+class Pool(Model):
+    description: str = ""
+    protocol: Literal["HTTP"] = "HTTP"
+    algorithm: Literal["weighted_round_robin", "weighted_least_connections",
+                       "source_ip_hash"] = "weighted_round_robin"
+    sticky_session: StickySession | None = None
+    slow_start: SlowStart = SlowStart()
+    fail_open: bool = False
+    members: Annotated[tuple[Member, ...], Field(max_length=500)] = ()
+    health_check: HealthCheck = HealthCheck()
+
+    @model_validator(mode="after")
+    def slow_start_wrr_only(self):
+        if self.slow_start.enabled and self.algorithm != "weighted_round_robin":
+            raise ValueError("slow_start works with weighted_round_robin only")
+        return self
+
+
+class Config(Model):
+    load_balancer: LoadBalancer = LoadBalancer()
+    certificates: dict[str, Certificate] = {}
+    ip_groups: dict[str, IpGroup] = {}
+    security_policies: dict[str, SecurityPolicy] = {}
+    listeners: Annotated[tuple[Listener, ...], Field(min_length=1)]
+    pools: Annotated[dict[str, Pool], Field(min_length=1)]
+    source: Path | None = Field(default=None, exclude=True)
+    warnings: tuple[str, ...] = Field(default=(), exclude=True)
