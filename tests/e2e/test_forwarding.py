@@ -1,0 +1,258 @@
+"""The real `lbcore run` process on loopback: TLS with certificates made by the
+test, real clients (httpx, curl, openssl s_client), echo backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.support.lbproc import free_port, run_config
+
+
+def config(certs, port, members, extra_listener="", http_port=None, pool_extra=""):
+    member_lines = "\n".join(f"      - {{address: 127.0.0.1, port: {p}, weight: {w}}}"
+                             for p, w in members)
+    http = f"""
+  - name: plain
+    protocol: HTTP
+    address: 127.0.0.1
+    port: {http_port}
+    default_pool: web
+""" if http_port else ""
+    return f"""\
+load_balancer: {{name: t, id: lb-123, eip: 203.0.113.10}}
+certificates:
+  site: {{type: server, certificate: "{certs['crt']}", private_key: "{certs['key']}"}}
+listeners:
+  - name: tls
+    protocol: HTTPS
+    address: 127.0.0.1
+    port: {port}
+    server_certificate: site
+    http2: true
+    transfer_eip: true
+    default_pool: web
+{extra_listener}{http}
+pools:
+  web:
+    health_check: {{enabled: false}}
+{pool_extra}    members:
+{member_lines}
+"""
+
+
+@pytest.fixture
+def lb(tmp_path):
+    started = []
+
+    def start(text, ports):
+        proc = run_config(tmp_path, text, ports)
+        started.append(proc)
+        return proc
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def trust(certs) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certs["ca"]))
+
+
+def headers_of(resp) -> dict:
+    return {n.lower(): v for n, v in resp.json()["headers"]}
+
+
+def test_https_headers_toward_backend(lb, backends, certs):
+    port, http_port = free_port(), free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)], http_port=http_port), [port, http_port])
+    with httpx.Client(verify=trust(certs)) as c:
+        r = c.get(f"https://localhost:{port}/path?q=1", headers={
+            "X-Forwarded-For": "1.2.3.4", "X-Real-IP": "6.6.6.6", "Connection": "X-Secret",
+            "X-Secret": "hop", "Keep-Alive": "timeout=5", "X-Forwarded-ELB-IP": "evil",
+            "X-Custom": "kept"})
+    assert r.status_code == 200
+    h = headers_of(r)
+    assert r.json()["path"] == "/path?q=1"
+    assert h["x-forwarded-for"] == "1.2.3.4, 127.0.0.1"
+    assert h["x-real-ip"] == "127.0.0.1"
+    assert h["x-forwarded-proto"] == "https"
+    assert h["host"] == f"localhost:{port}" and h["x-forwarded-host"] == f"localhost:{port}"
+    assert h["x-forwarded-elb-ip"] == "203.0.113.10"
+    assert h["x-custom"] == "kept"
+    assert "x-secret" not in h and "keep-alive" not in h
+    r = httpx.get(f"http://127.0.0.1:{http_port}/")
+    assert headers_of(r)["x-forwarded-proto"] == "http"
+
+
+@pytest.mark.parametrize("mode,expected", [("remove", "127.0.0.1"), ("preserve", "1.2.3.4")])
+def test_xff_modes_and_aliases(lb, backends, certs, mode, expected):
+    port = free_port()
+    (b,) = backends(1)
+    text = config(certs, port, [(b, 1)]).replace(
+        "    default_pool: web\n",
+        f"    default_pool: web\n    insert_headers:\n      x_forwarded_for: {mode}\n"
+        "      x_forwarded_port: true\n      aliases: {x_forwarded_port: x-lb-port}\n", 1)
+    lb(text, [port])
+    r = httpx.get(f"https://localhost:{port}/", verify=trust(certs),
+                  headers={"X-Forwarded-For": "1.2.3.4", "X-LB-Port": "spoofed"})
+    h = headers_of(r)
+    assert h["x-forwarded-for"] == expected
+    assert h["x-lb-port"] == str(port)
+
+
+def test_weighted_round_robin_and_weight_zero(lb, backends, certs):
+    port = free_port()
+    a, b, c = backends(3)
+    lb(config(certs, port, [(a, 3), (b, 1), (c, 0)]), [port])
+    with httpx.Client(verify=trust(certs)) as client:
+        names = Counter(client.get(f"https://localhost:{port}/").json()["name"]
+                        for _ in range(40))
+    assert names == {"a": 30, "b": 10}
+
+
+def test_keep_alive_both_sides(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)]), [port])
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+    with socket.create_connection(("127.0.0.1", port)) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"GET /1 HTTP/1.1\r\nHost: localhost\r\n\r\n" * 3)
+        data = b""
+        deadline = time.monotonic() + 5
+        while data.count(b"HTTP/1.1 200") < 3 and time.monotonic() < deadline:
+            data += s.recv(65536)
+    assert data.count(b"HTTP/1.1 200") == 3
+
+
+def test_request_bodies_content_length_and_chunked(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)]), [port])
+    with httpx.Client(verify=trust(certs)) as c:
+        assert c.post(f"https://localhost:{port}/", content=b"x" * 100_000).json()["body_len"] \
+            == 100_000
+        gen = (b"y" * 1000 for _ in range(50))
+        assert c.post(f"https://localhost:{port}/", content=gen).json()["body_len"] == 50_000
+
+
+def test_http2_client(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)]), [port])
+    with httpx.Client(http2=True, verify=trust(certs)) as c:
+        r = c.post(f"https://localhost:{port}/h2", content=b"z" * 70_000)
+        assert r.http_version == "HTTP/2" and r.json()["body_len"] == 70_000
+
+
+def test_dead_member_502_quickly(lb, certs):
+    port = free_port()
+    lb(config(certs, port, [(free_port(), 1)]), [port])
+    t0 = time.monotonic()
+    r = httpx.get(f"https://localhost:{port}/", verify=trust(certs), timeout=10)
+    assert r.status_code == 502 and time.monotonic() - t0 < 3
+
+
+def test_plain_http_to_https_port_then_still_serving(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)]), [port])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            answer = s.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400") or answer[:1] == b"\x15"
+    assert httpx.get(f"https://localhost:{port}/", verify=trust(certs)).status_code == 200
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
+def test_curl(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)]), [port])
+    out = subprocess.run(["curl", "-sS", "--cacert", str(certs["ca"]),
+                          f"https://localhost:{port}/curl"], capture_output=True, text=True,
+                         timeout=20)
+    assert json.loads(out.stdout)["path"] == "/curl"
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+def test_openssl_s_client(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    lb(config(certs, port, [(b, 1)]), [port])
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+         "-CAfile", str(certs["ca"]), "-verify_return_error", "-quiet"],
+        input=b"GET /ossl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        capture_output=True, timeout=20)
+    assert out.stdout.startswith(b"HTTP/1.1 200") and b'"/ossl"' in out.stdout
+
+
+def test_access_control_whitelist_refuses_before_tls(lb, backends, certs):
+    port = free_port()
+    (b,) = backends(1)
+    text = config(certs, port, [(b, 1)]).replace(
+        "    default_pool: web\n",
+        "    default_pool: web\n    access_control: {mode: whitelist, ip_group: local}\n", 1)
+    text = text.replace("listeners:", "ip_groups:\n  local: {addresses: [127.0.0.1]}\nlisteners:")
+    lb(text, [port])
+    ok = httpx.get(f"https://localhost:{port}/", verify=trust(certs))
+    assert ok.status_code == 200
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"\x16\x03\x01\x00\x05hello")      # the start of a ClientHello
+        try:
+            got = s.recv(100)
+        except ConnectionResetError:
+            got = b""
+    assert got == b""                                   # closed, not a single TLS byte
+
+
+def test_tls_policy_versions_and_tls13_suites(lb, backends, certs):
+    port, port13 = free_port(), free_port()
+    (b,) = backends(1)
+    second = f"""  - name: tls13
+    protocol: HTTPS
+    address: 127.0.0.1
+    port: {port13}
+    server_certificate: site
+    security_policy: only-aes128
+    default_pool: web
+"""
+    text = config(certs, port, [(b, 1)], extra_listener=second).replace(
+        "listeners:", "security_policies:\n  only-aes128:\n    protocols: [TLSv1.2, TLSv1.3]\n"
+        "    ciphers: [ECDHE-ECDSA-AES128-GCM-SHA256, TLS_AES_128_GCM_SHA256]\nlisteners:")
+    lb(text, [port, port13])
+
+    def handshake(p, min_version, max_version=ssl.TLSVersion.TLSv1_3):
+        ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+        ctx.minimum_version, ctx.maximum_version = min_version, max_version
+        with socket.create_connection(("127.0.0.1", p), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return s.version(), s.cipher()[0]
+
+    assert handshake(port, ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"     # tls-1-2: no 1.3
+    with pytest.raises(ssl.SSLError):
+        handshake(port, ssl.TLSVersion.TLSv1_3)
+    assert handshake(port13, ssl.TLSVersion.TLSv1_3) == ("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+    if shutil.which("openssl"):
+        out = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port13}", "-tls1_3",
+             "-ciphersuites", "TLS_AES_256_GCM_SHA384", "-brief"],
+            input=b"", capture_output=True, timeout=20)
+        assert out.returncode != 0                      # a suite outside the policy
