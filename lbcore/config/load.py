@@ -37,7 +37,7 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     try:
         data, lines = load_with_lines(text)
     except YamlProblem as exc:
-        raise ConfigError([ConfigIssue(filename, exc.line, "(yaml)", exc.message)]) from exc
+        raise ConfigError([ConfigIssue(filename, exc.line, exc.path, exc.message)]) from exc
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(filename, 1, "(top level)",
                                        "expected a mapping with listeners and pools")])

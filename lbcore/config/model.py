@@ -319,12 +319,23 @@ class Pool(Model):
         return self
 
 
+def not_empty(what: str):
+    def check(v: Any) -> Any:
+        if isinstance(v, list | dict | tuple) and not v:
+            raise ValueError(f"at least one {what} is needed")
+        return v
+
+    return check
+
+
 class Config(Model):
     load_balancer: LoadBalancer = LoadBalancer()
     certificates: dict[str, Certificate] = {}
     ip_groups: dict[str, IpGroup] = {}
     security_policies: dict[str, SecurityPolicy] = {}
-    listeners: Annotated[tuple[Listener, ...], Field(min_length=1)]
-    pools: Annotated[dict[str, Pool], Field(min_length=1)]
+    # Emptiness is checked on the raw input: pydantic's min_length would also
+    # fire when an item merely failed validation, adding a misleading error.
+    listeners: Annotated[tuple[Listener, ...], BeforeValidator(not_empty("listener"))]
+    pools: Annotated[dict[str, Pool], BeforeValidator(not_empty("pool"))]
     source: Path | None = Field(default=None, exclude=True)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)

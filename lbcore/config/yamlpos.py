@@ -11,10 +11,11 @@ Path_ = tuple[str | int, ...]
 
 
 class YamlProblem(Exception):
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, path: str = "(yaml)") -> None:
         super().__init__(message)
         self.line = line
         self.message = message
+        self.path = path
 
 
 def load_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
@@ -36,8 +37,8 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
             for key_node, value_node in node.value:
                 key = constructor.construct_object(key_node, deep=True)
                 if key in out:
-                    raise YamlProblem(key_node.start_mark.line + 1,
-                                      f"{fmt_path(path + (key,))}: duplicate key")
+                    raise YamlProblem(key_node.start_mark.line + 1, "duplicate key",
+                                      fmt_path(path + (key,)))
                 lines[path + (key,)] = key_node.start_mark.line + 1
                 out[key] = build(value_node, path + (key,))
             return out
