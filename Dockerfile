@@ -1,0 +1,25 @@
+# Multi-stage: build the wheel (C compiler, Cython) in one stage, run it slim,
+# non-root, under tini, logging to stdout. Listens on 8080/8443, admin 9100.
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY lbcore ./lbcore
+COPY lbcore_ext ./lbcore_ext
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/lbcore --create-home lbcore
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER lbcore
+ENV LBCORE_STATE_DIR=/var/lib/lbcore PYTHONUNBUFFERED=1
+EXPOSE 8080 8443 9100
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD python -c \
+    "import socket; socket.create_connection(('127.0.0.1', 8443), 2).close()"
+ENTRYPOINT ["tini", "--", "lbcore"]
+# The embedded demo by default; mount a config and run `run -c /etc/lbcore/lb.yaml`.
+CMD ["demo"]
