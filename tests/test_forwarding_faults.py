@@ -269,3 +269,39 @@ def test_sticky_lb_cookie_binds_client(lt):
         out = get(port, b"/id", extra=b"Cookie: " + value + b"\r\n")
         assert b"Set-Cookie" not in out
     assert len({name for name, _, _ in served}) == 1
+
+
+class DropsSecond(Scripted):
+    """Answers the first request on a connection, then closes the connection
+    when the next one arrives without answering: the keep-alive race."""
+
+    def respond(self, method, path, head):
+        self.count = getattr(self, "count", 0) + 1
+        if self.count == 1:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:
+            self.transport.close()
+
+
+def test_reused_connection_failure_retried_once_on_fresh_connection(lt):
+    served: list = []
+
+    async def start():
+        _, bport = await start_backend(type("D", (DropsSecond,), {"served": served}))
+        _, port, _ = await start_proxy([(bport, 1)])
+        return port
+
+    port = lt.call(start())
+    # One member only, so success can only come from the fresh-connection retry.
+    assert [get(port, b"/x")[:12] for _ in range(3)] == [b"HTTP/1.1 200"] * 3
+
+
+def test_no_member_503_with_router_code(lt):
+    async def start(members):
+        _, port, _ = await start_proxy(members)
+        return port
+
+    empty = exchange(lt.call(start([])), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert empty.startswith(b"HTTP/1.1 503") and b"x-router-code: 40000" in empty
+    drained = exchange(lt.call(start([(free_port(), 0)])), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert drained.startswith(b"HTTP/1.1 503") and b"x-router-code: 50000" in drained
