@@ -1,4 +1,4 @@
-from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 cdef class HttpProtocol(Downstream):
@@ -17,8 +17,7 @@ cdef class HttpProtocol(Downstream):
     cdef bint corked
     cdef list wbuf                      # writes held while corked
     cdef int _out(self, object data) except -1
-    cdef object timer
-    cdef double timer_at
+    cdef LazyTimer timer
     cdef double req_start               # first byte of a request whose header is incomplete
     cdef double last_activity
     # the request being parsed

@@ -8,7 +8,7 @@ import asyncio
 import httptools
 
 from lbcore_ext.headers cimport chunk_header, error_response, header_line, reason_phrase
-from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 from lbcore_ext.http2 import H2Protocol
@@ -90,6 +90,7 @@ cdef class HttpProtocol(Downstream):
         already ran in the Acceptor, before any TLS byte)."""
         self.transport = transport
         self.loop = get_running_loop()
+        self.timer = LazyTimer(self.loop, self._on_timer)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "0.0.0.0"
         if ip.startswith("::ffff:") and "." in ip:
@@ -153,7 +154,6 @@ cdef class HttpProtocol(Downstream):
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-            self.timer = None
         cdef Exchange ex
         for ex in self.queue:
             ex.abort()
@@ -548,25 +548,15 @@ cdef class HttpProtocol(Downstream):
             self.closed = True
             if self.timer is not None:
                 self.timer.cancel()
-                self.timer = None
             self.transport.close()
         return 0
 
     cdef int _schedule(self, double at) except -1:
-        """Make sure the timer fires by `at`. A later deadline needs nothing: the
-        timer re-arms itself for the remainder when it fires early."""
-        if self.closed:
-            return 0
-        if self.timer is not None:
-            if self.timer_at <= at:
-                return 0
-            self.timer.cancel()
-        self.timer_at = at
-        self.timer = self.loop.call_at(at, self._on_timer)
+        if not self.closed:
+            self.timer.schedule(at)
         return 0
 
     def _on_timer(self):
-        self.timer = None
         if self.closed:
             return
         cdef ListenerRuntime lrt = self.lrt

@@ -14,7 +14,7 @@ import h2.exceptions
 import h2.settings
 
 from lbcore_ext.headers cimport reason_phrase
-from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
@@ -189,8 +189,7 @@ cdef class H2Protocol:
     cdef bytes tls_lines
     cdef bint closed
     cdef bint paused
-    cdef object timer
-    cdef double timer_at
+    cdef LazyTimer timer
     cdef double last_activity
 
     def __init__(self, ListenerRuntime lrt, bytes peer_ip, bytes peer_port):
@@ -202,6 +201,7 @@ cdef class H2Protocol:
     def connection_made(self, transport):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
+        self.timer = LazyTimer(self.loop, self._on_timer)
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True)
         self.conn = h2.connection.H2Connection(config=config)
@@ -217,19 +217,11 @@ cdef class H2Protocol:
         self.flush()
 
     cdef int schedule(self, double at) except -1:
-        """One lazy timer per connection, as in http1: fire by `at`, then re-check."""
-        if self.closed:
-            return 0
-        if self.timer is not None:
-            if self.timer_at <= at:
-                return 0
-            self.timer.cancel()
-        self.timer_at = at
-        self.timer = self.loop.call_at(at, self._on_timer)
+        if not self.closed:
+            self.timer.schedule(at)
         return 0
 
     def _on_timer(self):
-        self.timer = None
         if self.closed:
             return
         cdef double now = self.loop.time(), d, due = 1e300
@@ -412,7 +404,6 @@ cdef class H2Protocol:
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-            self.timer = None
         cdef H2Stream stream
         for stream in list(self.streams.values()):
             stream.done = True

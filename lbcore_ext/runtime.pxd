@@ -41,3 +41,14 @@ cdef class ListenerRuntime:
     cdef bytes tls_lines(self, object transport)
     cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
                               bytes host, bytes tls_lines, object view) except -1
+
+
+cdef class LazyTimer:
+    """One timer per connection, fired by the earliest deadline asked for; the
+    owner re-checks its phase when it fires and asks again for what remains."""
+    cdef object loop
+    cdef object callback
+    cdef object handle
+    cdef double at
+    cdef int schedule(self, double at) except -1
+    cdef int cancel(self) except -1

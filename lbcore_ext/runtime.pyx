@@ -136,3 +136,30 @@ cdef class ListenerRuntime:
                 for name, value in extra:
                     out += header_line(name, value)
         return 0
+
+
+cdef class LazyTimer:
+    def __init__(self, loop, callback):
+        self.loop = loop
+        self.callback = callback
+
+    cdef int schedule(self, double at) except -1:
+        """Make sure the callback runs by `at`. A later deadline needs nothing:
+        the owner re-arms for the remainder when the timer fires early."""
+        if self.handle is not None:
+            if self.at <= at:
+                return 0
+            self.handle.cancel()
+        self.at = at
+        self.handle = self.loop.call_at(at, self._fire)
+        return 0
+
+    cdef int cancel(self) except -1:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        return 0
+
+    def _fire(self):
+        self.handle = None
+        self.callback()
