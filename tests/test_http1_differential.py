@@ -4,33 +4,28 @@ arbitrary well-formed requests; and malformed variants never reach a backend."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reference.http1 import Incomplete, read_request, serialize
-from tests.support.inproc import LoopThread, exchange, start_backend, start_proxy
+from tests.reference.http1 import serialize
+from tests.support.inproc import (
+    LoopThread,
+    ReferenceBackend,
+    exchange,
+    start_backend,
+    start_proxy,
+)
 
 
-class Recorder(asyncio.Protocol):
-    """A backend that parses with the reference reader and records requests."""
+class Recorder(ReferenceBackend):
+    """Records every request it reads."""
 
     seen: list
 
-    def connection_made(self, transport):
-        self.transport, self.buf = transport, b""
-
-    def data_received(self, data):
-        self.buf += data
-        while True:
-            try:
-                req, self.buf = read_request(self.buf)
-            except Incomplete:
-                return
-            self.seen.append(req)
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    def answer(self, req):
+        self.seen.append(req)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 @pytest.fixture(scope="module")

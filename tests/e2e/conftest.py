@@ -3,38 +3,27 @@ loopback, and the real lbcore process."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 import trustme
 
-from tests.reference.http1 import Incomplete, read_request
-from tests.support.inproc import LoopThread, start_backend
+from tests.support.inproc import LoopThread, ReferenceBackend, start_backend
 
 
-class Echo(asyncio.Protocol):
-    """Answers every request with JSON: its name, method, path and the headers
-    exactly as received (order and case), and the body length."""
+class Echo(ReferenceBackend):
+    """Answers every request with JSON: its name, method, path, the headers
+    exactly as received (order and case) and the body length."""
 
     name = "a"
 
-    def connection_made(self, transport):
-        self.transport, self.buf = transport, b""
-
-    def data_received(self, data):
-        self.buf += data
-        while True:
-            try:
-                req, self.buf = read_request(self.buf)
-            except Incomplete:
-                return
-            out = json.dumps({
-                "name": self.name, "method": req.method.decode(), "path": req.target.decode(),
-                "headers": [(n.decode(), v.decode()) for n, v in req.headers],
-                "body_len": len(req.body)}).encode()
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
+    def answer(self, req):
+        out = json.dumps({
+            "name": self.name, "method": req.method.decode(), "path": req.target.decode(),
+            "headers": [(n.decode(), v.decode()) for n, v in req.headers],
+            "body_len": len(req.body)}).encode()
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from lbcore_ext.runtime import (
     H_XFF,
     ListenerRuntime,
 )
+from tests.reference.http1 import Incomplete, Request, read_request
 
 DEFAULT_ACTIONS = {
     b"connection": H_CONNECTION, b"host": H_HOST, b"x-forwarded-for": H_XFF,
@@ -33,6 +34,26 @@ DEFAULT_ACTIONS = {
     b"cookie": H_COOKIE, b"upgrade": H_UPGRADE, b"keep-alive": H_DROP, b"te": H_DROP,
     b"x-real-ip": H_DROP,
 }
+
+
+class ReferenceBackend(asyncio.Protocol):
+    """A backend that reads requests with the reference reader
+    (tests/reference/http1.py) and answers each with `answer(req)`."""
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            try:
+                req, self.buf = read_request(self.buf)
+            except Incomplete:
+                return
+            self.transport.write(self.answer(req))
+
+    def answer(self, req: Request) -> bytes:
+        raise NotImplementedError
 
 
 class LoopThread:
