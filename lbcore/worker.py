@@ -18,6 +18,8 @@ import uvloop
 from lbcore.health import HealthChecker, targets_from_config
 from lbcore.runtime_build import Runtime, build_runtime
 from lbcore.tls.context import server_context
+from lbcore.tls.policies import resolve_policy
+from lbcore.tls.sni import SniSelector
 from lbcore_ext.acceptor import Acceptor
 from lbcore_ext.http1 import HttpProtocol
 from lbcore_ext.runtime import ACL_ALL
@@ -30,16 +32,32 @@ LISTEN_BACKLOG = 1024
 
 
 def listener_ssl_context(cfg, listener):
-    """The listener's SSLContext, or None for plain HTTP."""
+    """The listener's SSLContext, or None for plain HTTP. With SNI, one context
+    per certificate under the same policy, chosen during the handshake."""
     if listener.protocol != "HTTPS":
         return None
-    from lbcore.tls.policies import resolve_policy
-
     policy = resolve_policy(cfg, listener.security_policy)
-    cert = cfg.certificates[listener.server_certificate]
     alpn = ("h2", "http/1.1") if listener.http2 else ("http/1.1",)
-    return server_context(cert.certificate, cert.private_key, policy.versions, policy.ciphers,
-                          policy.tls13_suites, alpn=alpn)
+
+    def context_for(*names: str):
+        ctx = None
+        for name in names:
+            cert = cfg.certificates[name]
+            if ctx is None:
+                ctx = server_context(cert.certificate, cert.private_key, policy.versions,
+                                     policy.ciphers, policy.tls13_suites, alpn=alpn)
+            else:       # a second key type for the same names (ECDSA + RSA)
+                ctx.load_cert_chain(str(cert.certificate), str(cert.private_key))
+        return ctx
+
+    default = context_for(listener.server_certificate)
+    if listener.sni.enabled and listener.sni.certificates:
+        by_domains: dict[tuple[str, ...], list[str]] = {}
+        for name in listener.sni.certificates:
+            by_domains.setdefault(tuple(cfg.certificates[name].info.domains), []).append(name)
+        entries = [(domains, context_for(*names)) for domains, names in by_domains.items()]
+        SniSelector(entries, default, listener.sni.match).install(default)
+    return default
 
 
 def _bind(listener) -> list[socket.socket]:

@@ -256,3 +256,33 @@ def test_tls_policy_versions_and_tls13_suites(lb, backends, certs):
              "-ciphersuites", "TLS_AES_256_GCM_SHA384", "-brief"],
             input=b"", capture_output=True, timeout=20)
         assert out.returncode != 0                      # a suite outside the policy
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+def test_sni_selects_certificate(lb, backends, ca, certs, tmp_path):
+    port = free_port()
+    (b,) = backends(1)
+    for name, hosts in (("api", ("api.other.test",)), ("wild", ("*.wild.test",))):
+        c = ca.issue_cert(*hosts)
+        (tmp_path / f"{name}.crt").write_bytes(b"".join(p.bytes() for p in c.cert_chain_pems))
+        (tmp_path / f"{name}.key").write_bytes(c.private_key_pem.bytes())
+    text = config(certs, port, [(b, 1)]).replace(
+        "    default_pool: web\n",
+        "    default_pool: web\n    sni: {enabled: true, certificates: [api, wild]}\n", 1)
+    extra = "".join(f'  {n}: {{type: server, certificate: "{tmp_path}/{n}.crt", '
+                    f'private_key: "{tmp_path}/{n}.key"}}\n' for n in ("api", "wild"))
+    text = text.replace("listeners:", extra + "listeners:")
+    lb(text, [port])
+
+    def served(name):
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                              "-servername", name], input=b"", capture_output=True, timeout=20)
+        subject = [line for line in out.stdout.split(b"\n") if line.startswith(b"subject=")]
+        cert = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName"],
+                              input=out.stdout, capture_output=True, timeout=20).stdout
+        return subject, cert
+
+    assert b"api.other.test" in served("API.other.test.")[1]
+    assert b"*.wild.test" in served("x.wild.test")[1]
+    assert b"localhost" in served("x.y.wild.test")[1]          # one label only: default
+    assert b"localhost" in served("unknown.test")[1]
