@@ -27,6 +27,7 @@ from lbcore_ext.runtime import (
     ACL_ALL,
     ACL_BLACKLIST,
     ACL_WHITELIST,
+    CLIENTCERT_FIELDS,
     H_CONNECTION,
     H_CONTENT_LENGTH,
     H_COOKIE,
@@ -180,6 +181,18 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
             if bit and getattr(ih, key, False):
                 tls_fields |= bit
                 inserted[key] = True
+    if listener.protocol == "HTTPS" and listener.ssl_authentication == "mutual":
+        # x_forwarded_clientcert: [subjectdn, ...]; its alias, if any, is the
+        # prefix of the header names.
+        prefix = (getattr(ih, "aliases", None) or {}).get("x_forwarded_clientcert",
+                                                          "X-Forwarded-Clientcert")
+        names = {}
+        for field in ih.x_forwarded_clientcert:
+            tls_fields |= CLIENTCERT_FIELDS[field]
+            header = prefix if field == "cert" else f"{prefix}-{field}"
+            names[field] = header.encode() + b": "
+            actions[header.lower().encode()] = H_DROP
+        lrt.n_clientcert = names
     lrt.tls_fields = tls_fields
     for key, on in inserted.items():
         if on and key != "x_forwarded_for":

@@ -39,13 +39,19 @@ def listener_ssl_context(cfg, listener):
     policy = resolve_policy(cfg, listener.security_policy)
     alpn = ("h2", "http/1.1") if listener.http2 else ("http/1.1",)
 
+    client_ca = crl = None
+    if listener.ssl_authentication == "mutual":
+        ca = cfg.certificates[listener.ca_certificate]
+        client_ca, crl = ca.certificate, ca.crl
+
     def context_for(*names: str):
         ctx = None
         for name in names:
             cert = cfg.certificates[name]
             if ctx is None:
                 ctx = server_context(cert.certificate, cert.private_key, policy.versions,
-                                     policy.ciphers, policy.tls13_suites, alpn=alpn)
+                                     policy.ciphers, policy.tls13_suites, alpn=alpn,
+                                     client_ca=client_ca, crl=crl)
             else:       # a second key type for the same names (ECDSA + RSA)
                 ctx.load_cert_chain(str(cert.certificate), str(cert.private_key))
         return ctx

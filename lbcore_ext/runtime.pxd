@@ -18,6 +18,7 @@ cdef class ListenerRuntime:
     # Header names as sent, aliases applied (each ends with b": ").
     cdef public bytes n_xff, n_real_ip, n_proto, n_host, n_port, n_for_port
     cdef public bytes n_tls_protocol, n_tls_cipher, n_tls_sni, n_alpn, n_cert_id
+    cdef public dict n_clientcert       # field -> b"X-Forwarded-Clientcert-...: "
     # Constant header lines appended to every request (ELB IP and ID).
     cdef public bytes static_lines
     cdef public double idle_timeout     # 0 = no keep-alive

@@ -34,7 +34,18 @@ TLS_PROTOCOL = 1
 TLS_CIPHER = 2
 TLS_CERT_ID = 4
 TLS_SNI = 8
-TLS_ALPN = 16         # transfer_client_ip false: the client's value passes untouched
+TLS_ALPN = 16
+# X-Forwarded-Clientcert-* (mutual TLS), spec 5
+CC_SUBJECTDN = 32
+CC_ISSUERDN = 64
+CC_FINGERPRINT = 128
+CC_SERIALNUMBER = 256
+CC_END = 512
+CC_CLIENTVERIFY = 1024
+CC_CERT = 2048
+CLIENTCERT_FIELDS = {"subjectdn": CC_SUBJECTDN, "issuerdn": CC_ISSUERDN,
+                     "fingerprint": CC_FINGERPRINT, "serialnumber": CC_SERIALNUMBER,
+                     "end": CC_END, "clientverify": CC_CLIENTVERIFY, "cert": CC_CERT}         # transfer_client_ip false: the client's value passes untouched
 
 
 cdef class ListenerRuntime:
@@ -62,6 +73,7 @@ cdef class ListenerRuntime:
         self.acl = None
         self.refused = 0
         self.phases = None
+        self.n_clientcert = {}
         self.hooks = 0
         self.n_xff = b"X-Forwarded-For: "
         self.n_real_ip = b"X-Real-IP: "
@@ -90,6 +102,36 @@ cdef class ListenerRuntime:
             out += self.n_cert_id + self.cert_id + b"\r\n"
         if f & TLS_ALPN:
             out += self.n_alpn + (sslobj.selected_alpn_protocol() or "").encode() + b"\r\n"
+        if f >= CC_SUBJECTDN:
+            out += self._clientcert_lines(sslobj)
+        return out
+
+    def _clientcert_lines(self, sslobj):
+        """Details of the verified client certificate (mutual TLS only)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from urllib.parse import quote
+
+        cdef int f = self.tls_fields
+        der = sslobj.getpeercert(binary_form=True)
+        names = self.n_clientcert
+        if der is None:
+            return names["clientverify"] + b"NONE\r\n" if f & CC_CLIENTVERIFY else b""
+        cert = x509.load_der_x509_certificate(der)
+        values = {
+            CC_SUBJECTDN: ("subjectdn", cert.subject.rfc4514_string()),
+            CC_ISSUERDN: ("issuerdn", cert.issuer.rfc4514_string()),
+            CC_FINGERPRINT: ("fingerprint", cert.fingerprint(hashes.SHA256()).hex()),
+            CC_SERIALNUMBER: ("serialnumber", format(cert.serial_number, "x")),
+            CC_END: ("end", cert.not_valid_after_utc.strftime("%b %d %H:%M:%S %Y GMT")),
+            CC_CLIENTVERIFY: ("clientverify", "SUCCESS"),
+            CC_CERT: ("cert", quote(cert.public_bytes(serialization.Encoding.PEM).decode(),
+                                    safe="")),
+        }
+        out = b""
+        for bit, (key, value) in values.items():
+            if f & bit:
+                out += names[key] + value.encode() + b"\r\n"
         return out
 
     cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,

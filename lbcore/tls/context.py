@@ -22,7 +22,7 @@ class TLSConfigError(Exception):
 
 
 def server_context(cert_path, key_path, versions, ciphers, tls13_suites=(), *,
-                   alpn=("http/1.1",)) -> ssl.SSLContext:
+                   alpn=("http/1.1",), client_ca=None, crl=None) -> ssl.SSLContext:
     """A server context with exactly the policy's versions, TLS<=1.2 suites and
     TLS 1.3 suites, in the policy's order with server preference (spec 3.2)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -45,6 +45,14 @@ def server_context(cert_path, key_path, versions, ciphers, tls13_suites=(), *,
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
     ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     ctx.load_cert_chain(str(cert_path), str(key_path))
+    if client_ca is not None:
+        # Mutual authentication (spec 3.4): no valid client certificate, no
+        # handshake; the TLS alert is the only answer.
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(client_ca))
+        if crl is not None:
+            ctx.load_verify_locations(cafile=str(crl))
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx

@@ -286,3 +286,54 @@ def test_sni_selects_certificate(lb, backends, ca, certs, tmp_path):
     assert b"*.wild.test" in served("x.wild.test")[1]
     assert b"localhost" in served("x.y.wild.test")[1]          # one label only: default
     assert b"localhost" in served("unknown.test")[1]
+
+
+def test_mutual_tls_accept_refuse_and_headers(lb, backends, certs, tmp_path):
+    import datetime as dt
+
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    port = free_port()
+    (b,) = backends(1)
+    client_ca, stranger_ca = trustme.CA(), trustme.CA()
+    good, revoked = client_ca.issue_cert("alice.test"), client_ca.issue_cert("mallory.test")
+    foreign = stranger_ca.issue_cert("eve.test")
+    (tmp_path / "clients.pem").write_bytes(client_ca.cert_pem.bytes())
+    key = serialization.load_pem_private_key(client_ca.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(client_ca.cert_pem.bytes()).subject
+    serial = x509.load_pem_x509_certificate(revoked.cert_chain_pems[0].bytes()).serial_number
+    now = dt.datetime.now(dt.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer).last_update(now)
+           .next_update(now + dt.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                    .revocation_date(now).build())
+           .sign(key, hashes.SHA256()))
+    (tmp_path / "clients.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    text = config(certs, port, [(b, 1)]).replace(
+        "    default_pool: web\n",
+        "    default_pool: web\n    ssl_authentication: mutual\n    ca_certificate: clients\n"
+        "    insert_headers: {x_forwarded_clientcert: [subjectdn, fingerprint, clientverify]}\n",
+        1).replace("listeners:", f'  clients: {{type: ca, certificate: "{tmp_path}/clients.pem",'
+                                 f' crl: "{tmp_path}/clients.crl"}}\nlisteners:')
+    lb(text, [port])
+
+    def client(cert):
+        ctx = trust(certs)
+        if cert is not None:
+            cert.configure_cert(ctx)
+        return httpx.Client(verify=ctx)
+
+    with client(good) as c:
+        r = c.get(f"https://localhost:{port}/",
+                  headers={"X-Forwarded-Clientcert-subjectdn": "x"})
+    h = headers_of(r)
+    assert r.status_code == 200 and h["x-forwarded-clientcert-clientverify"] == "SUCCESS"
+    leaf = x509.load_pem_x509_certificate(good.cert_chain_pems[0].bytes())
+    assert h["x-forwarded-clientcert-subjectdn"] == leaf.subject.rfc4514_string()  # not "x"
+    assert h["x-forwarded-clientcert-fingerprint"] == leaf.fingerprint(hashes.SHA256()).hex()
+    for cert in (None, foreign, revoked):
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)), \
+                client(cert) as c:
+            c.get(f"https://localhost:{port}/")
