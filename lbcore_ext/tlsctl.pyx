@@ -30,6 +30,7 @@ ctypedef long (*ctx_ctrl_t)(void* ctx, int cmd, long larg, void* parg) noexcept 
 
 # OpenSSL's ssl.h: SSL_CTRL_SET_TLSEXT_TICKET_KEYS; 80 bytes of keys in 3.x.
 DEF SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+DEF SSL_CTRL_SET_DH_AUTO = 118
 TICKET_KEYS_LEN = 80
 
 cdef set_ciphersuites_t _set_ciphersuites = NULL
@@ -89,3 +90,12 @@ def set_ticket_keys(context, bytes keys):
     cdef const char* p = keys
     if _ctx_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, TICKET_KEYS_LEN, <void*>p) != 1:
         raise ValueError("libssl refused the session-ticket keys")
+
+
+def set_dh_auto(context):
+    """Let OpenSSL choose DH parameters matching the certificate, so DHE suites
+    (tls-1-0-inherit) can be negotiated; Python's ssl only loads them from a file."""
+    _load()
+    cdef void* ctx = _ssl_ctx(context)
+    if _ctx_ctrl(ctx, SSL_CTRL_SET_DH_AUTO, 1, NULL) != 1:
+        raise ValueError("libssl refused automatic DH parameters")

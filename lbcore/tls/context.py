@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ssl
 
-from lbcore_ext.tlsctl import set_ciphersuites
+from lbcore_ext.tlsctl import set_ciphersuites, set_dh_auto
 
 VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
@@ -37,6 +37,8 @@ def server_context(cert_path, key_path, versions, ciphers, tls13_suites=(), *,
             ctx.set_ciphers(spec)
         except ssl.SSLError as exc:
             raise TLSConfigError(f"cipher list not usable by this OpenSSL: {spec}") from exc
+    if any(c.startswith("DHE-") for c in ciphers):
+        set_dh_auto(ctx)
     if "TLSv1.3" in versions:
         try:
             set_ciphersuites(ctx, ":".join(tls13_suites))
