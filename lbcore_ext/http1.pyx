@@ -283,7 +283,10 @@ cdef class HttpProtocol(Downstream):
         if method == b"CONNECT":
             self.error_code = 405
             raise ValueError("CONNECT at a reverse proxy")
-        if self.upgrade_value is not None and not parser.should_upgrade():
+        if self.upgrade_value is not None and (
+                not parser.should_upgrade() or b"h2c" in self.upgrade_value.lower()):
+            # No h2c (spec 9): a cleartext HTTP/2 tunnel would carry requests past
+            # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
             self.upgrade_value = None
         keep_alive = parser.should_keep_alive() and lrt.idle_timeout > 0
         if self.stop_parsing:

@@ -138,3 +138,10 @@ def test_tunnel_closes_after_idle_timeout(lt):
                 break
             out += chunk
     assert out.startswith(b"HTTP/1.1 101") and 0.4 < time.monotonic() - t0 < 2.5
+
+
+def test_h2c_upgrade_is_not_tunnelled(lt):
+    port = proxy(lt)
+    out = exchange(port, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"101" not in out.split(b"\r\n")[0]
