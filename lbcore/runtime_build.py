@@ -239,8 +239,8 @@ class Runtime:
 
 
 def build_runtime(cfg, ssl_context_for=None, phases=None) -> Runtime:
-    """`ssl_context_for(listener)` gives the listener's SSLContext (None for HTTP);
-    `phases` is a lbcore.phases.Phases instance or None."""
+    """`ssl_context_for(listener)` gives the listener's (SSLContext, SniSelector)
+    ((None, None) for HTTP); `phases` is a lbcore.phases.Phases instance or None."""
     from lbcore.phases import hook_mask
 
     pools = build_pools(cfg)
@@ -249,7 +249,9 @@ def build_runtime(cfg, ssl_context_for=None, phases=None) -> Runtime:
     for listener in cfg.listeners:
         lrt = build_listener(cfg, listener, pools)
         if ssl_context_for is not None:
-            lrt.ssl_ctx = ssl_context_for(listener)
+            lrt.ssl_ctx, selector = ssl_context_for(listener)
+            if selector is not None and listener.ssl_authentication == "mutual":
+                lrt.sni_guard = selector
         lrt.phases, lrt.hooks = (phases, hooks) if hooks else (None, 0)
         listeners.append(lrt)
     return Runtime(pools, tuple(listeners))

@@ -32,10 +32,11 @@ LISTEN_BACKLOG = 1024
 
 
 def listener_ssl_context(cfg, listener):
-    """The listener's SSLContext, or None for plain HTTP. With SNI, one context
-    per certificate under the same policy, chosen during the handshake."""
+    """(SSLContext, SniSelector or None) for the listener; (None, None) for plain
+    HTTP. With SNI, one context per certificate set under the same policy,
+    chosen during the handshake."""
     if listener.protocol != "HTTPS":
-        return None
+        return None, None
     policy = resolve_policy(cfg, listener.security_policy)
     alpn = ("h2", "http/1.1") if listener.http2 else ("http/1.1",)
 
@@ -57,13 +58,15 @@ def listener_ssl_context(cfg, listener):
         return ctx
 
     default = context_for(listener.server_certificate)
+    selector = None
     if listener.sni.enabled and listener.sni.certificates:
         by_domains: dict[tuple[str, ...], list[str]] = {}
         for name in listener.sni.certificates:
             by_domains.setdefault(tuple(cfg.certificates[name].info.domains), []).append(name)
         entries = [(domains, context_for(*names)) for domains, names in by_domains.items()]
-        SniSelector(entries, default, listener.sni.match).install(default)
-    return default
+        selector = SniSelector(entries, default, listener.sni.match)
+        selector.install(default)
+    return default, selector
 
 
 def _bind(listener) -> list[socket.socket]:

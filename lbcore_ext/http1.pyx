@@ -98,6 +98,8 @@ cdef class HttpProtocol(Downstream):
         self.peer_ip = ip.encode()
         self.peer_port = b"%d" % (peer[1] if peer else 0)
         self.is_tls = transport.get_extra_info("sslcontext") is not None
+        if self.lrt.sni_guard is not None:
+            self.sni_name = getattr(transport.get_extra_info("ssl_object"), "lbcore_sni", None)
         if self.lrt.hooks & K_ON_ACCEPT and not self.lrt.phases.on_accept(ip, peer[1]):
             self.closed = True
             transport.abort()
@@ -279,6 +281,9 @@ cdef class HttpProtocol(Downstream):
         if self.cl > lrt.max_body:
             self.error_code = 413
             raise ValueError("body too large")
+        if lrt.sni_guard is not None and lrt.sni_guard.misdirected(self.sni_name, self.host):
+            self.error_code = 421
+            raise ValueError("Host names another certificate than the handshake's SNI")
         method = parser.get_method()
         if method == b"CONNECT":
             self.error_code = 405

@@ -37,6 +37,7 @@ cdef class ListenerRuntime:
     cdef public IpTrie acl
     cdef public long long refused       # connections refused by access control
     cdef public object phases           # the Phases object, or None
+    cdef public object sni_guard        # SniSelector on mutual+SNI listeners (421 rule)
     cdef public int hooks               # HOOK_* bits of the overridden hooks
 
     cdef bytes tls_lines(self, object transport)

@@ -74,6 +74,7 @@ cdef class ListenerRuntime:
         self.refused = 0
         self.phases = None
         self.n_clientcert = {}
+        self.sni_guard = None
         self.hooks = 0
         self.n_xff = b"X-Forwarded-For: "
         self.n_real_ip = b"X-Real-IP: "
@@ -98,6 +99,8 @@ cdef class ListenerRuntime:
             out += self.n_tls_protocol + (sslobj.version() or "").encode() + b"\r\n"
         if f & TLS_CIPHER:
             out += self.n_tls_cipher + (sslobj.cipher() or ("",))[0].encode() + b"\r\n"
+        if f & TLS_SNI:
+            out += self.n_tls_sni + (getattr(sslobj, "lbcore_sni", None) or "").encode() + b"\r\n"
         if f & TLS_CERT_ID:
             out += self.n_cert_id + self.cert_id + b"\r\n"
         if f & TLS_ALPN:

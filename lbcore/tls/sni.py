@@ -37,8 +37,28 @@ class SniSelector(Generic[T]):
         self.unmatched = 0
 
     def select(self, server_name: str | None) -> T:
+        hit = self.lookup(server_name)
+        if hit is not None:
+            return hit
+        if server_name:
+            self.unmatched += 1
+        return self.default
+
+    def misdirected(self, sni: str | None, host: bytes | None) -> bool:
+        """Spec 3.4: on a mutual listener, Host naming another certificate's
+        domain than the one the handshake's SNI chose is answered 421."""
+        if not host:
+            return False
+        name = host.decode("latin-1")
+        name = name.rsplit(":", 1)[0] if not name.endswith("]") else name
+        wanted = self.lookup(name)
+        return wanted is not None and wanted is not (self.lookup(sni) or self.default)
+
+    def lookup(self, server_name: str | None) -> T | None:
+        """The certificate entry for a name, or None when nothing but the
+        default would match."""
         if not server_name:
-            return self.default
+            return None
         name = normalise(server_name)
         hit = self.exact.get(name)
         if hit is not None:
@@ -52,18 +72,19 @@ class SniSelector(Generic[T]):
                 hit = self.wild.get(".".join(labels[i:]))
                 if hit is not None:
                     break
-        if hit is not None:
-            return hit
-        self.unmatched += 1
-        return self.default
+        return hit
 
     def install(self, default_ctx: ssl.SSLContext) -> None:
         """Make `default_ctx` switch to the selected context during the handshake."""
 
         def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext):
+            # Kept on the connection's SSLObject for X-Forwarded-Tls-Sni and the
+            # 421 check; uvloop hands the same object out as 'ssl_object'.
+            sslobj.lbcore_sni = server_name
             chosen = self.select(server_name)
             if chosen is not _ctx:
                 sslobj.context = chosen
             return None
 
         default_ctx.sni_callback = callback
+        self.installed_on = default_ctx

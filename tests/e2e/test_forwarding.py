@@ -337,3 +337,32 @@ def test_mutual_tls_accept_refuse_and_headers(lb, backends, certs, tmp_path):
         with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)), \
                 client(cert) as c:
             c.get(f"https://localhost:{port}/")
+
+
+def test_mutual_with_sni_421_on_host_mismatch(lb, backends, ca, certs, tmp_path):
+    import trustme
+
+    port = free_port()
+    (b,) = backends(1)
+    other = ca.issue_cert("other.test")
+    (tmp_path / "other.crt").write_bytes(b"".join(p.bytes() for p in other.cert_chain_pems))
+    (tmp_path / "other.key").write_bytes(other.private_key_pem.bytes())
+    client_ca = trustme.CA()
+    (tmp_path / "clients.pem").write_bytes(client_ca.cert_pem.bytes())
+    alice = client_ca.issue_cert("alice.test")
+    text = config(certs, port, [(b, 1)]).replace(
+        "    default_pool: web\n",
+        "    default_pool: web\n    ssl_authentication: mutual\n    ca_certificate: clients\n"
+        "    sni: {enabled: true, certificates: [site, other]}\n"
+        "    insert_headers: {x_forwarded_tls_sni: true}\n", 1).replace(
+        "listeners:", f'  clients: {{type: ca, certificate: "{tmp_path}/clients.pem"}}\n'
+                      f'  other: {{type: server, certificate: "{tmp_path}/other.crt", '
+                      f'private_key: "{tmp_path}/other.key"}}\nlisteners:')
+    lb(text, [port])
+    ctx = trust(certs)
+    alice.configure_cert(ctx)
+    with httpx.Client(verify=ctx) as c:
+        ok = c.get(f"https://localhost:{port}/")
+        assert ok.status_code == 200 and headers_of(ok)["x-forwarded-tls-sni"] == "localhost"
+        wrong = c.get(f"https://localhost:{port}/", headers={"Host": "other.test"})
+        assert wrong.status_code == 421
