@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import socket
 import time
@@ -23,6 +24,7 @@ from lbcore.tls.sni import SniSelector
 from lbcore_ext.acceptor import Acceptor
 from lbcore_ext.http1 import HttpProtocol
 from lbcore_ext.runtime import ACL_ALL
+from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys
 
 log = logging.getLogger("lbcore")
 
@@ -31,7 +33,7 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 1024
 
 
-def listener_ssl_context(cfg, listener):
+def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None):
     """(SSLContext, SniSelector or None) for the listener; (None, None) for plain
     HTTP. With SNI, one context per certificate set under the same policy,
     chosen during the handshake."""
@@ -53,6 +55,8 @@ def listener_ssl_context(cfg, listener):
                 ctx = server_context(cert.certificate, cert.private_key, policy.versions,
                                      policy.ciphers, policy.tls13_suites, alpn=alpn,
                                      client_ca=client_ca, crl=crl)
+                if ticket_keys is not None:
+                    set_ticket_keys(ctx, ticket_keys)
             else:       # a second key type for the same names (ECDSA + RSA)
                 ctx.load_cert_chain(str(cert.certificate), str(cert.private_key))
         return ctx
@@ -137,7 +141,11 @@ async def _serve(cfg, on_loop_started, phases) -> int:
     if on_loop_started is not None:
         await on_loop_started(loop)
     try:
-        runtime = build_runtime(cfg, functools.partial(listener_ssl_context, cfg), phases)
+        # Session-ticket keys set explicitly (not OpenSSL's per-context random
+        # ones) so that every worker of one master can share and rotate them.
+        ticket_keys = os.urandom(TICKET_KEYS_LEN)
+        runtime = build_runtime(
+            cfg, functools.partial(listener_ssl_context, cfg, ticket_keys=ticket_keys), phases)
         servers = await open_listeners(cfg, runtime)
     except OSError as exc:
         log.error("cannot open listeners: %s", exc)

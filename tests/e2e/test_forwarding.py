@@ -366,3 +366,26 @@ def test_mutual_with_sni_421_on_host_mismatch(lb, backends, ca, certs, tmp_path)
         assert ok.status_code == 200 and headers_of(ok)["x-forwarded-tls-sni"] == "localhost"
         wrong = c.get(f"https://localhost:{port}/", headers={"Host": "other.test"})
         assert wrong.status_code == 421
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_session_resumption(lb, backends, certs, version):
+    port = free_port()
+    (b,) = backends(1)
+    text = config(certs, port, [(b, 1)]).replace(
+        "    default_pool: web\n",
+        "    default_pool: web\n    security_policy: tls-1-2-fs-with-1-3\n", 1)
+    lb(text, [port])
+    ctx = trust(certs)
+    ctx.minimum_version = ctx.maximum_version = version
+    session = None
+    reused = []
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass                      # TLS 1.3 tickets arrive after the handshake
+            reused.append(s.session_reused)
+            session = s.session
+    assert reused == [False, True, True]
