@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from lbcore.admin import Admin
 from lbcore.health import HealthChecker, targets_from_config
+from lbcore.metrics import LbcoreCollector, attach_counters
 from lbcore.runtime_build import Runtime, build_runtime
 from lbcore.tls.context import server_context
 from lbcore.tls.policies import resolve_policy
@@ -146,6 +148,7 @@ async def _serve(cfg, on_loop_started, phases) -> int:
         ticket_keys = os.urandom(TICKET_KEYS_LEN)
         runtime = build_runtime(
             cfg, functools.partial(listener_ssl_context, cfg, ticket_keys=ticket_keys), phases)
+        counters = attach_counters(runtime)
         servers = await open_listeners(cfg, runtime)
     except OSError as exc:
         log.error("cannot open listeners: %s", exc)
@@ -154,9 +157,14 @@ async def _serve(cfg, on_loop_started, phases) -> int:
         log.error("cannot start: %s", exc)
         return 1
     checker = start_health_checks(cfg, runtime)
+    admin = Admin(cfg, runtime, LbcoreCollector(cfg, runtime, counters))
+    await admin.start()
+    admin.ready = True
     log.info("lbcore ready: %d listener(s)", len(servers))
     await stop.wait()
+    admin.ready = False
     log.info("stopping")
+    admin.close()
     await checker.stop()
     for server in servers:
         server.close()

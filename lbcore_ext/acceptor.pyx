@@ -5,12 +5,15 @@ written (spec 4). Listeners without access control use the loop's own server."""
 
 import socket
 
+from lbcore_ext.counters cimport inc
 from lbcore_ext.iptrie cimport IpTrie
 from lbcore_ext.runtime cimport ListenerRuntime
 
+from lbcore_ext.counters import REFUSED
 from lbcore_ext.runtime import ACL_WHITELIST
 
 cdef int C_WHITELIST = ACL_WHITELIST
+cdef Py_ssize_t O_REFUSED = REFUSED
 # Connections taken per readiness event: bounded so one busy listener can't
 # starve the rest of the loop (nginx's multi_accept is unbounded; uvloop takes 1).
 DEF ACCEPT_BATCH = 64
@@ -62,6 +65,7 @@ cdef class Acceptor:
             hit = acl.lookup(addr[0]) >= 0
             if hit != (lrt.acl_mode == C_WHITELIST):
                 lrt.refused += 1
+                inc(lrt.counters, lrt.cbase + O_REFUSED)
                 conn.close()
                 continue
             conn.setblocking(False)

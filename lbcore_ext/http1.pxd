@@ -13,6 +13,7 @@ cdef class HttpProtocol(Downstream):
     cdef bint stop_parsing              # no more requests on this connection
     cdef bint in_request_line
     cdef bint is_tls
+    cdef bint handed_off                # the connection went to HTTP/2
     cdef object sni_name                # SNI of the handshake (mutual+SNI listeners)
     cdef int resp_mode                  # R_* framing of the response being written
     cdef bint corked

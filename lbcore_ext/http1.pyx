@@ -7,10 +7,13 @@ import asyncio
 
 import httptools
 
+from lbcore_ext.counters cimport Counters, add, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, header_line, reason_phrase
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
+from lbcore_ext.counters import (CONN_ACTIVE, CONN_TOTAL, REQUESTS, TIMEOUT_IDLE,
+                                 TIMEOUT_REQUEST, TLS_VERSIONS)
 from lbcore_ext.http2 import H2Protocol
 from lbcore_ext.phases import HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER, RequestView
 
@@ -32,6 +35,13 @@ cdef int A_TE = H_TRANSFER_ENCODING
 cdef int A_COOKIE = H_COOKIE
 cdef int A_UPGRADE = H_UPGRADE
 cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
+cdef Py_ssize_t O_CONN_TOTAL = CONN_TOTAL
+cdef Py_ssize_t O_CONN_ACTIVE = CONN_ACTIVE
+cdef Py_ssize_t O_REQUESTS = REQUESTS
+cdef Py_ssize_t O_TIMEOUT_IDLE = TIMEOUT_IDLE
+cdef Py_ssize_t O_TIMEOUT_REQUEST = TIMEOUT_REQUEST
+cdef dict TLS_VERSION_CELL = {"TLSv1": TLS_VERSIONS, "TLSv1.1": TLS_VERSIONS + 1,
+                              "TLSv1.2": TLS_VERSIONS + 2, "TLSv1.3": TLS_VERSIONS + 3}
 cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
 cdef int M_APPEND = XFF_APPEND
 cdef int M_PRESERVE = XFF_PRESERVE
@@ -98,6 +108,14 @@ cdef class HttpProtocol(Downstream):
         self.peer_ip = ip.encode()
         self.peer_port = b"%d" % (peer[1] if peer else 0)
         self.is_tls = transport.get_extra_info("sslcontext") is not None
+        cdef ListenerRuntime lrt = self.lrt
+        if lrt.counters is not None:
+            inc(lrt.counters, lrt.cbase + O_CONN_TOTAL)
+            add(lrt.counters, lrt.cbase + O_CONN_ACTIVE, 1)
+            if self.is_tls:
+                cell = TLS_VERSION_CELL.get(transport.get_extra_info("ssl_object").version())
+                if cell is not None:
+                    inc(lrt.counters, lrt.cbase + <Py_ssize_t>cell)
         if self.lrt.sni_guard is not None:
             self.sni_name = getattr(transport.get_extra_info("ssl_object"), "lbcore_sni", None)
         if self.lrt.hooks & K_ON_ACCEPT and not self.lrt.phases.on_accept(ip, peer[1]):
@@ -109,6 +127,7 @@ cdef class HttpProtocol(Downstream):
             if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
                 # ALPN chose HTTP/2: hand the connection to the HTTP/2 protocol.
                 self.closed = True
+                self.handed_off = True      # H2Protocol counts this connection's end
                 h2proto = H2Protocol(self.lrt, self.peer_ip, self.peer_port)
                 transport.set_protocol(h2proto)
                 h2proto.connection_made(transport)
@@ -153,6 +172,8 @@ cdef class HttpProtocol(Downstream):
         return not self.is_tls
 
     def connection_lost(self, exc):
+        if self.lrt.counters is not None and self.peer_ip is not None and not self.handed_off:
+            add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
@@ -271,6 +292,7 @@ cdef class HttpProtocol(Downstream):
         cdef Exchange ex
         parser = self.parser
         self.in_request_line = False
+        inc(lrt.counters, lrt.cbase + O_REQUESTS)
         if self.bad_te:
             self.error_code = 501
             raise ValueError("transfer coding other than chunked")
@@ -546,6 +568,7 @@ cdef class HttpProtocol(Downstream):
         self.queue = []
         self.parsing = None
         self._out(error_response(code, router_code, True))
+        count_response(self.lrt.counters, self.lrt.cbase, code, True, -1.0)
         self._close()
         return 0
 
@@ -583,6 +606,7 @@ cdef class HttpProtocol(Downstream):
         if self.req_start > 0.0:                    # header phase
             d = self.req_start + lrt.request_timeout
             if now >= d:
+                inc(lrt.counters, lrt.cbase + O_TIMEOUT_REQUEST)
                 self._send_error(408, None)
                 return
             due = d
@@ -591,6 +615,7 @@ cdef class HttpProtocol(Downstream):
             if now >= d:
                 # Spec 2: a gap in the body closes the connection (408 is for the
                 # header; a response may already be on its way).
+                inc(lrt.counters, lrt.cbase + O_TIMEOUT_REQUEST)
                 self._close()
                 return
             due = d
@@ -611,6 +636,7 @@ cdef class HttpProtocol(Downstream):
         elif self.req_start == 0.0 and self.parsing is None:   # idle keep-alive
             d = self.last_activity + lrt.idle_timeout
             if now >= d:
+                inc(lrt.counters, lrt.cbase + O_TIMEOUT_IDLE)
                 self._close()
                 return
             due = min(due, d)

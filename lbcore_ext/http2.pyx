@@ -13,10 +13,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from lbcore_ext.counters cimport add, count_response, inc
 from lbcore_ext.headers cimport reason_phrase
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
+from lbcore_ext.counters import CONN_ACTIVE, REQUESTS
 from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
 from lbcore_ext.runtime import (H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_XFF, XFF_APPEND,
                                 XFF_OFF, XFF_PRESERVE)
@@ -40,6 +42,8 @@ cdef int M_APPEND = XFF_APPEND
 cdef int M_PRESERVE = XFF_PRESERVE
 cdef int M_OFF = XFF_OFF
 cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
+cdef Py_ssize_t O_CONN_ACTIVE = CONN_ACTIVE
+cdef Py_ssize_t O_REQUESTS = REQUESTS
 cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
                                        b"TRACE"))
 
@@ -134,6 +138,7 @@ cdef class H2Stream(Downstream):
         return 0
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
+        count_response(self.owner.lrt.counters, self.owner.lrt.cbase, code, True, -1.0)
         body = b"%d %s\n" % (code, reason_phrase(code))
         headers = [(b":status", b"%d" % code), (b"content-type", b"text/plain"),
                    (b"content-length", b"%d" % len(body))]
@@ -316,6 +321,7 @@ cdef class H2Protocol:
 
     def _request(self, ev):
         cdef ListenerRuntime lrt = self.lrt
+        inc(lrt.counters, lrt.cbase + O_REQUESTS)
         cdef H2Stream stream = H2Stream(self, ev.stream_id)
         cdef Exchange ex
         cdef bytearray hbuf = bytearray()
@@ -401,6 +407,7 @@ cdef class H2Protocol:
         return False
 
     def connection_lost(self, exc):
+        add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()

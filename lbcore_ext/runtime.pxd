@@ -1,4 +1,5 @@
 from lbcore_ext.balancer cimport Pool
+from lbcore_ext.counters cimport Counters
 from lbcore_ext.iptrie cimport IpTrie
 
 cdef class ListenerRuntime:
@@ -38,6 +39,8 @@ cdef class ListenerRuntime:
     cdef public long long refused       # connections refused by access control
     cdef public object phases           # the Phases object, or None
     cdef public object sni_guard        # SniSelector on mutual+SNI listeners (421 rule)
+    cdef public Counters counters       # shared-memory counters, or None
+    cdef public Py_ssize_t cbase        # this listener's first cell
     cdef public int hooks               # HOOK_* bits of the overridden hooks
 
     cdef bytes tls_lines(self, object transport)

@@ -75,6 +75,8 @@ cdef class ListenerRuntime:
         self.phases = None
         self.n_clientcert = {}
         self.sni_guard = None
+        self.counters = None
+        self.cbase = -1
         self.hooks = 0
         self.n_xff = b"X-Forwarded-For: "
         self.n_real_ip = b"X-Real-IP: "

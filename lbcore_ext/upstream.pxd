@@ -58,6 +58,7 @@ cdef class Exchange:
     cdef UpstreamConnection conn
     cdef object connect_task
     cdef double t_connect
+    cdef double t_start
     cdef int state
     cdef double last_read
     cdef int status

@@ -13,7 +13,9 @@ from functools import partial
 import httptools
 
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
+from lbcore_ext.counters cimport count_response, inc
 
+from lbcore_ext.counters import RETRIES, TIMEOUT_CONNECT, TIMEOUT_RESPONSE
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
 from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
@@ -25,6 +27,9 @@ cdef object HttpParserError = httptools.HttpParserError
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 
 cdef int K_UPSTREAM_PEER = HOOK_UPSTREAM_PEER
+cdef Py_ssize_t O_RETRIES = RETRIES
+cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
+cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
 cdef int K_RESPONSE_FILTER = HOOK_RESPONSE_FILTER
 cdef int K_FAIL_TO_CONNECT = HOOK_FAIL_TO_CONNECT
 cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
@@ -129,6 +134,7 @@ cdef class Exchange:
         self.tried = []
         self.state = S_NEW
         self.resp_cl = -1
+        self.t_start = self.loop.time()
         return self
 
     # ---- driven by the downstream -------------------------------------------------
@@ -305,8 +311,10 @@ cdef class Exchange:
             self.connect_task = None
             if task is not None:
                 task.cancel()
+            inc(self.lrt.counters, self.lrt.cbase + O_TIMEOUT_CONNECT)
             self._fail(F_CONNECT_TIMEOUT)
         elif self.state == S_WAITING:
+            inc(self.lrt.counters, self.lrt.cbase + O_TIMEOUT_RESPONSE)
             if self.resp_started:
                 self.state = S_DONE
                 self._release(False)
@@ -347,6 +355,7 @@ cdef class Exchange:
             m = self.pool.pick(self.tried, self.client_ip, None)
             if m is not None:
                 self.retries += 1
+                inc(self.lrt.counters, self.lrt.cbase + O_RETRIES)
                 self._restart()
                 self._assign(m)
                 self._acquire()
@@ -362,6 +371,7 @@ cdef class Exchange:
         if self.lrt.hooks & K_FAIL_TO_PROXY:
             custom = self.lrt.phases.fail_to_proxy(self.view, code)
             if custom is not None:
+                count_response(self.lrt.counters, self.lrt.cbase, code, True, -1.0)
                 self.ds.ds_write(custom)
                 self.ds.ds_abort(self)
                 self._log(code)
@@ -398,6 +408,8 @@ cdef class Exchange:
 
     cdef int _finish(self, bint reusable) except -1:
         self.state = S_DONE
+        count_response(self.lrt.counters, self.lrt.cbase, self.status, False,
+                       self.loop.time() - self.t_start)
         self._release(reusable)
         if self.lrt.hooks:
             self._log(self.status)

@@ -1,0 +1,81 @@
+"""The admin endpoint (loopback by default): /metrics, /healthz, /readyz,
+/status. Plain asyncio: a handful of requests a minute, never the data path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+log = logging.getLogger("lbcore.admin")
+
+
+class Admin:
+    def __init__(self, cfg, runtime, collector) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        self.ready = False
+        self.started = time.time()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        a = self.cfg.load_balancer.admin
+        try:
+            self.server = await asyncio.start_server(self._handle, a.address, a.port)
+            log.info("admin endpoint on %s:%d", a.address, a.port)
+        except OSError as exc:
+            # The proxy keeps serving without it: an admin port clash is no
+            # reason to drop traffic.
+            log.error("admin endpoint %s:%d unavailable: %s", a.address, a.port, exc)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "config": {"source": str(self.cfg.source) if self.cfg.source else None,
+                       "loaded_at": self.started},
+            "listeners": [{"name": lst.name, "protocol": lst.protocol, "port": lst.port,
+                           "address": lst.address, "default_pool": lst.default_pool,
+                           "description": lst.description}
+                          for lst in self.cfg.listeners],
+            "pools": {name: {"algorithm": self.cfg.pools[name].algorithm, "members": [
+                {"name": m.name, "address": m.host, "port": m.port, "weight": m.weight,
+                 "healthy": bool(m.healthy), "active": m.active}
+                for m in pool.members]} for name, pool in self.runtime.pools.items()},
+        }
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.split()
+            path = parts[1].decode("latin-1").split("?")[0] if len(parts) > 1 else "/"
+            code, ctype, body = 404, "text/plain", b"not found\n"
+            if path == "/metrics":
+                code, ctype, body = 200, "text/plain; version=0.0.4", generate_latest(
+                    self.registry)
+            elif path == "/healthz":
+                code, body = 200, b"ok\n"
+            elif path == "/readyz":
+                code, body = (200, b"ready\n") if self.ready else (503, b"not ready\n")
+            elif path == "/status":
+                code, ctype = 200, "application/json"
+                body = json.dumps(self.status(), indent=2).encode() + b"\n"
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (code, ctype.encode(), len(body), body))
+            await writer.drain()
+        except (asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,21 @@
+from libc.stdint cimport int64_t
+
+cdef class Counters:
+    """Hot-path counters: C int64 cells in a shared memory block, one row per
+    worker slot; the master sums the rows at scrape time."""
+    cdef int64_t* row
+    cdef int64_t* base
+    cdef object mem
+    cdef public Py_ssize_t size
+    cdef public Py_ssize_t slots
+
+cdef inline void inc(Counters c, Py_ssize_t i) noexcept:
+    if c is not None and i >= 0:
+        c.row[i] += 1
+
+cdef inline void add(Counters c, Py_ssize_t i, int64_t v) noexcept:
+    if c is not None and i >= 0:
+        c.row[i] += v
+
+cpdef void count_response(Counters c, Py_ssize_t base, int status, bint generated,
+                          double seconds)

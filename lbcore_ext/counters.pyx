@@ -1,0 +1,90 @@
+# cython: language_level=3
+"""Counters in anonymous shared memory (inherited across fork), so workers
+write plain C integers and the scrape sums them; no prometheus_client call on
+the request path (DESIGN.md, Boundaries)."""
+
+import mmap
+
+from libc.stdint cimport int64_t
+
+
+cdef class Counters:
+    def __init__(self, Py_ssize_t size, Py_ssize_t slots=1):
+        self.size = size
+        self.slots = slots
+        self.mem = mmap.mmap(-1, max(1, size * slots * 8))
+        cdef unsigned char[::1] view = self.mem
+        self.base = <int64_t*>&view[0]
+        self.row = self.base
+
+    def use_slot(self, Py_ssize_t slot):
+        """A worker writes only its own row."""
+        if not 0 <= slot < self.slots:
+            raise IndexError(slot)
+        self.row = self.base + slot * self.size
+
+    def total(self, Py_ssize_t i):
+        cdef int64_t t = 0
+        cdef Py_ssize_t s
+        for s in range(self.slots):
+            t += self.base[s * self.size + i]
+        return t
+
+    def totals(self, Py_ssize_t start, Py_ssize_t count):
+        return [self.total(start + k) for k in range(count)]
+
+    def incr(self, Py_ssize_t i, int64_t v=1):
+        """For tests and the control plane."""
+        self.row[i] += v
+
+
+# Layout of one listener's block of cells (offsets from ListenerRuntime.cbase).
+# The control plane's exposition (lbcore/metrics.py) reads the same offsets.
+CONN_TOTAL = 0
+CONN_ACTIVE = 1
+REQUESTS = 2
+RESP_CLASS = 3            # 5 cells: 1xx .. 5xx
+RETRIES = 8
+TIMEOUT_IDLE = 9
+TIMEOUT_REQUEST = 10
+TIMEOUT_RESPONSE = 11
+TIMEOUT_CONNECT = 12
+REFUSED = 13
+GENERATED = 14            # one cell per GENERATED_CODES entry
+GENERATED_CODES = ((400, "malformed"), (405, "method_not_allowed"), (408, "request_timeout"),
+                   (413, "body_too_large"), (414, "uri_too_long"), (421, "misdirected"),
+                   (431, "header_too_large"), (501, "transfer_coding"), (502, "bad_gateway"),
+                   (503, "no_member"), (504, "gateway_timeout"))
+HIST = 25                 # bucket counts (not cumulative), then +Inf
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 1.2, 2.5, 5.0, 10.0)
+HIST_SUM_US = HIST + len(BUCKETS) + 1
+HIST_COUNT = HIST_SUM_US + 1
+TLS_VERSIONS = HIST_COUNT + 1    # TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
+BLOCK = TLS_VERSIONS + 4
+
+cdef int[600] _gen_index
+for _i in range(600):
+    _gen_index[_i] = -1
+for _k, (_code, _reason) in enumerate(GENERATED_CODES):
+    _gen_index[_code] = GENERATED + _k
+cdef double[13] _bounds
+for _k, _b in enumerate(BUCKETS):
+    _bounds[_k] = _b
+
+
+cpdef void count_response(Counters c, Py_ssize_t base, int status, bint generated,
+                          double seconds):
+    """One response: its class, generated-error cell, duration bucket."""
+    cdef int k
+    if c is None or base < 0 or status < 100 or status > 599:
+        return
+    c.row[base + RESP_CLASS + status // 100 - 1] += 1
+    if generated and _gen_index[status] >= 0:
+        c.row[base + _gen_index[status]] += 1
+    if seconds >= 0.0:
+        k = 0
+        while k < 13 and seconds > _bounds[k]:
+            k += 1
+        c.row[base + HIST + k] += 1
+        c.row[base + HIST_SUM_US] += <int64_t>(seconds * 1e6)
+        c.row[base + HIST_COUNT] += 1
