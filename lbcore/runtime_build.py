@@ -7,6 +7,7 @@ actions, time-outs as floats, resolved member addresses)."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from lbcore_ext.runtime import (
     H_COOKIE,
     H_DROP,
     H_HOST,
+    H_LOGGED,
+    H_REQUEST_ID,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     H_XFF,
@@ -207,6 +210,13 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
     if ih.x_forwarded_elb_id and lb.id:
         static += name_of("x_forwarded_elb_id") + lb.id.encode() + b"\r\n"
         actions[_header_name(ih, "x_forwarded_elb_id").lower().encode()] = H_DROP
+    if cfg.load_balancer.access_log.path != "off":
+        # Honour a client's X-Request-ID, else one is generated and sent on.
+        lrt.access_log = []
+        lrt.rid_prefix = os.urandom(4).hex().encode() + b"-"
+        actions[b"x-request-id"] = H_REQUEST_ID
+        actions[b"user-agent"] = H_LOGGED
+        actions[b"referer"] = H_LOGGED
     lrt.static_lines = static
     lrt.header_actions = actions
     lrt.cert_id = (listener.server_certificate or "").encode()

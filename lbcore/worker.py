@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from lbcore.accesslog import AccessLogWriter
 from lbcore.admin import Admin
 from lbcore.health import HealthChecker, targets_from_config
 from lbcore.metrics import LbcoreCollector, attach_counters
@@ -157,6 +158,12 @@ async def _serve(cfg, on_loop_started, phases) -> int:
         log.error("cannot start: %s", exc)
         return 1
     checker = start_health_checks(cfg, runtime)
+    log_cfg = cfg.load_balancer.access_log
+    access_log = None
+    if log_cfg.path != "off":
+        access_log = AccessLogWriter(runtime.listeners, log_cfg.path, log_cfg.format)
+        access_log.start()
+        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
     admin = Admin(cfg, runtime, LbcoreCollector(cfg, runtime, counters))
     await admin.start()
     admin.ready = True
@@ -166,6 +173,8 @@ async def _serve(cfg, on_loop_started, phases) -> int:
     log.info("stopping")
     admin.close()
     await checker.stop()
+    if access_log is not None:
+        await access_log.stop()
     for server in servers:
         server.close()
     waiting = [s.wait_closed() for s in servers if isinstance(s, asyncio.AbstractServer)]

@@ -31,6 +31,11 @@ cdef class HttpProtocol(Downstream):
     cdef bytes xff
     cdef bytes cookie
     cdef bytes upgrade_value
+    cdef bytes request_id
+    cdef bytes user_agent
+    cdef bytes referer
+    cdef tuple meta                     # access-log facts of the request being parsed
+    cdef tuple tls_info                 # (version, cipher, sni), once per connection
     cdef Exchange tunnel                # set once a 101 switched this connection
     cdef bytes tunnel_pending           # client bytes after an upgrade request's head
     cdef list conn_tokens
@@ -40,6 +45,8 @@ cdef class HttpProtocol(Downstream):
     cdef long long body_seen
     cdef int error_code
     cdef int _send_error(self, int code, bytes router_code) except -1
+    cdef int _emit_error(self, int code, bytes router_code) except -1
+    cdef int _access_meta(self, bytes method) except -1
     cdef int _schedule(self, double at) except -1
     cdef int _after_exchange(self) except -1
     cdef bytes _build_head(self, object view)

@@ -17,7 +17,7 @@ from lbcore_ext.counters import (CONN_ACTIVE, CONN_TOTAL, REQUESTS, TIMEOUT_IDLE
 from lbcore_ext.http2 import H2Protocol
 from lbcore_ext.phases import HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER, RequestView
 
-from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
+from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_LOGGED, H_REQUEST_ID, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
                                 H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
                                 TLS_PROTOCOL, XFF_APPEND, XFF_OFF, XFF_PRESERVE)
 
@@ -34,6 +34,9 @@ cdef int A_CL = H_CONTENT_LENGTH
 cdef int A_TE = H_TRANSFER_ENCODING
 cdef int A_COOKIE = H_COOKIE
 cdef int A_UPGRADE = H_UPGRADE
+cdef int A_REQUEST_ID = H_REQUEST_ID
+cdef int A_LOGGED = H_LOGGED
+cdef object wall_time = __import__("time").time
 cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
 cdef Py_ssize_t O_CONN_TOTAL = CONN_TOTAL
 cdef Py_ssize_t O_CONN_ACTIVE = CONN_ACTIVE
@@ -210,6 +213,9 @@ cdef class HttpProtocol(Downstream):
         self.xff = None
         self.cookie = None
         self.upgrade_value = None
+        self.request_id = None
+        self.user_agent = None
+        self.referer = None
         self.conn_tokens = None
         self.cl = -1
         self.chunked = False
@@ -277,6 +283,17 @@ cdef class HttpProtocol(Downstream):
             self.hbuf += b"\r\n"
         elif a == A_UPGRADE:
             self.upgrade_value = value
+        elif a == A_REQUEST_ID or a == A_LOGGED:
+            if a == A_REQUEST_ID:
+                self.request_id = value
+            elif name.lower() == b"user-agent":
+                self.user_agent = value
+            else:
+                self.referer = value
+            self.hbuf += name
+            self.hbuf += b": "
+            self.hbuf += value
+            self.hbuf += b"\r\n"
         elif a == A_CL:
             # llhttp already refuses duplicates and CL with TE.
             self.cl = int(value)
@@ -329,12 +346,15 @@ cdef class HttpProtocol(Downstream):
                 if answer is not None:
                     self._answer_directly(answer)
                     return
+        if lrt.access_log is not None:
+            self._access_meta(method)
         ex = Exchange.new(self, lrt, self._build_head(view), method == b"HEAD",
                       method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
         ex.view = view
         ex.client_ip = self.peer_ip
         ex.cookie = self.cookie
         ex.upgrade = self.upgrade_value
+        ex.meta = self.meta
         self.parsing = ex
         self.queue.append(ex)
         self.req_start = 0.0
@@ -377,6 +397,8 @@ cdef class HttpProtocol(Downstream):
                 if line and line.split(b":", 1)[0].strip().lower() not in self.conn_tokens:
                     out += line
                     out += b"\r\n"
+        if self.meta is not None and self.request_id is None:
+            out += b"X-Request-ID: " + self.meta[6] + b"\r\n"
         if self.upgrade_value is not None:
             out += b"Connection: upgrade\r\nUpgrade: "
             out += self.upgrade_value
@@ -391,6 +413,21 @@ cdef class HttpProtocol(Downstream):
                              self.tls_lines, view)
         out += b"\r\n"
         return bytes(out)
+
+    cdef int _access_meta(self, bytes method) except -1:
+        """What the access log needs of this request, as one tuple (the
+        control plane formats it later, in batches)."""
+        cdef ListenerRuntime lrt = self.lrt
+        if self.tls_info is None:
+            sslobj = self.transport.get_extra_info("ssl_object")
+            self.tls_info = ((sslobj.version(), sslobj.cipher()[0],
+                              getattr(sslobj, "lbcore_sni", None)) if sslobj is not None
+                             else (None, None, None))
+        rid = self.request_id if self.request_id is not None else lrt.next_request_id()
+        self.meta = (wall_time(), self.peer_ip, self.peer_port, method, self.url,
+                     self.parser.get_http_version(), rid, self.user_agent, self.referer,
+                     self.xff, self.host, lrt.name, lrt.pool.name, self.tls_info)
+        return 0
 
     def _answer_directly(self, answer):
         """request_filter answered: (status, [(name, value)], body). The request
@@ -531,7 +568,7 @@ cdef class HttpProtocol(Downstream):
         return 0
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
-        self._send_error(code, router_code)
+        self._emit_error(code, router_code)      # the Exchange logs its own errors
         return 0
 
     cdef int ds_abort(self, Exchange ex) except -1:
@@ -558,6 +595,16 @@ cdef class HttpProtocol(Downstream):
     # ---- errors and time-outs -----------------------------------------------------
 
     cdef int _send_error(self, int code, bytes router_code) except -1:
+        """An error found by the downstream itself (parse, limit, time-out)."""
+        cdef ListenerRuntime lrt = self.lrt
+        if lrt.access_log is not None and self.peer_ip is not None:
+            lrt.access_log.append(((wall_time(), self.peer_ip, self.peer_port, None, self.url,
+                                    None, None, None, None, None, self.host, lrt.name,
+                                    lrt.pool.name, self.tls_info), code, 0.0, None))
+        self._emit_error(code, router_code)
+        return 0
+
+    cdef int _emit_error(self, int code, bytes router_code) except -1:
         """A generated error ends the connection: after it the stream can't be trusted."""
         cdef Exchange ex
         self.stop_parsing = True

@@ -20,7 +20,8 @@ from lbcore_ext.upstream cimport Downstream, Exchange
 
 from lbcore_ext.counters import CONN_ACTIVE, REQUESTS
 from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
-from lbcore_ext.runtime import (H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_XFF, XFF_APPEND,
+from lbcore_ext.runtime import (H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_LOGGED, H_REQUEST_ID,
+                                H_XFF, XFF_APPEND,
                                 XFF_OFF, XFF_PRESERVE)
 
 # SETTINGS_MAX_CONCURRENT_STREAMS (spec 9, issue: 100 concurrent streams).
@@ -38,6 +39,9 @@ cdef int A_HOST = H_HOST
 cdef int A_XFF = H_XFF
 cdef int A_COOKIE = H_COOKIE
 cdef int A_CL = H_CONTENT_LENGTH
+cdef int A_REQUEST_ID = H_REQUEST_ID
+cdef int A_LOGGED = H_LOGGED
+cdef object wall_time = __import__("time").time
 cdef int M_APPEND = XFF_APPEND
 cdef int M_PRESERVE = XFF_PRESERVE
 cdef int M_OFF = XFF_OFF
@@ -192,6 +196,7 @@ cdef class H2Protocol:
     cdef bytes peer_ip
     cdef bytes peer_port
     cdef bytes tls_lines
+    cdef tuple tls_info
     cdef bint closed
     cdef bint paused
     cdef LazyTimer timer
@@ -325,7 +330,7 @@ cdef class H2Protocol:
         cdef H2Stream stream = H2Stream(self, ev.stream_id)
         cdef Exchange ex
         cdef bytearray hbuf = bytearray()
-        method = path = authority = host = xff = None
+        method = path = authority = host = xff = rid = ua = referer = None
         cookies = None
         cdef long long cl = -1
         for name, value in ev.headers:
@@ -355,6 +360,14 @@ cdef class H2Protocol:
                 cookies = value if cookies is None else cookies + b"; " + value
             elif a == A_CL:
                 cl = int(value)
+            elif a == A_REQUEST_ID or a == A_LOGGED:
+                hbuf += name + b": " + value + b"\r\n"
+                if a == A_REQUEST_ID:
+                    rid = value
+                elif name == b"user-agent":
+                    ua = value
+                else:
+                    referer = value
         self.streams[ev.stream_id] = stream
         if method is None or path is None or method == b"CONNECT":
             stream.ds_error(None, 400, None)
@@ -376,6 +389,17 @@ cdef class H2Protocol:
         cdef bytearray out = bytearray(method)
         out += b" " + path + b" HTTP/1.1\r\n"
         out += hbuf
+        meta = None
+        if lrt.access_log is not None:
+            if rid is None:
+                rid = lrt.next_request_id()
+                out += b"x-request-id: " + rid + b"\r\n"
+            if self.tls_info is None:
+                sslobj = self.transport.get_extra_info("ssl_object")
+                self.tls_info = (sslobj.version(), sslobj.cipher()[0],
+                                 getattr(sslobj, "lbcore_sni", None))
+            meta = (wall_time(), self.peer_ip, self.peer_port, method, path, "2", rid, ua,
+                    referer, xff, host, lrt.name, lrt.pool.name, self.tls_info)
         if chunked:
             out += b"transfer-encoding: chunked\r\n"
         elif cl >= 0:
@@ -387,6 +411,7 @@ cdef class H2Protocol:
         ex.client_ip = self.peer_ip
         ex.cookie = cookies
         ex.view = view
+        ex.meta = meta
         stream.ex = ex
         if ended:
             ex.body_done()

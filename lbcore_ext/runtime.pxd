@@ -41,9 +41,13 @@ cdef class ListenerRuntime:
     cdef public object sni_guard        # SniSelector on mutual+SNI listeners (421 rule)
     cdef public Counters counters       # shared-memory counters, or None
     cdef public Py_ssize_t cbase        # this listener's first cell
+    cdef public list access_log         # finished requests as tuples, or None when off
+    cdef public bytes rid_prefix
+    cdef public long long rid_seq
     cdef public int hooks               # HOOK_* bits of the overridden hooks
 
     cdef bytes tls_lines(self, object transport)
+    cdef bytes next_request_id(self)
     cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
                               bytes host, bytes tls_lines, object view) except -1
 

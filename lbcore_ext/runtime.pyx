@@ -16,6 +16,8 @@ H_CONTENT_LENGTH = 5
 H_TRANSFER_ENCODING = 6
 H_COOKIE = 7        # Cookie: forwarded, and read for sticky sessions
 H_UPGRADE = 8       # Upgrade: forwarded only on an upgrade request (WebSocket)
+H_REQUEST_ID = 9    # X-Request-ID: honoured, else generated (access log on)
+H_LOGGED = 10       # User-Agent, Referer: forwarded and kept for the access log
 
 XFF_APPEND = 0
 XFF_REMOVE = 1
@@ -77,6 +79,9 @@ cdef class ListenerRuntime:
         self.sni_guard = None
         self.counters = None
         self.cbase = -1
+        self.access_log = None
+        self.rid_prefix = b""
+        self.rid_seq = 0
         self.hooks = 0
         self.n_xff = b"X-Forwarded-For: "
         self.n_real_ip = b"X-Real-IP: "
@@ -183,6 +188,11 @@ cdef class ListenerRuntime:
                 for name, value in extra:
                     out += header_line(name, value)
         return 0
+
+    cdef bytes next_request_id(self):
+        """Unique per process without a syscall: a random prefix and a counter."""
+        self.rid_seq += 1
+        return self.rid_prefix + (b"%x" % self.rid_seq)
 
 
 cdef class LazyTimer:

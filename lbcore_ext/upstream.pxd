@@ -74,7 +74,10 @@ cdef class Exchange:
     cdef bint sticky_bound
     cdef public bytes upgrade          # the request's Upgrade value, if an upgrade
     cdef public object view            # RequestView when the listener has hooks
+    cdef public tuple meta             # request facts for the access log, or None
+    cdef list tries                    # [(member, outcome)] for the access log
     cdef int _log(self, int status) except -1
+    cdef int _try(self, bytes outcome) except -1
     cdef bytes resp_upgrade
     cdef int tunnel_write(self, object data) except -1
     cdef int _assign(self, Member m) except -1

@@ -330,6 +330,8 @@ cdef class Exchange:
         """Nothing reached the client yet: retry where spec 7.2 allows, else answer."""
         cdef bint reused = self.conn is not None and self.conn.reused
         cdef bint sent = kind >= F_LOST
+        if self.meta is not None:
+            self._try(FAILURE_NAMES[kind].encode())
         cdef int hooks = self.lrt.hooks
         if hooks & K_FAIL_TO_CONNECT and kind <= F_CONNECT_TIMEOUT:
             self.lrt.phases.fail_to_connect(self.view, self.member, FAILURE_NAMES[kind])
@@ -379,7 +381,18 @@ cdef class Exchange:
         self.ds.ds_error(self, code, router_code)
         self._log(code)
 
+    cdef int _try(self, bytes outcome) except -1:
+        if self.tries is None:
+            self.tries = []
+        self.tries.append((self.member.host, self.member.port, outcome))
+        return 0
+
     cdef int _log(self, int status) except -1:
+        if self.meta is not None:
+            if self.member is not None:
+                self._try(b"%d" % status)
+            self.lrt.access_log.append((self.meta, status, self.loop.time() - self.t_start,
+                                        self.tries))
         if self.lrt.hooks & K_LOGGING:
             self.lrt.phases.logging(self.view, status, self.member)
         return 0
@@ -411,7 +424,7 @@ cdef class Exchange:
         count_response(self.lrt.counters, self.lrt.cbase, self.status, False,
                        self.loop.time() - self.t_start)
         self._release(reusable)
-        if self.lrt.hooks:
+        if self.lrt.hooks or self.meta is not None:
             self._log(self.status)
         self._assign(None)
         self.ds.ds_exchange_done(self, self.client_keep_alive)
