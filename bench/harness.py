@@ -7,7 +7,8 @@ The figure of merit is the proxy's CPU time per request (user+sys of all its
 processes from /proc, divided by requests served): on 2 cores the load side
 saturates first, so req/s alone would hide the difference.
 
-Scenarios so far: HTTP/1.1 and HTTPS keep-alive, small responses, wrk -c50.
+Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
+request (HTTP and HTTPS), small responses, wrk -c50.
 Output: a markdown table on stdout, and results/<date>.{json,md}."""
 
 from __future__ import annotations
@@ -159,9 +160,11 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def wrk(url: str, seconds: int) -> tuple[int, float, float, float]:
+def wrk(url: str, seconds: int, close: bool = False) -> tuple[int, float, float, float]:
+    extra = ["-H", "Connection: close"] if close else []
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s",
-                          "--latency", url], capture_output=True, text=True, check=True).stdout
+                          "--latency", *extra, url], capture_output=True, text=True,
+                         check=True).stdout
     reqs = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
     rps = float(next(line for line in out.splitlines() if "Requests/sec" in line).split()[1])
 
@@ -171,6 +174,15 @@ def wrk(url: str, seconds: int) -> tuple[int, float, float, float]:
                                                       else float(v[:-1]) * 1000)
 
     return reqs, rps, ms("50%"), ms("99%")
+
+
+# (name, url, a new connection per request). For HTTPS, wrk reconnects with
+# its cached TLS session when it can, so this is mostly resumed handshakes;
+# full-handshake rates need a client that never resumes (bench-anchors' tlsload).
+SCENARIOS = (("http_ka", f"http://127.0.0.1:{HTTP_PORT}/", False),
+             ("https_ka", f"https://127.0.0.1:{HTTPS_PORT}/", False),
+             ("http_new_conn", f"http://127.0.0.1:{HTTP_PORT}/", True),
+             ("https_new_conn", f"https://127.0.0.1:{HTTPS_PORT}/", True))
 
 
 def run(seconds: int, runs: int) -> dict:
@@ -190,19 +202,18 @@ def run(seconds: int, runs: int) -> dict:
             try:
                 wait_port(HTTP_PORT)
                 wait_port(HTTPS_PORT)
-                for scenario, url in (("http_ka", f"http://127.0.0.1:{HTTP_PORT}/"),
-                                      ("https_ka", f"https://127.0.0.1:{HTTPS_PORT}/")):
+                for scenario, url, close in SCENARIOS:
                     samples = []
                     for _ in range(runs):
                         pids = pids_of(proc.pid)
                         t0 = cpu_ticks(pids)
-                        reqs, rps, p50, p99 = wrk(url, seconds)
+                        reqs, rps, p50, p99 = wrk(url, seconds, close)
                         us = (cpu_ticks(pids) - t0) / TICKS * 1e6 / max(1, reqs)
                         samples.append({"cpu_us_per_req": round(us, 2), "rps": rps,
                                         "p50_ms": p50, "p99_ms": p99})
                     med = sorted(samples, key=lambda s: s["cpu_us_per_req"])[len(samples) // 2]
                     results.setdefault(scenario, {})[name] = {**med, "runs": samples}
-                    print(f"{scenario:9s} {name:8s} {med['cpu_us_per_req']:7.1f} us/req "
+                    print(f"{scenario:20s} {name:8s} {med['cpu_us_per_req']:7.1f} us/req "
                           f"{med['rps']:>10,.0f} req/s  p99 {med['p99_ms']:.2f} ms",
                           file=sys.stderr, flush=True)
             finally:
