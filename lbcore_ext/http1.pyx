@@ -187,6 +187,11 @@ cdef class HttpProtocol(Downstream):
             self.parsing.abort()
         self.queue = []
         self.parsing = None
+        # The parser and the timer hold bound methods of this protocol: drop them
+        # so reference counting frees the connection instead of the cyclic GC.
+        self.parser = None
+        self.timer = None
+        self.tunnel = None
 
     def pause_writing(self):
         # The client reads slower than the backend sends: stop reading the backend.

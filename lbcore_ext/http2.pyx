@@ -436,6 +436,7 @@ cdef class H2Protocol:
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None           # breaks the protocol <-> timer cycle
         cdef H2Stream stream
         for stream in list(self.streams.values()):
             stream.done = True
