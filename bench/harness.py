@@ -9,13 +9,15 @@ saturates first, so req/s alone would hide the difference.
 
 Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
 request (HTTP and HTTPS), small responses, wrk -c50.
-Output: a markdown table on stdout, and results/<date>.{json,md}."""
+Output: a markdown table on stdout, and results/<date>.{json,md,png} (the PNG:
+grouped bars of µs per request, if matplotlib is installed)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -36,6 +39,9 @@ HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
 PROXY_CPU, LOAD_CPU = "0", "1"
+# (name in results, label, bar colour), in table and chart order
+PROXIES = (("lbcore", "lbcore", "#d62728"), ("haproxy", "HAProxy", "#1f77b4"),
+           ("nginx", "nginx", "#2ca02c"))
 
 
 def need(tool: str, package: str) -> None:
@@ -149,9 +155,11 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
-def wait_port(port: int, timeout: float = 15) -> None:
+def wait_port(port: int, timeout: float = 15, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
@@ -160,9 +168,10 @@ def wait_port(port: int, timeout: float = 15) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def wrk(url: str, seconds: int, close: bool = False) -> tuple[int, float, float, float]:
+def wrk(url: str, seconds: int, close: bool = False,
+        conns: int = 50) -> tuple[int, float, float, float]:
     extra = ["-H", "Connection: close"] if close else []
-    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s",
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                           "--latency", *extra, url], capture_output=True, text=True,
                          check=True).stdout
     reqs = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
@@ -176,16 +185,81 @@ def wrk(url: str, seconds: int, close: bool = False) -> tuple[int, float, float,
     return reqs, rps, ms("50%"), ms("99%")
 
 
-# (name, url, a new connection per request). For HTTPS, wrk reconnects with
-# its cached TLS session when it can, so this is mostly resumed handshakes;
-# full-handshake rates need a client that never resumes (bench-anchors' tlsload).
-SCENARIOS = (("http_ka", f"http://127.0.0.1:{HTTP_PORT}/", False),
-             ("https_ka", f"https://127.0.0.1:{HTTPS_PORT}/", False),
-             ("http_new_conn", f"http://127.0.0.1:{HTTP_PORT}/", True),
-             ("https_new_conn", f"https://127.0.0.1:{HTTPS_PORT}/", True))
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str                # how the load is made: wrk
+    port: int
+    path: str = "/"
+    close: bool = False      # a new connection per request
+    conns: int = 50
+    unit: str = "µs/req"     # the figure of merit: proxy CPU per request
+    rate: str = "req/s"
+
+    @property
+    def url(self) -> str:
+        scheme = "http" if self.port == HTTP_PORT else "https"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
 
-def run(seconds: int, runs: int) -> dict:
+# For HTTPS, wrk reconnects with its cached TLS session when it can, so
+# https_new_conn is mostly resumed handshakes.
+SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
+             Scenario("https_ka", "wrk", HTTPS_PORT),
+             Scenario("http_new_conn", "wrk", HTTP_PORT, close=True),
+             Scenario("https_new_conn", "wrk", HTTPS_PORT, close=True))
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def measure(sc: Scenario, seconds: int) -> dict:
+    """One run of the load; count is what the proxy CPU is divided by."""
+    reqs, rps, p50, p99 = wrk(sc.url, seconds, sc.close, sc.conns)
+    return {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def start_proxy(name: str, cmd: list[str], d: Path, lbcore_tree: Path | None,
+                ports: tuple[int, ...]) -> subprocess.Popen:
+    env, cwd = None, None
+    if name == "lbcore" and lbcore_tree is not None:
+        # Another checkout (extension built in place) instead of this one.
+        env = {**os.environ, "PYTHONPATH": str(lbcore_tree)}
+        cwd = lbcore_tree
+    log = (d / f"{name}.log").open("ab")
+    proc = subprocess.Popen(["taskset", "-c", PROXY_CPU, *cmd], stdout=log, stderr=log,
+                            env=env, cwd=cwd)
+    try:
+        for port in ports:
+            wait_port(port, proc=proc)
+    except (TimeoutError, RuntimeError):
+        stop_proxy(proc)
+        tail = (d / f"{name}.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{name} did not start; its log ends:\n{tail}") from None
+    return proc
+
+
+def stop_proxy(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.5)
+
+
+def record(results: dict, sc: Scenario, proxy: str, samples: list[dict],
+           key: str = "cpu_us_per_req") -> None:
+    """The median run by the figure of merit, with every run kept beside it."""
+    med = sorted(samples, key=lambda s: s[key])[len(samples) // 2]
+    results.setdefault(sc.name, {})[proxy] = {**med, "runs": samples}
+    rate = f"{med['rps']:>10,.0f} {sc.rate}" if "rps" in med else ""
+    p99 = f"p99 {med['p99_ms']:.2f} ms" if "p99_ms" in med else ""
+    print(f"{sc.name:28s} {proxy:8s} {med[key]:8.1f} {sc.unit:13s} {rate}  {p99}",
+          file=sys.stderr, flush=True)
+
+
+def run(seconds: int, runs: int, proxies: list[str], scenarios: list[Scenario],
+        lbcore_tree: Path | None) -> dict:
     need("wrk", "wrk")
     need("haproxy", "haproxy")
     need("nginx", "nginx-light")
@@ -196,67 +270,137 @@ def run(seconds: int, runs: int) -> dict:
     results: dict = {}
     try:
         wait_port(ORIGIN_PORT)
-        for name, cmd in cmds.items():
-            proc = subprocess.Popen(["taskset", "-c", PROXY_CPU, *cmd],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name in proxies:
+            proc = start_proxy(name, cmds[name], d, lbcore_tree, (HTTP_PORT, HTTPS_PORT))
             try:
-                wait_port(HTTP_PORT)
-                wait_port(HTTPS_PORT)
-                for scenario, url, close in SCENARIOS:
+                for sc in scenarios:
                     samples = []
                     for _ in range(runs):
                         pids = pids_of(proc.pid)
-                        t0 = cpu_ticks(pids)
-                        reqs, rps, p50, p99 = wrk(url, seconds, close)
-                        us = (cpu_ticks(pids) - t0) / TICKS * 1e6 / max(1, reqs)
-                        samples.append({"cpu_us_per_req": round(us, 2), "rps": rps,
-                                        "p50_ms": p50, "p99_ms": p99})
-                    med = sorted(samples, key=lambda s: s["cpu_us_per_req"])[len(samples) // 2]
-                    results.setdefault(scenario, {})[name] = {**med, "runs": samples}
-                    print(f"{scenario:20s} {name:8s} {med['cpu_us_per_req']:7.1f} us/req "
-                          f"{med['rps']:>10,.0f} req/s  p99 {med['p99_ms']:.2f} ms",
-                          file=sys.stderr, flush=True)
+                        t0, w0 = cpu_ticks(pids), time.monotonic()
+                        sample = measure(sc, seconds)
+                        cpu = (cpu_ticks(pids) - t0) / TICKS
+                        sample["cpu_us_per_req"] = round(cpu * 1e6 / max(1, sample["count"]), 2)
+                        sample["proxy_cpu_pct"] = round(100 * cpu / (time.monotonic() - w0), 1)
+                        samples.append(sample)
+                    record(results, sc, name, samples)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                time.sleep(0.5)
+                stop_proxy(proc)
     finally:
         origin.send_signal(signal.SIGQUIT)
         origin.wait(10)
+        print(f"configs and proxy logs: {d}", file=sys.stderr)
     return results
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}" if v < 10 else f"{v:.1f}"
+
+
 def table(results: dict) -> str:
-    rows = ["| scenario | lbcore µs/req | HAProxy µs/req | nginx µs/req | lbcore/HAProxy | "
-            "lbcore/nginx | lbcore req/s | lbcore p99 ms |", "|---" * 8 + "|"]
+    """Two markdown tables: the figure of merit per scenario with the ratios,
+    then rates and latencies."""
+    names = [n for n, _, _ in PROXIES]
+    labels = {n: label for n, label, _ in PROXIES}
+    others = [n for n in names if n != "lbcore"]
+    head = (["scenario", "unit"] + [labels[n] for n in names]
+            + [f"lbcore/{labels[n]}" for n in others] + ["lbcore/best"])
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for scenario, r in results.items():
-        lb, ha, ng = r["lbcore"], r["haproxy"], r["nginx"]
-        rows.append(f"| {scenario} | {lb['cpu_us_per_req']} | {ha['cpu_us_per_req']} | "
-                    f"{ng['cpu_us_per_req']} | "
-                    f"{lb['cpu_us_per_req'] / ha['cpu_us_per_req']:.2f}x | "
-                    f"{lb['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f}x | {lb['rps']:,.0f} | "
-                    f"{lb['p99_ms']} |")
+        sc = BY_NAME[scenario]
+        key = "cpu_us_per_req"
+        cells = [scenario, sc.unit] + [_num(r[n][key]) if n in r else "–" for n in names]
+        lb = r.get("lbcore", {}).get(key)
+        ref = [r[n][key] for n in others if n in r]
+        cells += [f"{lb / r[n][key]:.2f}x" if lb and n in r else "–" for n in others]
+        cells.append(f"{lb / min(ref):.2f}x" if lb and ref else "–")
+        rows.append("| " + " | ".join(cells) + " |")
+    head = (["scenario", "rate"] + [labels[n] for n in names]
+            + [f"p50 ms {labels[n]}" for n in names] + [f"p99 ms {labels[n]}" for n in names])
+    rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for scenario, r in results.items():
+        sc = BY_NAME[scenario]
+        cells = [scenario, sc.rate] + [_num(r[n]["rps"]) if n in r else "–" for n in names]
+        for q in ("p50_ms", "p99_ms"):
+            cells += [f"{r[n][q]:.2f}" if n in r else "–" for n in names]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def chart(results: dict, path: Path) -> bool:
+    """Grouped bars, one group per scenario, one bar per proxy: the proxy's CPU
+    µs per request (log scale: keep-alive requests and full handshakes differ
+    by two orders of magnitude). False, with a note, if matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("note: matplotlib is not installed (.venv/bin/pip install matplotlib): "
+              "no chart, the table is written all the same", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    scenarios = [s for s, r in results.items() if any("cpu_us_per_req" in v for v in r.values())]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(scenarios) + 2), 4.8), dpi=110)
+    width = 0.8 / len(PROXIES)
+    for k, (proxy, label, color) in enumerate(PROXIES):
+        xs, ys = [], []
+        for i, scenario in enumerate(scenarios):
+            if proxy in results[scenario]:
+                xs.append(i + (k - (len(PROXIES) - 1) / 2) * width)
+                ys.append(results[scenario][proxy]["cpu_us_per_req"])
+        bars = ax.bar(xs, ys, width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{y:.0f}" if y >= 10 else f"{y:.1f}" for y in ys],
+                     fontsize=7, padding=1)
+    ax.set_xticks(range(len(scenarios)), scenarios, rotation=20, ha="right")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    lowest = min((b.get_height() for c in ax.containers for b in c), default=1.0)
+    ax.set_ylim(bottom=10 ** math.floor(math.log10(max(lowest, 1e-3))))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("proxy CPU µs per request (log scale, lower is better)")
+    ax.set_title("lbcore vs HAProxy vs nginx: one worker pinned to CPU 0")
+    ax.legend()
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--seconds", type=int, default=6)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=HERE / "results",
+                   help="where <date>.{json,md,png} go (default bench/results)")
+    p.add_argument("--proxies", default=",".join(n for n, _, _ in PROXIES),
+                   help="comma-separated subset of lbcore,haproxy,nginx")
+    p.add_argument("--only", default="", metavar="SCENARIOS",
+                   help="comma-separated subset of: " + ",".join(BY_NAME))
+    p.add_argument("--lbcore-tree", type=Path, default=None,
+                   help="run lbcore from this checkout (extension built in place) instead "
+                        "of this one, e.g. an export of a commit while the tree is in flux")
     args = p.parse_args(argv)
-    results = run(args.seconds, args.runs)
+    proxies = [n for n in args.proxies.split(",") if n]
+    scenarios = [BY_NAME[n] for n in args.only.split(",")] if args.only else list(SCENARIOS)
+    results = run(args.seconds, args.runs, proxies, scenarios, args.lbcore_tree)
     md = table(results)
     print(md)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=HERE).stdout.strip()
     meta = {"date": stamp, "commit": commit, "machine": platform.processor() or
             platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    if args.lbcore_tree is not None:
+        meta["lbcore_tree"] = str(args.lbcore_tree)
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    (out / f"{stamp}.md").write_text(f"# bench {stamp} (commit {commit})\n\n{md}\n")
+    png = out / f"{stamp}.png"
+    img = f"\n![proxy CPU µs per request]({png.name})\n" if chart(results, png) else ""
+    (out / f"{stamp}.md").write_text(f"# bench {stamp} (commit {commit})\n\n{md}\n{img}")
+    print(f"written: {out / stamp}.{{json,md{',png' if img else ''}}}", file=sys.stderr)
     return 0
