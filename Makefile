@@ -1,5 +1,6 @@
 # The README's commands. Everything installs into .venv; nothing outside it
-# except the Debian packages the tests drive (curl, openssl), added when missing.
+# except the Debian packages the tests drive (curl, openssl, promtool, h2load),
+# added when missing.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -30,10 +31,13 @@ else
 	$(BIN)/lbcore run -c $(CONFIG)
 endif
 
-# curl and openssl are real clients the end-to-end tests use.
+# curl and openssl are real clients the end-to-end tests use; promtool checks
+# the metrics exposition and the deploy/ rules; h2load drives HTTP/2.
 deb-test-tools:
-	@command -v curl >/dev/null && command -v openssl >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq curl openssl >/dev/null; }
+	@command -v curl >/dev/null && command -v openssl >/dev/null \
+	  && command -v promtool >/dev/null && command -v h2load >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    curl openssl prometheus nghttp2-client >/dev/null; }
 
 test: build deb-test-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

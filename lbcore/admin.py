@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -15,44 +16,33 @@ log = logging.getLogger("lbcore.admin")
 
 
 class Admin:
-    def __init__(self, cfg, runtime, collector) -> None:
-        self.cfg = cfg
-        self.runtime = runtime
+    """`collector` feeds /metrics; `status()` gives the body of /status."""
+
+    def __init__(self, admin_cfg, collector, status: Callable[[], dict]) -> None:
+        self.address, self.port = admin_cfg.address, admin_cfg.port
         self.registry = CollectorRegistry()
         self.registry.register(collector)
+        self.status_of = status
         self.ready = False
         self.started = time.time()
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        a = self.cfg.load_balancer.admin
         try:
-            self.server = await asyncio.start_server(self._handle, a.address, a.port)
-            log.info("admin endpoint on %s:%d", a.address, a.port)
+            self.server = await asyncio.start_server(self._handle, self.address, self.port)
+            log.info("admin endpoint on %s:%d", self.address, self.port)
         except OSError as exc:
             # The proxy keeps serving without it: an admin port clash is no
             # reason to drop traffic.
-            log.error("admin endpoint %s:%d unavailable: %s", a.address, a.port, exc)
+            log.error("admin endpoint %s:%d unavailable: %s", self.address, self.port, exc)
 
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
 
     def status(self) -> dict:
-        return {
-            "pid": os.getpid(),
-            "ready": self.ready,
-            "config": {"source": str(self.cfg.source) if self.cfg.source else None,
-                       "loaded_at": self.started},
-            "listeners": [{"name": lst.name, "protocol": lst.protocol, "port": lst.port,
-                           "address": lst.address, "default_pool": lst.default_pool,
-                           "description": lst.description}
-                          for lst in self.cfg.listeners],
-            "pools": {name: {"algorithm": self.cfg.pools[name].algorithm, "members": [
-                {"name": m.name, "address": m.host, "port": m.port, "weight": m.weight,
-                 "healthy": bool(m.healthy), "active": m.active}
-                for m in pool.members]} for name, pool in self.runtime.pools.items()},
-        }
+        return {"pid": os.getpid(), "ready": self.ready, "started_at": self.started,
+                **self.status_of()}
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         try:

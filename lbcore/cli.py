@@ -50,18 +50,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    from lbcore.worker import serve
-
-    phases = None
     if args.phases:
         from lbcore.phases import load_phases
 
         try:
-            phases = load_phases(args.phases)
+            load_phases(args.phases)        # fail here, not in every worker
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
             print(f"lbcore: --phases: {exc}", file=sys.stderr)
             return 1
-    return serve(cfg, phases=phases)
+    from lbcore.supervisor import Master
+
+    from pathlib import Path
+
+    text = Path(args.config).read_text(encoding="utf-8")
+    return Master(args.config, cfg, text, phases=args.phases, verbose=args.verbose).run()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _setup_logging(bool(os.environ.get("LBCORE_VERBOSE")))
+    from lbcore.supervisor import worker_main
+
+    return worker_main()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -109,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-port", type=int, default=8080)
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    worker = sub.add_parser("_worker", help="(internal) a worker process started by `run`")
+    worker.set_defaults(func=cmd_worker)
     version = sub.add_parser("version", help="print versions")
     version.add_argument("-v", "--verbose", action="store_true")
     version.set_defaults(func=cmd_version)

@@ -108,11 +108,14 @@ class HealthChecker:
 
     def __init__(self, targets: Iterable[Target],
                  publish: Callable[[Target, bool], None],
-                 on_result: Callable[[Target, bool, str], None] | None = None) -> None:
+                 on_result: Callable[[Target, bool, str], None] | None = None,
+                 initial: dict[tuple[str, int], bool] | None = None) -> None:
+        """`initial`: states known before (a reload carries them over, so a
+        member known dead stays out and no transition is logged twice)."""
         self.targets = list(targets)
         self.publish = publish
         self.on_result = on_result
-        self.state: dict[tuple[str, int], bool | None] = {}
+        self.state: dict[tuple[str, int], bool | None] = dict(initial or {})
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -126,7 +129,7 @@ class HealthChecker:
 
     async def _loop(self, t: Target) -> None:
         key = (t.pool, t.index)
-        self.state[key] = None
+        self.state.setdefault(key, None)
         ok_run = bad_run = 0
         await asyncio.sleep(random.uniform(0, t.interval))
         while True:

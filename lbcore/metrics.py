@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 import ssl
 import time
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,21 +23,30 @@ TIMEOUT_KINDS = (("idle", C.TIMEOUT_IDLE), ("request", C.TIMEOUT_REQUEST),
 TLS_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
 
-def attach_counters(runtime, slots: int = 1) -> C.Counters:
-    """One block of cells per listener; the runtime's listeners get their base."""
-    block = C.Counters(C.BLOCK * max(1, len(runtime.listeners)), slots)
+def attach_counters(runtime) -> C.Counters:
+    """A process alone: one row, the worker cells, then a block per listener."""
+    block = C.Counters(C.WORKER_CELLS + C.BLOCK * max(1, len(runtime.listeners)), 1)
     for i, lrt in enumerate(runtime.listeners):
         lrt.counters = block
-        lrt.cbase = i * C.BLOCK
+        lrt.cbase = C.WORKER_CELLS + i * C.BLOCK
     return block
 
 
 class LbcoreCollector:
-    def __init__(self, cfg, runtime, counters: C.Counters, loaded_at: float | None = None):
+    """Sums the shared cells of every worker row for the listeners of `cfg`,
+    whose blocks start at `bases`; member state comes from `members()`, and
+    `extra()` adds the families only the master knows (reloads, workers)."""
+
+    def __init__(self, cfg, counters: C.Counters, bases: list[int],
+                 members: Callable[[], Iterable[tuple[str, str, bool]]],
+                 loaded_at: float | None = None,
+                 extra: Callable[[], Iterable] | None = None) -> None:
         self.cfg = cfg
-        self.runtime = runtime
         self.counters = counters
+        self.bases = bases
+        self.members = members
         self.loaded_at = loaded_at or time.time()
+        self.extra = extra
 
     def collect(self):
         c = self.counters
@@ -61,12 +71,21 @@ class LbcoreCollector:
                                            labels=["listener"]),
             "tls": CounterMetricFamily("lbcore_tls_handshakes", "Completed TLS handshakes",
                                        labels=["listener", "version"]),
+            "tls_fail": CounterMetricFamily("lbcore_tls_handshake_failures",
+                                            "Failed TLS handshakes by reason",
+                                            labels=["listener", "reason"]),
+            "sni": CounterMetricFamily("lbcore_sni_unmatched",
+                                       "Handshakes whose SNI matched no certificate "
+                                       "(the default one was served)", labels=["listener"]),
         }
         hist = HistogramMetricFamily("lbcore_request_duration_seconds",
                                      "Time from the complete request header to the end of "
                                      "the response", labels=["listener", "pool"])
-        for lst, lrt in zip(self.cfg.listeners, self.runtime.listeners, strict=True):
-            b, name, pool = lrt.cbase, lst.name, lst.default_pool
+        upstream = HistogramMetricFamily("lbcore_upstream_response_duration_seconds",
+                                         "Time from sending the request to a member to its "
+                                         "response header", labels=["listener", "pool"])
+        for lst, b in zip(self.cfg.listeners, self.bases, strict=True):
+            name, pool = lst.name, lst.default_pool
             fam["conn"].add_metric([name], c.total(b + C.CONN_TOTAL))
             fam["active"].add_metric([name], c.total(b + C.CONN_ACTIVE))
             fam["req"].add_metric([name], c.total(b + C.REQUESTS))
@@ -78,21 +97,21 @@ class LbcoreCollector:
             for k, (code, reason) in enumerate(C.GENERATED_CODES):
                 fam["errors"].add_metric([name, str(code), reason], c.total(b + C.GENERATED + k))
             fam["refused"].add_metric([name], c.total(b + C.REFUSED))
-            for k, version in enumerate(TLS_NAMES):
-                fam["tls"].add_metric([name, version], c.total(b + C.TLS_VERSIONS + k))
-            counts = c.totals(b + C.HIST, len(C.BUCKETS) + 1)
-            buckets, running = [], 0
-            for bound, n in zip([*map(str, C.BUCKETS), "+Inf"], counts, strict=True):
-                running += n
-                buckets.append((bound, running))
-            hist.add_metric([name, pool], buckets, c.total(b + C.HIST_SUM_US) / 1e6)
+            if lst.protocol == "HTTPS":
+                for k, version in enumerate(TLS_NAMES):
+                    fam["tls"].add_metric([name, version], c.total(b + C.TLS_VERSIONS + k))
+                for k, reason in enumerate(C.TLS_FAIL_REASONS):
+                    fam["tls_fail"].add_metric([name, reason], c.total(b + C.TLS_FAIL + k))
+                fam["sni"].add_metric([name], c.total(b + C.SNI_UNMATCHED))
+            _histogram(hist, c, [name, pool], b + C.HIST)
+            _histogram(upstream, c, [name, pool], b + C.UPSTREAM_HIST)
         yield from fam.values()
         yield hist
+        yield upstream
         up = GaugeMetricFamily("lbcore_member_up", "1 if the member takes new requests",
                                labels=["pool", "member"])
-        for pool_name, pool in self.runtime.pools.items():
-            for m in pool.members:
-                up.add_metric([pool_name, m.name], 1.0 if m.healthy else 0.0)
+        for pool_name, member, healthy in self.members():
+            up.add_metric([pool_name, member], 1.0 if healthy else 0.0)
         yield up
         expiry = GaugeMetricFamily("lbcore_certificate_expiry_timestamp_seconds",
                                    "notAfter of each configured certificate",
@@ -109,3 +128,16 @@ class LbcoreCollector:
                                  labels=["version", "python", "openssl"])
         info.add_metric([__version__, platform.python_version(), ssl.OPENSSL_VERSION], 1.0)
         yield info
+        if self.extra is not None:
+            yield from self.extra()
+
+
+def _histogram(family: HistogramMetricFamily, c: C.Counters, labels: list[str],
+               at: int) -> None:
+    """Cells at `at`: per-bucket counts (not cumulative), +Inf, sum in µs."""
+    counts = c.totals(at, len(C.BUCKETS) + 1)
+    buckets, running = [], 0
+    for bound, n in zip([*map(str, C.BUCKETS), "+Inf"], counts, strict=True):
+        running += n
+        buckets.append((bound, running))
+    family.add_metric(labels, buckets, c.total(at + len(C.BUCKETS) + 1) / 1e6)

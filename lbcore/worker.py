@@ -1,6 +1,10 @@
 """One serving process: builds the runtime from the config model, opens the
-listeners on a uvloop loop and runs until told to stop. The master/worker
-split and reloads come with the operations issue; this is the worker half."""
+listeners on a uvloop loop and runs until told to stop, draining gracefully.
+
+Two ways to run: alone (`lbcore demo`, tests), binding its own sockets and
+running its own health checks and admin endpoint; or as a worker of the
+master (lbcore/supervisor.py), with the master's sockets, counter row, member
+health and ticket keys handed over in `Inherited`."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import uvloop
 
@@ -22,10 +27,19 @@ from lbcore.admin import Admin
 from lbcore.health import HealthChecker, targets_from_config
 from lbcore.metrics import LbcoreCollector, attach_counters
 from lbcore.runtime_build import Runtime, build_runtime
+from lbcore.shm import UNKNOWN, UP, SharedState, member_order
 from lbcore.tls.context import server_context
 from lbcore.tls.policies import resolve_policy
 from lbcore.tls.sni import SniSelector
 from lbcore_ext.acceptor import Acceptor
+from lbcore_ext.counters import (
+    SNI_UNMATCHED,
+    W_DRAINING,
+    W_HEARTBEAT_MS,
+    W_READY,
+    W_STATE,
+    Counters,
+)
 from lbcore_ext.http1 import HttpProtocol
 from lbcore_ext.runtime import ACL_ALL
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys
@@ -37,10 +51,12 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 1024
 
 
-def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None):
+def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None,
+                         built: list | None = None):
     """(SSLContext, SniSelector or None) for the listener; (None, None) for plain
     HTTP. With SNI, one context per certificate set under the same policy,
-    chosen during the handshake."""
+    chosen during the handshake. Every context made is appended to `built`
+    (ticket keys are rotated on all of them)."""
     if listener.protocol != "HTTPS":
         return None, None
     policy = resolve_policy(cfg, listener.security_policy)
@@ -61,6 +77,8 @@ def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None):
                                      client_ca=client_ca, crl=crl)
                 if ticket_keys is not None:
                     set_ticket_keys(ctx, ticket_keys)
+                if built is not None:
+                    built.append(ctx)
             else:       # a second key type for the same names (ECDSA + RSA)
                 ctx.load_cert_chain(str(cert.certificate), str(cert.private_key))
         return ctx
@@ -77,54 +95,75 @@ def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None):
     return default, selector
 
 
-def _bind(listener) -> list[socket.socket]:
-    """Sockets for a listener with access control: one per address family when
-    no address is given, like create_server(host=None)."""
-    hosts = [listener.address] if listener.address else ["0.0.0.0", "::"]
-    socks = []
+@dataclass
+class Inherited:
+    """What a worker started by the master gets from it."""
+
+    slot: int                           # its row of the shared counters
+    counters: Counters
+    bases: list[int]                    # per listener: the first cell of its block
+    sockets: list[list[socket.socket]]  # per listener: the master's bound sockets
+    shared: SharedState                 # member health and ticket keys
+    master_pid: int
+
+
+def bind_listener(address: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for an address, or one per address family when none
+    is given (like create_server(host=None)); IPv6 may be missing."""
+    hosts = [address] if address else ["0.0.0.0", "::"]
+    socks: list[socket.socket] = []
     for host in hosts:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, listener.port))
-        sock.listen(LISTEN_BACKLOG)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            if address or not socks:
+                raise
+            continue                    # no IPv6 on this host: IPv4 alone
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            if address or not socks:
+                for s in socks:
+                    s.close()
+                raise
+            continue
         socks.append(sock)
     return socks
 
 
-async def open_listeners(cfg, runtime: Runtime) -> list:
-    """Listeners with access control accept through an Acceptor (IP check
-    before any TLS byte); the others use the loop's server with built-in TLS."""
+async def open_listeners(cfg, runtime: Runtime, sockets: list | None = None) -> list:
+    """Listeners with access control or TLS accept through an Acceptor (IP
+    check before any TLS byte, handshake failures counted by reason); plain
+    HTTP without access control uses the loop's own server."""
     loop = asyncio.get_running_loop()
     servers: list = []
-    for listener, lrt in zip(cfg.listeners, runtime.listeners, strict=True):
+    for i, (listener, lrt) in enumerate(zip(cfg.listeners, runtime.listeners, strict=True)):
         lrt.handshake_timeout = TLS_HANDSHAKE_TIMEOUT
         factory = functools.partial(HttpProtocol, lrt)
-        if lrt.acl_mode != ACL_ALL:
-            for sock in _bind(listener):
+        socks = sockets[i] if sockets is not None else bind_listener(listener.address,
+                                                                     listener.port)
+        for sock in socks:
+            if lrt.acl_mode != ACL_ALL or lrt.ssl_ctx is not None:
                 acceptor = Acceptor(loop, sock, factory, lrt)
                 acceptor.start()
                 servers.append(acceptor)
-        else:
-            servers.append(await loop.create_server(
-                factory,
-                host=listener.address,
-                port=listener.port,
-                ssl=lrt.ssl_ctx,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if lrt.ssl_ctx else None,
-                reuse_address=True,
-                backlog=LISTEN_BACKLOG,
-            ))
+            else:
+                servers.append(await loop.create_server(factory, sock=sock,
+                                                        backlog=LISTEN_BACKLOG))
         where = listener.address or "*"
-        log.info("listener %s: %s on %s:%d -> pool %s", listener.name, listener.protocol,
-                 where, listener.port, listener.default_pool)
+        log.debug("listener %s: %s on %s:%d -> pool %s", listener.name, listener.protocol,
+                  where, listener.port, listener.default_pool)
     return servers
 
 
 def start_health_checks(cfg, runtime: Runtime) -> HealthChecker:
-    """In a single process the checker sets the members' state directly."""
+    """Alone, the process checks its members itself and sets their state."""
 
     def publish(target, healthy: bool) -> None:
         member = runtime.pools[target.pool].members[target.index]
@@ -137,63 +176,208 @@ def start_health_checks(cfg, runtime: Runtime) -> HealthChecker:
     return checker
 
 
-async def _serve(cfg, on_loop_started, phases) -> int:
+class MasterLink:
+    """A worker's side of the shared state: heartbeat out; member health,
+    ticket keys and the master's liveness in, checked every tick."""
+
+    TICK = 0.1
+
+    def __init__(self, cfg, runtime: Runtime, inherited: Inherited, contexts: list,
+                 on_orphaned: Callable[[], None]) -> None:
+        self.runtime = runtime
+        self.inh = inherited
+        self.contexts = contexts
+        self.on_orphaned = on_orphaned
+        self.order = member_order(cfg)
+        self.health_seen = self.ticket_seen = -1
+        self.handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.tick()
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def tick(self) -> None:
+        inh = self.inh
+        inh.counters.set(W_HEARTBEAT_MS, int(time.monotonic() * 1000))
+        if inh.shared.health_version != self.health_seen:
+            self.health_seen = inh.shared.health_version
+            for i, (pool, index) in enumerate(self.order):
+                state, up_since = inh.shared.member(i)
+                if state != UNKNOWN:
+                    member = self.runtime.pools[pool].members[index]
+                    member.healthy = state == UP
+                    member.up_since = up_since
+        if inh.shared.ticket_version != self.ticket_seen:
+            self.ticket_seen = inh.shared.ticket_version
+            keys = inh.shared.ticket_keys()
+            for ctx in self.contexts:
+                set_ticket_keys(ctx, keys)
+        if os.getppid() != inh.master_pid:
+            log.warning("master is gone: stopping")
+            self.on_orphaned()
+        self.handle = asyncio.get_running_loop().call_later(self.TICK, self.tick)
+
+
+async def drain(servers: list, runtime: Runtime, timeout: float) -> None:
+    """Stop accepting; close idle connections, let busy ones finish (HTTP/1.1
+    answers with Connection: close, HTTP/2 gets GOAWAY); give up at `timeout`."""
+    for server in servers:
+        server.close()
+    for lrt in runtime.listeners:
+        lrt.draining = True
+        for conn in list(lrt.conns):
+            conn.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(lrt.conns for lrt in runtime.listeners) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    left = sum(len(lrt.conns) for lrt in runtime.listeners)
+    if left:
+        log.warning("drain timeout: closing %d connection(s) still busy", left)
+
+
+def _stop_signals(loop, stop: asyncio.Event, fast: list[bool]) -> None:
+    """SIGTERM and SIGQUIT drain; SIGINT exits at once; SIGHUP belongs to the
+    master (a worker ignores it, so a terminal hang-up can't kill it)."""
+
+    def graceful() -> None:
+        stop.set()
+
+    def immediate() -> None:
+        fast.append(True)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, graceful)
+    loop.add_signal_handler(signal.SIGQUIT, graceful)
+    loop.add_signal_handler(signal.SIGINT, immediate)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    fast: list[bool] = []
+    _stop_signals(loop, stop, fast)
     if on_loop_started is not None:
         await on_loop_started(loop)
+    contexts: list = []
+    selectors: dict = {}
+    # Session-ticket keys set explicitly (not OpenSSL's per-context random
+    # ones), so that every worker of one master shares and rotates them.
+    ticket_keys = (inherited.shared.ticket_keys() if inherited is not None
+                   else os.urandom(TICKET_KEYS_LEN))
+
+    def ssl_for(listener):
+        ctx, selector = listener_ssl_context(cfg, listener, ticket_keys, contexts)
+        if selector is not None:
+            selectors[listener.name] = selector
+        return ctx, selector
+
     try:
-        # Session-ticket keys set explicitly (not OpenSSL's per-context random
-        # ones) so that every worker of one master can share and rotate them.
-        ticket_keys = os.urandom(TICKET_KEYS_LEN)
-        runtime = build_runtime(
-            cfg, functools.partial(listener_ssl_context, cfg, ticket_keys=ticket_keys), phases)
-        counters = attach_counters(runtime)
-        servers = await open_listeners(cfg, runtime)
+        runtime = build_runtime(cfg, ssl_for, phases)
+        if inherited is None:
+            counters = attach_counters(runtime)
+        else:
+            counters = inherited.counters
+            counters.use_slot(inherited.slot)
+            for lrt, base in zip(runtime.listeners, inherited.bases, strict=True):
+                lrt.counters, lrt.cbase = counters, base
+        for lrt in runtime.listeners:
+            selector = selectors.get(lrt.name)
+            if selector is not None:
+                selector.on_unmatched = functools.partial(counters.incr,
+                                                          lrt.cbase + SNI_UNMATCHED)
+        servers = await open_listeners(cfg, runtime,
+                                       inherited.sockets if inherited is not None else None)
     except OSError as exc:
         log.error("cannot open listeners: %s", exc)
         return 1
     except Exception as exc:  # a config the model accepted but the runtime can't serve
         log.error("cannot start: %s", exc)
         return 1
-    checker = start_health_checks(cfg, runtime)
     log_cfg = cfg.load_balancer.access_log
     access_log = None
     if log_cfg.path != "off":
         access_log = AccessLogWriter(runtime.listeners, log_cfg.path, log_cfg.format)
         access_log.start()
         loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
-    admin = Admin(cfg, runtime, LbcoreCollector(cfg, runtime, counters))
-    await admin.start()
-    admin.ready = True
+    checker = admin = link = None
+    if inherited is None:
+        checker = start_health_checks(cfg, runtime)
+        admin = Admin(cfg.load_balancer.admin,
+                      LbcoreCollector(cfg, counters, [lrt.cbase for lrt in runtime.listeners],
+                                      functools.partial(runtime_members, runtime)),
+                      functools.partial(runtime_status, cfg, runtime))
+        await admin.start()
+        admin.ready = True
+    else:
+        link = MasterLink(cfg, runtime, inherited, contexts, stop.set)
+        link.start()
     # Everything built so far lives as long as the process: keep it out of the
     # cyclic collector's scans, so per-connection collections stay short.
     gc.freeze()
-    log.info("lbcore ready: %d listener(s)", len(servers))
+    if inherited is not None:
+        counters.set(W_STATE, W_READY)
+    log.info("lbcore %s: %d listener(s)", "worker ready" if inherited else "ready",
+             len(cfg.listeners))
     await stop.wait()
-    admin.ready = False
-    log.info("stopping")
-    admin.close()
-    await checker.stop()
+    if admin is not None:
+        admin.ready = False
+    if inherited is not None:
+        counters.set(W_STATE, W_DRAINING)
+    if fast:
+        log.info("stopping now")
+        for server in servers:
+            server.close()
+    else:
+        log.info("draining (up to %ds)", cfg.load_balancer.drain_timeout)
+        await drain(servers, runtime, cfg.load_balancer.drain_timeout)
+    if admin is not None:
+        admin.close()
+    if checker is not None:
+        await checker.stop()
+    if link is not None:
+        link.stop()
     if access_log is not None:
         await access_log.stop()
-    for server in servers:
-        server.close()
-    waiting = [s.wait_closed() for s in servers if isinstance(s, asyncio.AbstractServer)]
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
     return 0
 
 
+def runtime_members(runtime: Runtime):
+    """(pool, member, up) for the exposition, from this process's own checks."""
+    for pool_name, pool in runtime.pools.items():
+        for m in pool.members:
+            yield pool_name, m.name, bool(m.healthy)
+
+
+def runtime_status(cfg, runtime: Runtime) -> dict:
+    return {
+        "config": {"source": str(cfg.source) if cfg.source else None},
+        "listeners": listeners_status(cfg),
+        "pools": {name: {"algorithm": cfg.pools[name].algorithm, "members": [
+            {"name": m.name, "address": m.host, "port": m.port, "weight": m.weight,
+             "healthy": bool(m.healthy), "active": m.active}
+            for m in pool.members]} for name, pool in runtime.pools.items()},
+    }
+
+
+def listeners_status(cfg) -> list[dict]:
+    return [{"name": lst.name, "protocol": lst.protocol, "port": lst.port,
+             "address": lst.address, "default_pool": lst.default_pool,
+             "description": lst.description} for lst in cfg.listeners]
+
+
 def serve(cfg, *, on_loop_started: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]
-          | None = None, phases=None) -> int:
-    """Run one worker until SIGTERM/SIGINT. Returns the process exit code."""
+          | None = None, phases=None, inherited: Inherited | None = None) -> int:
+    """Run until SIGTERM/SIGQUIT (drain) or SIGINT (at once); the exit code."""
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(cfg, on_loop_started, phases))
+        return loop.run_until_complete(_serve(cfg, on_loop_started, phases, inherited))
     finally:
         with contextlib.suppress(Exception):
             loop.close()

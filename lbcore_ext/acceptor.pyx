@@ -1,18 +1,23 @@
 # cython: language_level=3
-"""Accepting connections ourselves, for listeners with access control: the
-peer is checked against the IP group before any byte is read or any TLS byte
-written (spec 4). Listeners without access control use the loop's own server."""
+"""Accepting connections ourselves, for listeners with access control or TLS:
+the peer is checked against the IP group before any byte is read or any TLS
+byte written (spec 4), and a failed handshake is seen (and counted by reason),
+which the loop's own server would swallow. Plain HTTP listeners without access
+control use the loop's server."""
 
 import socket
+import ssl
+from functools import partial
 
 from lbcore_ext.counters cimport inc
 from lbcore_ext.iptrie cimport IpTrie
 from lbcore_ext.runtime cimport ListenerRuntime
 
-from lbcore_ext.counters import REFUSED
-from lbcore_ext.runtime import ACL_WHITELIST
+from lbcore_ext.counters import REFUSED, TLS_FAIL, TLS_FAIL_REASONS
+from lbcore_ext.runtime import ACL_ALL, ACL_WHITELIST
 
 cdef int C_WHITELIST = ACL_WHITELIST
+cdef int C_ALL = ACL_ALL
 cdef Py_ssize_t O_REFUSED = REFUSED
 # Connections taken per readiness event: bounded so one busy listener can't
 # starve the rest of the loop (nginx's multi_accept is unbounded; uvloop takes 1).
@@ -53,7 +58,6 @@ cdef class Acceptor:
         cdef ListenerRuntime lrt = self.lrt
         cdef IpTrie acl = lrt.acl
         cdef int i
-        cdef bint hit
         for i in range(ACCEPT_BATCH):
             try:
                 conn, addr = self.sock.accept()
@@ -62,8 +66,8 @@ cdef class Acceptor:
             except OSError:
                 # EMFILE and friends: leave the rest in the backlog for later.
                 return
-            hit = acl.lookup(addr[0]) >= 0
-            if hit != (lrt.acl_mode == C_WHITELIST):
+            if lrt.acl_mode != C_ALL and (acl.lookup(addr[0]) >= 0) != (
+                    lrt.acl_mode == C_WHITELIST):
                 lrt.refused += 1
                 inc(lrt.counters, lrt.cbase + O_REFUSED)
                 conn.close()
@@ -73,11 +77,44 @@ cdef class Acceptor:
             task = self.loop.create_task(self.loop.connect_accepted_socket(
                 self.factory, conn, ssl=self.ssl_ctx,
                 ssl_handshake_timeout=lrt.handshake_timeout if self.ssl_ctx is not None else None))
-            task.add_done_callback(_consume)
+            task.add_done_callback(partial(_handshake_done, lrt))
 
 
-def _consume(task):
-    """A failed handshake is the client's problem: retrieve it so asyncio does
-    not log it as a never-retrieved exception."""
-    if not task.cancelled():
-        task.exception()
+def _handshake_done(ListenerRuntime lrt, task):
+    """A failed handshake is the client's problem: count it by reason (and
+    retrieve it so asyncio does not log a never-retrieved exception)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        inc(lrt.counters, lrt.cbase + TLS_FAIL + TLS_FAIL_REASONS.index(failure_reason(exc)))
+
+
+# OpenSSL reason codes (SSLError.reason) -> bounded metric label.
+_REASONS = {
+    "NO_SHARED_CIPHER": "no_shared_cipher",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": "no_shared_cipher",
+    "UNSUPPORTED_PROTOCOL": "protocol_version",
+    "NO_PROTOCOLS_AVAILABLE": "protocol_version",
+    "VERSION_TOO_LOW": "protocol_version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "HTTP_REQUEST": "plain_http",
+    "HTTPS_PROXY_REQUEST": "plain_http",
+    "UNEXPECTED_EOF_WHILE_READING": "closed",
+}
+# X509 verify codes of a refused client certificate.
+_VERIFY = {10: "client_certificate_expired", 23: "client_certificate_revoked"}
+
+
+def failure_reason(exc) -> str:
+    """The TLS_FAIL_REASONS label for a handshake's exception."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY.get(exc.verify_code, "client_certificate_invalid")
+    if isinstance(exc, ssl.SSLError):
+        return _REASONS.get(exc.reason or "", "other")
+    if isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc):
+        return "timeout"        # uvloop's handshake time-out
+    if isinstance(exc, (TimeoutError, ConnectionError, EOFError)):
+        return "closed"
+    return "other"

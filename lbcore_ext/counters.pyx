@@ -9,10 +9,12 @@ from libc.stdint cimport int64_t
 
 
 cdef class Counters:
-    def __init__(self, Py_ssize_t size, Py_ssize_t slots=1):
+    def __init__(self, Py_ssize_t size, Py_ssize_t slots=1, int fd=-1):
+        """Anonymous memory by default (inherited by fork); with `fd`, a memfd
+        the master created and passed to exec'd workers."""
         self.size = size
         self.slots = slots
-        self.mem = mmap.mmap(-1, max(1, size * slots * 8))
+        self.mem = mmap.mmap(fd, max(1, size * slots * 8))
         cdef unsigned char[::1] view = self.mem
         self.base = <int64_t*>&view[0]
         self.row = self.base
@@ -37,6 +39,34 @@ cdef class Counters:
         """For tests and the control plane."""
         self.row[i] += v
 
+    def set(self, Py_ssize_t i, int64_t v):
+        """A cell of this process's row (worker state, heartbeat)."""
+        self.row[i] = v
+
+    def cell(self, Py_ssize_t slot, Py_ssize_t i):
+        return self.base[slot * self.size + i]
+
+    def retire(self, Py_ssize_t slot, Py_ssize_t into, gauges=()):
+        """A worker is gone: add its row to row `into` (so totals never go
+        back), except gauge cells, which die with it; then zero the row."""
+        cdef int64_t* src = self.base + slot * self.size
+        cdef int64_t* dst = self.base + into * self.size
+        cdef Py_ssize_t i
+        skip = set(gauges)
+        for i in range(self.size):
+            if i not in skip:
+                dst[i] += src[i]
+            src[i] = 0
+
+
+# The first cells of each worker's row describe the worker (lbcore/supervisor.py).
+W_PID = 0
+W_STATE = 1               # W_STARTING, W_READY, W_DRAINING
+W_HEARTBEAT_MS = 2        # CLOCK_MONOTONIC milliseconds, written every tick
+WORKER_CELLS = 8
+W_STARTING = 1
+W_READY = 2
+W_DRAINING = 3
 
 # Layout of one listener's block of cells (offsets from ListenerRuntime.cbase).
 # The control plane's exposition (lbcore/metrics.py) reads the same offsets.
@@ -60,7 +90,14 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 1.2, 2.5, 5.0, 10
 HIST_SUM_US = HIST + len(BUCKETS) + 1
 HIST_COUNT = HIST_SUM_US + 1
 TLS_VERSIONS = HIST_COUNT + 1    # TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
-BLOCK = TLS_VERSIONS + 4
+TLS_FAIL = TLS_VERSIONS + 4      # one cell per TLS_FAIL_REASONS entry
+TLS_FAIL_REASONS = ("no_shared_cipher", "protocol_version", "no_client_certificate",
+                    "client_certificate_expired", "client_certificate_revoked",
+                    "client_certificate_invalid", "plain_http", "timeout", "closed", "other")
+SNI_UNMATCHED = TLS_FAIL + len(TLS_FAIL_REASONS)
+UPSTREAM_HIST = SNI_UNMATCHED + 1     # like HIST: buckets, +Inf, sum (us), count
+BLOCK = UPSTREAM_HIST + len(BUCKETS) + 3
+GAUGES = (CONN_ACTIVE,)               # per-listener cells that are not counters
 
 cdef int[600] _gen_index
 for _i in range(600):
@@ -82,9 +119,16 @@ cpdef void count_response(Counters c, Py_ssize_t base, int status, bint generate
     if generated and _gen_index[status] >= 0:
         c.row[base + _gen_index[status]] += 1
     if seconds >= 0.0:
-        k = 0
-        while k < 13 and seconds > _bounds[k]:
-            k += 1
-        c.row[base + HIST + k] += 1
-        c.row[base + HIST_SUM_US] += <int64_t>(seconds * 1e6)
-        c.row[base + HIST_COUNT] += 1
+        observe(c, base + HIST, seconds)
+
+
+cpdef void observe(Counters c, Py_ssize_t at, double seconds):
+    """One observation into the histogram whose first cell is `at`."""
+    cdef int k = 0
+    if c is None or at < 0:
+        return
+    while k < 13 and seconds > _bounds[k]:
+        k += 1
+    c.row[at + k] += 1
+    c.row[at + 14] += <int64_t>(seconds * 1e6)
+    c.row[at + 15] += 1

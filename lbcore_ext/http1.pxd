@@ -14,6 +14,7 @@ cdef class HttpProtocol(Downstream):
     cdef bint in_request_line
     cdef bint is_tls
     cdef bint handed_off                # the connection went to HTTP/2
+    cdef bint idle                      # no request partly received
     cdef object sni_name                # SNI of the handshake (mutual+SNI listeners)
     cdef int resp_mode                  # R_* framing of the response being written
     cdef bint corked

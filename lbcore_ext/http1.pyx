@@ -112,6 +112,7 @@ cdef class HttpProtocol(Downstream):
         self.peer_port = b"%d" % (peer[1] if peer else 0)
         self.is_tls = transport.get_extra_info("sslcontext") is not None
         cdef ListenerRuntime lrt = self.lrt
+        lrt.conns.add(self)
         if lrt.counters is not None:
             inc(lrt.counters, lrt.cbase + O_CONN_TOTAL)
             add(lrt.counters, lrt.cbase + O_CONN_ACTIVE, 1)
@@ -132,10 +133,15 @@ cdef class HttpProtocol(Downstream):
                 self.closed = True
                 self.handed_off = True      # H2Protocol counts this connection's end
                 h2proto = H2Protocol(self.lrt, self.peer_ip, self.peer_port)
+                lrt.conns.discard(self)
+                lrt.conns.add(h2proto)
                 transport.set_protocol(h2proto)
                 h2proto.connection_made(transport)
                 return
         self.parser = HttpRequestParser(self)
+        self.idle = True
+        if lrt.draining:
+            self.stop_parsing = True
         self.last_activity = self.loop.time()
         self.req_start = self.last_activity
         self._schedule(self.last_activity + self.lrt.request_timeout)
@@ -177,6 +183,8 @@ cdef class HttpProtocol(Downstream):
     def connection_lost(self, exc):
         if self.lrt.counters is not None and self.peer_ip is not None and not self.handed_off:
             add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
+        if not self.handed_off:
+            self.lrt.conns.discard(self)
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
@@ -208,7 +216,17 @@ cdef class HttpProtocol(Downstream):
 
     # ---- llhttp callbacks ---------------------------------------------------------
 
+    def drain(self):
+        """Graceful stop: an idle connection closes now; a busy one answers what
+        it has with Connection: close and closes after."""
+        if self.closed or self.handed_off:
+            return
+        if self.idle and not self.queue and self.parsing is None and self.tunnel is None:
+            self.stop_parsing = True
+            self._close()
+
     def on_message_begin(self):
+        self.idle = False
         self.in_request_line = True
         self.url = None
         self.hbuf = bytearray()
@@ -338,7 +356,7 @@ cdef class HttpProtocol(Downstream):
             # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
             self.upgrade_value = None
         keep_alive = parser.should_keep_alive() and lrt.idle_timeout > 0
-        if self.stop_parsing:
+        if self.stop_parsing or lrt.draining:
             keep_alive = False
         has_body = self.chunked or self.cl > 0
         view = None
@@ -381,6 +399,7 @@ cdef class HttpProtocol(Downstream):
     def on_message_complete(self):
         cdef Exchange ex = self.parsing
         self.parsing = None
+        self.idle = True
         if ex is not None:
             if not ex.client_keep_alive:
                 self.stop_parsing = True
@@ -502,6 +521,8 @@ cdef class HttpProtocol(Downstream):
         else:
             out += b"Transfer-Encoding: chunked\r\n"
             self.resp_mode = R_CHUNK
+        if self.lrt.draining:
+            ex.client_keep_alive = False
         if not ex.client_keep_alive:
             out += b"Connection: close\r\n"
         elif ex.client_http10:
@@ -542,7 +563,7 @@ cdef class HttpProtocol(Downstream):
             nxt = self.queue[0]
             nxt.start()
             return 0
-        if self.stop_parsing:
+        if self.stop_parsing or self.lrt.draining:
             self._close()
             return 0
         if self.reading_paused:

@@ -12,6 +12,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from lbcore_ext.counters cimport add, count_response, inc
 from lbcore_ext.headers cimport reason_phrase
@@ -201,6 +202,8 @@ cdef class H2Protocol:
     cdef bint paused
     cdef LazyTimer timer
     cdef double last_activity
+    cdef bint going_away                # GOAWAY sent: finish streams, then close
+    cdef long last_sid                  # the last stream the GOAWAY let through
 
     def __init__(self, ListenerRuntime lrt, bytes peer_ip, bytes peer_port):
         self.lrt = lrt
@@ -267,7 +270,24 @@ cdef class H2Protocol:
     cdef int forget(self, H2Stream stream) except -1:
         stream.done = True
         self.streams.pop(stream.sid, None)
+        if self.going_away and not self.streams:
+            self.flush()
+            self._close()
         return 0
+
+    def drain(self):
+        """Graceful stop (RFC 9113 6.8): GOAWAY naming the last stream we
+        take, finish those, then close. Written as a raw frame because h2's
+        close_connection() would refuse the frames of the streams still running."""
+        if self.closed or self.going_away:
+            return
+        self.going_away = True
+        self.last_sid = self.conn.highest_inbound_stream_id
+        self.flush()
+        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_sid,
+                                         error_code=0).serialize())
+        if not self.streams:
+            self._close()
 
     cdef int pause_reading(self) except -1:
         if not self.paused and not self.closed:
@@ -323,9 +343,14 @@ cdef class H2Protocol:
                 self._close()
                 return
         self.flush()
+        if self.going_away and not self.streams:
+            self._close()
 
     def _request(self, ev):
         cdef ListenerRuntime lrt = self.lrt
+        if self.going_away and ev.stream_id > self.last_sid:
+            self.conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         inc(lrt.counters, lrt.cbase + O_REQUESTS)
         cdef H2Stream stream = H2Stream(self, ev.stream_id)
         cdef Exchange ex
@@ -433,6 +458,7 @@ cdef class H2Protocol:
 
     def connection_lost(self, exc):
         add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
+        self.lrt.conns.discard(self)
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()

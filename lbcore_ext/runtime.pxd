@@ -45,6 +45,8 @@ cdef class ListenerRuntime:
     cdef public bytes rid_prefix
     cdef public long long rid_seq
     cdef public int hooks               # HOOK_* bits of the overridden hooks
+    cdef public set conns               # open client connections (protocols), for draining
+    cdef public bint draining           # graceful stop: no keep-alive, GOAWAY
 
     cdef bytes tls_lines(self, object transport)
     cdef bytes next_request_id(self)

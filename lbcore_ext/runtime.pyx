@@ -57,6 +57,7 @@ cdef class ListenerRuntime:
         self.scheme = b"http"
         self.port_bytes = b"0"
         self.header_actions = {}
+        self.conns = set()
         self.xff_mode = XFF_APPEND
         self.static_lines = b""
         self.idle_timeout = 60.0

@@ -59,6 +59,7 @@ cdef class Exchange:
     cdef object connect_task
     cdef double t_connect
     cdef double t_start
+    cdef double t_sent              # the request head went to the member
     cdef int state
     cdef double last_read
     cdef int status

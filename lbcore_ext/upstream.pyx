@@ -13,9 +13,9 @@ from functools import partial
 import httptools
 
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
-from lbcore_ext.counters cimport count_response, inc
+from lbcore_ext.counters cimport count_response, inc, observe
 
-from lbcore_ext.counters import RETRIES, TIMEOUT_CONNECT, TIMEOUT_RESPONSE
+from lbcore_ext.counters import RETRIES, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
 from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
@@ -30,6 +30,7 @@ cdef int K_UPSTREAM_PEER = HOOK_UPSTREAM_PEER
 cdef Py_ssize_t O_RETRIES = RETRIES
 cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
+cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
 cdef int K_RESPONSE_FILTER = HOOK_RESPONSE_FILTER
 cdef int K_FAIL_TO_CONNECT = HOOK_FAIL_TO_CONNECT
 cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
@@ -259,6 +260,7 @@ cdef class Exchange:
         conn.ex = self
         self.conn = conn
         conn.transport.write(self.head)
+        self.t_sent = self.loop.time()
         if self.body_buf:
             buf = self.body_buf
             self.body_buf = []
@@ -469,6 +471,9 @@ cdef class Exchange:
 
     cdef int up_headers_complete(self, int status) except -1:
         self.status = status
+        if status >= 200:
+            observe(self.lrt.counters, self.lrt.cbase + O_UPSTREAM_HIST,
+                    self.loop.time() - self.t_sent)
         if status < 200:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
             self.interim = True

@@ -58,6 +58,10 @@ class LoadBalancer(Model):
     id: str | None = None
     eip: str | None = None
     workers: Literal["auto"] | Int(1, 1024) = "auto"
+    # Seconds a stopping or replaced worker may take to finish in-flight requests.
+    drain_timeout: Int(0, 3600) = 30
+    # Seconds without a heartbeat after which the master replaces a worker.
+    heartbeat_timeout: Int(1, 300) = 10
     admin: Admin = Admin()
     access_log: AccessLog = AccessLog()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -35,6 +35,8 @@ class SniSelector(Generic[T]):
                 else:
                     self.exact.setdefault(n, item)
         self.unmatched = 0
+        # Set by the worker: counts into the shared metrics (per handshake, not request).
+        self.on_unmatched: Callable[[], object] | None = None
 
     def select(self, server_name: str | None) -> T:
         hit = self.lookup(server_name)
@@ -42,6 +44,8 @@ class SniSelector(Generic[T]):
             return hit
         if server_name:
             self.unmatched += 1
+            if self.on_unmatched is not None:
+                self.on_unmatched()
         return self.default
 
     def misdirected(self, sni: str | None, host: bytes | None) -> bool:

@@ -70,7 +70,7 @@ pools:
         assert httpx.get(f"http://127.0.0.1:{admin}/healthz").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200
         status = json.loads(httpx.get(f"http://127.0.0.1:{admin}/status").text)
-        assert status["pools"]["gone"]["members"][0]["healthy"] is False
+        assert status["pools"]["gone"]["members"][0]["health"] == "down"
         assert [lst["name"] for lst in status["listeners"]] == ["web", "dead"]
     finally:
         lb.stop()

@@ -1,0 +1,594 @@
+"""The master: binds every listener socket, starts the workers and keeps them
+alive, reloads without dropping a request, runs the health checks once for all
+workers, and serves the admin endpoint with the workers' counters summed.
+
+Workers are exec'd (`lbcore _worker`), not forked from this process's running
+event loop: each starts with a clean interpreter and gets what it needs as
+inherited file descriptors: the listening sockets, the config text, the
+counter cells and the shared state (member health, ticket keys).
+
+Signals, as nginx and HAProxy users expect:
+  SIGHUP   validate the file again; if good, start new workers on the same
+           sockets, then drain the old ones. A bad file changes nothing.
+  SIGTERM  (and SIGQUIT) not ready, stop accepting, drain, exit.
+  SIGINT   exit now.
+  SIGUSR1  workers reopen their access-log files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvloop
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from lbcore.admin import Admin
+from lbcore.config import ConfigError, load_config_text
+from lbcore.health import HealthChecker, Target, targets_from_config
+from lbcore.metrics import LbcoreCollector
+from lbcore.runtime_build import build_pools
+from lbcore.shm import DOWN, UNKNOWN, UP, SharedState, member_order
+from lbcore.worker import bind_listener, listeners_status
+from lbcore_ext import counters as C
+from lbcore_ext.tlsctl import TICKET_KEYS_LEN
+
+log = logging.getLogger("lbcore.master")
+
+TICK = 0.2                       # seconds between looks at the workers
+START_TIMEOUT = 30.0             # a new worker must be ready within this
+MAX_LISTENER_BLOCKS = 256        # listener names ever seen by one master
+TICKET_KEY_LIFETIME = 12 * 3600  # session-ticket keys are replaced this often
+FAST_EXIT_WAIT = 2.0
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0              # a worker that lived this long resets its backoff
+
+
+def worker_count(setting) -> int:
+    if setting == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    return int(setting)
+
+
+@dataclass(eq=False)
+class Worker:
+    gen: Generation
+    position: int                 # its place in the generation (for restarts)
+    slot: int                     # its row of the counters
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+    draining: bool = False
+    deadline: float = 0.0         # SIGKILL after this while draining
+    killed: str | None = None     # why the master killed it
+
+
+@dataclass(eq=False)
+class Generation:
+    """One loaded config and the workers serving it."""
+
+    number: int
+    cfg: object
+    text: str
+    bases: list[int]
+    sockets: list[list[socket.socket]]
+    shared: SharedState
+    config_fd: int
+    loaded_at: float = field(default_factory=time.time)
+    workers: list[Worker] = field(default_factory=list)
+    checker: HealthChecker | None = None
+    targets: list[Target] = field(default_factory=list)
+    backoff: dict[int, float] = field(default_factory=dict)   # position -> next delay
+    restart_at: dict[int, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.shared.close()
+        with contextlib.suppress(OSError):
+            os.close(self.config_fd)
+
+
+class StartFailed(Exception):
+    pass
+
+
+class Master:
+    def __init__(self, path: str, cfg, text: str, phases: str | None = None,
+                 verbose: bool = False) -> None:
+        self.path = Path(path)
+        self.first_cfg, self.first_text = cfg, text
+        self.phases = phases
+        self.verbose = verbose
+        self.nworkers = worker_count(cfg.load_balancer.workers)
+        # Rows: 0 keeps what exited workers counted; room for three generations.
+        self.slots = 4 * self.nworkers + 1
+        self.row = C.WORKER_CELLS + MAX_LISTENER_BLOCKS * C.BLOCK
+        fd = os.memfd_create("lbcore-counters", 0)
+        os.ftruncate(fd, self.row * self.slots * 8)
+        self.counters_fd = fd
+        self.counters = C.Counters(self.row, self.slots, fd)
+        self.free_slots = list(range(self.slots - 1, 0, -1))
+        self.gauges = [*range(C.WORKER_CELLS)] + [
+            C.WORKER_CELLS + k * C.BLOCK + g for k in range(MAX_LISTENER_BLOCKS) for g in C.GAUGES]
+        self.blocks: dict[str, int] = {}
+        self.sockets: dict[tuple[str | None, int], list[socket.socket]] = {}
+        self.ticket_keys = os.urandom(TICKET_KEYS_LEN)
+        self.ticket_rotated = time.monotonic()
+        self.current: Generation | None = None
+        self.generations: list[Generation] = []
+        self.number = 0
+        self.reloads: Counter[str] = Counter()
+        self.restarts = 0
+        self.checks: Counter[tuple[str, str, str]] = Counter()
+        self.stopping = False
+        self.stop_event = asyncio.Event()
+        self.reload_task: asyncio.Task | None = None
+        self.reload_again = False
+        self.admin: Admin | None = None
+
+    # ---- the main loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(self._main())
+        finally:
+            with contextlib.suppress(Exception):
+                loop.close()
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        try:
+            self.current = await self._start_generation(self.first_cfg, self.first_text)
+        except (StartFailed, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            self._close_sockets(keep=set())
+            return 1
+        self.first_text = ""
+        self.admin = Admin(self.current.cfg.load_balancer.admin, self._collector(),
+                           self.status)
+        await self.admin.start()
+        self.admin.ready = True
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, False)
+        loop.add_signal_handler(signal.SIGQUIT, self._on_stop, False)
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, True)
+        loop.add_signal_handler(signal.SIGUSR1, self._signal_workers, signal.SIGUSR1)
+        log.info("lbcore master ready: %d worker(s), config %s", self.nworkers, self.path)
+        while not self.stop_event.is_set():
+            self._tick()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), TICK)
+        return await self._shutdown()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for gen in list(self.generations):
+            for w in list(gen.workers):
+                rc = w.proc.poll()
+                if rc is not None:
+                    self._reap(w, rc)
+                    continue
+                if w.draining:
+                    if now > w.deadline and w.killed is None:
+                        w.killed = "drain timeout"
+                        log.warning("worker %d still busy after the drain timeout: killed",
+                                    w.proc.pid)
+                        w.proc.kill()
+                    continue
+                self._check_heartbeat(w, now)
+            if gen is self.current and not self.stopping:
+                for position, at in list(gen.restart_at.items()):
+                    if now >= at:
+                        del gen.restart_at[position]
+                        self._spawn(gen, position)
+        if now - self.ticket_rotated > TICKET_KEY_LIFETIME:
+            self.rotate_ticket_keys()
+
+    def _check_heartbeat(self, w: Worker, now: float) -> None:
+        if w.killed is not None or self.counters.cell(w.slot, C.W_STATE) != C.W_READY:
+            return
+        beat = self.counters.cell(w.slot, C.W_HEARTBEAT_MS) / 1000
+        limit = w.gen.cfg.load_balancer.heartbeat_timeout
+        if beat and now - beat > limit:
+            w.killed = f"no heartbeat for {now - beat:.1f}s"
+            log.error("worker %d is hung (%s): killing it", w.proc.pid, w.killed)
+            w.proc.kill()
+
+    def _reap(self, w: Worker, rc: int) -> None:
+        gen = w.gen
+        gen.workers.remove(w)
+        self.counters.retire(w.slot, 0, self.gauges)
+        self.free_slots.append(w.slot)
+        why = w.killed or (f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}")
+        if w.draining or self.stopping:
+            log.info("worker %d (generation %d) exited: %s", w.proc.pid, gen.number, why)
+        elif gen is self.current:
+            lived = time.monotonic() - w.started
+            delay = gen.backoff.get(w.position, 0.1) if lived < STABLE_AFTER else 0.1
+            gen.backoff[w.position] = min(delay * 2, RESTART_BACKOFF_MAX)
+            gen.restart_at[w.position] = time.monotonic() + delay
+            self.restarts += 1
+            log.error("worker %d died (%s) after %.1fs: restarting in %.1fs", w.proc.pid, why,
+                      lived, delay)
+        if not gen.workers and gen is not self.current and gen in self.generations:
+            self.generations.remove(gen)
+            gen.close()
+
+    # ---- workers -----------------------------------------------------------------------
+
+    def _spawn(self, gen: Generation, position: int) -> Worker:
+        if not self.free_slots:
+            raise StartFailed("no free worker slot (old workers are still draining)")
+        slot = self.free_slots.pop()
+        fds = [gen.config_fd, self.counters_fd, gen.shared.fd,
+               *(s.fileno() for socks in gen.sockets for s in socks)]
+        spec = {
+            "slot": slot, "config_fd": gen.config_fd, "config_path": str(self.path),
+            "counters_fd": self.counters_fd, "row": self.row, "slots": self.slots,
+            "state_fd": gen.shared.fd, "members": gen.shared.members, "bases": gen.bases,
+            "sockets": [[s.fileno() for s in socks] for socks in gen.sockets],
+            "master_pid": os.getpid(), "phases": self.phases,
+        }
+        self.counters.retire(slot, 0, self.gauges)      # a clean row
+        self.counters.incr(0)                           # (row 0's W_PID is unused)
+        proc = subprocess.Popen([sys.executable, "-m", "lbcore", "_worker"], pass_fds=fds,
+                                env={**os.environ, "LBCORE_WORKER": json.dumps(spec),
+                                     **({"LBCORE_VERBOSE": "1"} if self.verbose else {})})
+        w = Worker(gen, position, slot, proc)
+        gen.workers.append(w)
+        log.info("worker %d started (generation %d, slot %d)", proc.pid, gen.number, slot)
+        return w
+
+    def _drain(self, w: Worker, timeout: float) -> None:
+        if w.draining:
+            return
+        w.draining = True
+        w.deadline = time.monotonic() + timeout + 5.0
+        with contextlib.suppress(ProcessLookupError):
+            w.proc.send_signal(signal.SIGTERM)
+
+    def _signal_workers(self, sig: int) -> None:
+        for gen in self.generations:
+            for w in gen.workers:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(sig)
+
+    async def _wait_ready(self, gen: Generation) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            for w in gen.workers:
+                rc = w.proc.poll()
+                if rc is not None:
+                    raise StartFailed(f"worker {w.proc.pid} exited with {rc} while starting "
+                                      "(its log above says why)")
+            if all(self.counters.cell(w.slot, C.W_STATE) == C.W_READY for w in gen.workers):
+                return
+            if time.monotonic() > deadline:
+                raise StartFailed(f"workers not ready within {START_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.05)
+
+    # ---- generations -------------------------------------------------------------------
+
+    def _bases(self, cfg) -> list[int]:
+        for lst in cfg.listeners:
+            if lst.name not in self.blocks:
+                if len(self.blocks) >= MAX_LISTENER_BLOCKS:
+                    raise StartFailed(f"more than {MAX_LISTENER_BLOCKS} listener names")
+                self.blocks[lst.name] = len(self.blocks)
+        return [C.WORKER_CELLS + self.blocks[lst.name] * C.BLOCK for lst in cfg.listeners]
+
+    def _sockets_for(self, cfg) -> list[list[socket.socket]]:
+        """The listening sockets, kept across reloads by (address, port)."""
+        out, new = [], []
+        try:
+            for lst in cfg.listeners:
+                key = (lst.address, lst.port)
+                if key not in self.sockets:
+                    self.sockets[key] = bind_listener(lst.address, lst.port)
+                    new.append(key)
+                out.append(self.sockets[key])
+        except OSError as exc:
+            for key in new:
+                for s in self.sockets.pop(key):
+                    s.close()
+            raise StartFailed(f"cannot listen on {lst.address or '*'}:{lst.port}: "
+                              f"{exc.strerror or exc}") from exc
+        return out
+
+    def _close_sockets(self, keep: set) -> None:
+        for key in [k for k in self.sockets if k not in keep]:
+            for s in self.sockets.pop(key):
+                s.close()
+
+    async def _start_generation(self, cfg, text: str) -> Generation:
+        self.number += 1
+        bases = self._bases(cfg)
+        sockets = self._sockets_for(cfg)
+        order = member_order(cfg)
+        shared = SharedState(len(order))
+        shared.set_ticket_keys(self.ticket_keys)
+        config_fd = os.memfd_create("lbcore-config", 0)
+        os.write(config_fd, text.encode())
+        gen = Generation(self.number, cfg, text, bases, sockets, shared, config_fd)
+        initial = self._carry_health(gen, order)
+        self.generations.append(gen)
+        try:
+            for position in range(self.nworkers):
+                self._spawn(gen, position)
+            await self._wait_ready(gen)
+        except StartFailed:
+            for w in gen.workers:
+                w.draining = True
+                w.killed = "start failed"
+                w.proc.kill()
+            for w in list(gen.workers):
+                w.proc.wait()
+                self._reap(w, w.proc.returncode)
+            if gen in self.generations:
+                self.generations.remove(gen)
+                gen.close()
+            raise
+        self._start_checks(gen, initial)
+        log.info("generation %d ready: %d worker(s)", gen.number, len(gen.workers))
+        return gen
+
+    def _carry_health(self, gen: Generation, order) -> dict[tuple[str, int], bool]:
+        """Members the running generation already knows keep their state (by
+        pool, name and address), so a reload neither resurrects a dead member
+        nor waits for new checks to trust a live one."""
+        initial: dict[tuple[str, int], bool] = {}
+        old = self.current
+        gen.targets = targets_from_config(gen.cfg, build_pools(gen.cfg))
+        if old is None or old.checker is None:
+            return initial
+        known = {(t.pool, t.name, t.host, t.port): (t.pool, t.index) for t in old.targets}
+        old_order = {key: i for i, key in enumerate(member_order(old.cfg))}
+        new_order = {key: i for i, key in enumerate(order)}
+        for t in gen.targets:
+            prev = known.get((t.pool, t.name, t.host, t.port))
+            state = old.checker.state.get(prev) if prev else None
+            if state is None:
+                continue
+            initial[(t.pool, t.index)] = state
+            _, up_since = old.shared.member(old_order[prev])
+            gen.shared.set_member(new_order[(t.pool, t.index)], UP if state else DOWN, up_since)
+        return initial
+
+    def _start_checks(self, gen: Generation, initial) -> None:
+        index = {key: i for i, key in enumerate(member_order(gen.cfg))}
+
+        def publish(t: Target, healthy: bool) -> None:
+            i = index[(t.pool, t.index)]
+            state, up_since = gen.shared.member(i)
+            if healthy and state != UP:
+                up_since = time.monotonic() if state == DOWN else 0.0  # slow start from here
+            gen.shared.set_member(i, UP if healthy else DOWN, up_since)
+
+        def on_result(t: Target, ok: bool, _reason: str) -> None:
+            self.checks[(t.pool, t.name, "success" if ok else "failure")] += 1
+
+        gen.checker = HealthChecker(gen.targets, publish, on_result, initial)
+        gen.checker.start()
+
+    # ---- signals -----------------------------------------------------------------------
+
+    def _on_hup(self) -> None:
+        if self.stopping:
+            return
+        if self.reload_task is not None and not self.reload_task.done():
+            self.reload_again = True
+            return
+        self.reload_task = asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> bool:
+        log.info("reloading %s", self.path)
+        ok = False
+        try:
+            try:
+                text = self.path.read_text(encoding="utf-8")
+                cfg = load_config_text(text, filename=str(self.path),
+                                       base_dir=self.path.resolve().parent, source=self.path)
+            except OSError as exc:
+                raise StartFailed(f"cannot read {self.path}: {exc}") from exc
+            except ConfigError as exc:
+                raise StartFailed(f"configuration refused, still serving the old one:\n{exc}"
+                                  ) from exc
+            if worker_count(cfg.load_balancer.workers) != self.nworkers:
+                log.warning("workers: a new count takes a restart; keeping %d", self.nworkers)
+            gen = await self._start_generation(cfg, text)
+        except StartFailed as exc:
+            self.reloads["failure"] += 1
+            log.error("reload failed: %s", exc)
+        else:
+            old, self.current = self.current, gen
+            if old is not None:
+                if old.checker is not None:
+                    await old.checker.stop()
+                for w in old.workers:
+                    self._drain(w, old.cfg.load_balancer.drain_timeout)
+                if not old.workers and old in self.generations:
+                    self.generations.remove(old)
+                    old.close()
+            self._close_sockets(keep={(lst.address, lst.port) for lst in cfg.listeners})
+            self.reloads["success"] += 1
+            ok = True
+            log.info("reloaded: generation %d serving", gen.number)
+        if self.reload_again and not self.stopping:
+            self.reload_again = False
+            self.reload_task = asyncio.get_running_loop().create_task(self.reload())
+        return ok
+
+    def _on_stop(self, fast: bool) -> None:
+        self.fast = fast
+        self.stopping = True
+        if self.admin is not None:
+            self.admin.ready = False
+        self.stop_event.set()
+
+    async def _shutdown(self) -> int:
+        fast = getattr(self, "fast", False)
+        log.info("stopping (%s)", "now" if fast else "draining")
+        # New connections are refused outright rather than queued for nobody.
+        self._close_sockets(keep=set())
+        for gen in self.generations:
+            if gen.checker is not None:
+                await gen.checker.stop()
+            for w in gen.workers:
+                if fast:
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.send_signal(signal.SIGINT)
+                    w.draining, w.deadline = True, time.monotonic() + FAST_EXIT_WAIT
+                else:
+                    self._drain(w, gen.cfg.load_balancer.drain_timeout)
+        while any(gen.workers for gen in self.generations):
+            self._tick()
+            await asyncio.sleep(0.05)
+        if self.admin is not None:
+            self.admin.close()
+        log.info("stopped")
+        return 0
+
+    def rotate_ticket_keys(self) -> None:
+        """New session-ticket keys for every worker (tickets issued under the
+        old keys then fall back to a full handshake)."""
+        self.ticket_keys = os.urandom(TICKET_KEYS_LEN)
+        self.ticket_rotated = time.monotonic()
+        for gen in self.generations:
+            gen.shared.set_ticket_keys(self.ticket_keys)
+        log.info("session-ticket keys rotated")
+
+    # ---- admin -------------------------------------------------------------------------
+
+    def _members(self):
+        gen = self.current
+        index = {key: i for i, key in enumerate(member_order(gen.cfg))}
+        for pool_name, pool in gen.cfg.pools.items():
+            for i, m in enumerate(pool.members):
+                state, _ = gen.shared.member(index[(pool_name, i)])
+                yield pool_name, m.name, state != DOWN
+
+    def _collector(self) -> LbcoreCollector:
+        master = self
+
+        class Collector(LbcoreCollector):
+            """Follows the current generation across reloads."""
+
+            @property
+            def cfg(self):
+                return master.current.cfg
+
+            @cfg.setter
+            def cfg(self, _value) -> None:
+                pass
+
+            @property
+            def bases(self):
+                return master.current.bases
+
+            @bases.setter
+            def bases(self, _value) -> None:
+                pass
+
+            @property
+            def loaded_at(self):
+                return master.current.loaded_at
+
+            @loaded_at.setter
+            def loaded_at(self, _value) -> None:
+                pass
+
+        return Collector(self.current.cfg, self.counters, self.current.bases, self._members,
+                         extra=self._families)
+
+    def _families(self):
+        reloads = CounterMetricFamily("lbcore_reloads", "Configuration reloads by result",
+                                      labels=["result"])
+        for result in ("success", "failure"):
+            reloads.add_metric([result], self.reloads[result])
+        yield reloads
+        workers = GaugeMetricFamily("lbcore_workers", "Worker processes by state",
+                                    labels=["state"])
+        states: Counter[str] = Counter()
+        for gen in self.generations:
+            for w in gen.workers:
+                states["draining" if w.draining else "serving"] += 1
+        for state in ("serving", "draining"):
+            workers.add_metric([state], states[state])
+        yield workers
+        restarts = CounterMetricFamily("lbcore_worker_restarts",
+                                       "Workers that died and were replaced")
+        restarts.add_metric([], self.restarts)
+        yield restarts
+        checks = CounterMetricFamily("lbcore_health_checks", "Health-check probes by result",
+                                     labels=["pool", "member", "result"])
+        for (pool, member, result), n in sorted(self.checks.items()):
+            checks.add_metric([pool, member, result], n)
+        yield checks
+
+    def status(self) -> dict:
+        gen = self.current
+        members = {key: state for key, state in
+                   zip(member_order(gen.cfg), (gen.shared.member(i)[0]
+                                               for i in range(gen.shared.members)),
+                       strict=False)}
+        names = {UP: "up", DOWN: "down", UNKNOWN: "unknown"}
+        return {
+            "config": {"source": str(self.path), "generation": gen.number,
+                       "loaded_at": gen.loaded_at,
+                       "reloads": dict(self.reloads)},
+            "listeners": listeners_status(gen.cfg),
+            "pools": {name: {"algorithm": pool.algorithm, "members": [
+                {"name": m.name, "address": m.address, "port": m.port, "weight": m.weight,
+                 "health": names[members[(name, i)]]}
+                for i, m in enumerate(pool.members)]} for name, pool in gen.cfg.pools.items()},
+            "workers": [{"pid": w.proc.pid, "generation": g.number, "slot": w.slot,
+                         "state": "draining" if w.draining else (
+                             "ready" if self.counters.cell(w.slot, C.W_STATE) == C.W_READY
+                             else "starting"),
+                         "uptime": round(time.monotonic() - w.started, 1)}
+                        for g in self.generations for w in g.workers],
+        }
+
+
+def worker_main() -> int:
+    """`lbcore _worker`: the process the master exec'd, described by the
+    LBCORE_WORKER environment variable."""
+    from lbcore.worker import Inherited, serve
+
+    spec = json.loads(os.environ.pop("LBCORE_WORKER"))
+    counters = C.Counters(spec["row"], spec["slots"], spec["counters_fd"])
+    counters.use_slot(spec["slot"])
+    counters.set(C.W_PID, os.getpid())
+    counters.set(C.W_STATE, C.W_STARTING)
+    counters.set(C.W_HEARTBEAT_MS, int(time.monotonic() * 1000))
+    with os.fdopen(spec["config_fd"], "rb", closefd=False) as f:
+        f.seek(0)
+        text = f.read().decode()
+    path = Path(spec["config_path"])
+    try:
+        cfg = load_config_text(text, filename=str(path), base_dir=path.resolve().parent,
+                               source=path)
+    except ConfigError as exc:      # the files it names changed since the master read them
+        log.error("worker: %s", exc)
+        return 1
+    phases = None
+    if spec["phases"]:
+        from lbcore.phases import load_phases
+
+        phases = load_phases(spec["phases"])
+    sockets = [[socket.socket(fileno=fd) for fd in fds] for fds in spec["sockets"]]
+    inherited = Inherited(spec["slot"], counters, spec["bases"], sockets,
+                          SharedState(spec["members"], spec["state_fd"]), spec["master_pid"])
+    return serve(cfg, phases=phases, inherited=inherited)
