@@ -222,17 +222,18 @@ class MasterLink:
 
 
 async def drain(servers: list, runtime: Runtime, timeout: float) -> None:
-    """Stop accepting; close idle connections, let busy ones finish (HTTP/1.1
-    answers with Connection: close, HTTP/2 gets GOAWAY); give up at `timeout`."""
+    """Stop accepting; let busy connections finish (HTTP/1.1 answers with
+    Connection: close, HTTP/2 gets GOAWAY), close quiet ones; give up at `timeout`."""
     for server in servers:
         server.close()
     for lrt in runtime.listeners:
         lrt.draining = True
-        for conn in list(lrt.conns):
-            conn.drain()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while any(lrt.conns for lrt in runtime.listeners) and loop.time() < deadline:
+        for lrt in runtime.listeners:
+            for conn in list(lrt.conns):
+                conn.drain()
         await asyncio.sleep(0.05)
     left = sum(len(lrt.conns) for lrt in runtime.listeners)
     if left:

@@ -86,6 +86,9 @@ cdef bint valid_host(bytes value):
     return True
 
 
+# Seconds an idle keep-alive connection must be quiet before a drain closes it.
+DEF DRAIN_IDLE_GRACE = 1.0
+
 cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 
@@ -217,11 +220,15 @@ cdef class HttpProtocol(Downstream):
     # ---- llhttp callbacks ---------------------------------------------------------
 
     def drain(self):
-        """Graceful stop: an idle connection closes now; a busy one answers what
-        it has with Connection: close and closes after."""
+        """Graceful stop, called until the connection is gone: a busy one
+        answers with Connection: close and closes after; an idle one closes
+        once it has been quiet for DRAIN_IDLE_GRACE. Closing the instant the
+        response went out would race a client already sending its next request
+        on the connection (it would see a reset and no answer)."""
         if self.closed or self.handed_off:
             return
-        if self.idle and not self.queue and self.parsing is None and self.tunnel is None:
+        if (self.idle and not self.queue and self.parsing is None and self.tunnel is None
+                and self.loop.time() - self.last_activity >= DRAIN_IDLE_GRACE):
             self.stop_parsing = True
             self._close()
 
