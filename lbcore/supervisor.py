@@ -557,7 +557,9 @@ class Master:
                          "state": "draining" if w.draining else (
                              "ready" if self.counters.cell(w.slot, C.W_STATE) == C.W_READY
                              else "starting"),
-                         "uptime": round(time.monotonic() - w.started, 1)}
+                         "uptime": round(time.monotonic() - w.started, 1),
+                         "requests": sum(self.counters.cell(w.slot, base + C.REQUESTS)
+                                         for base in g.bases)}
                         for g in self.generations for w in g.workers],
         }
 

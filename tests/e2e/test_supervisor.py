@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -368,3 +370,79 @@ def test_health_checks_once_in_master_within_detection_window(running, slow_back
                                                ("result", "success")))]
     elapsed = time.monotonic() - started + 2
     assert probes <= elapsed + 3
+
+
+def test_metrics_count_exactly_what_was_induced_across_workers(running, slow_backends):
+    """Each fault is induced once while only worker 1 accepts and once while
+    only worker 2 does (the other is SIGSTOPped): the scrape, summed by the
+    master, must show exactly two of each."""
+    (a,) = slow_backends(1)
+    admin, port, dead_port, acl_port = free_port(), free_port(), free_port(), free_port()
+    nobody = free_port()
+    text = config(admin, port, [a], listener="request_timeout: 1\n    response_timeout: 1")
+    text = text.replace("listeners:", "ip_groups:\n  banned: {addresses: [127.0.0.2]}\nlisteners:")
+    text += f"""\
+  gone:
+    health_check: {{enabled: false}}
+    members: [{{name: nobody, address: 127.0.0.1, port: {nobody}}}]
+"""
+    text = text.replace("pools:", f"""\
+  - {{name: dead, protocol: HTTP, address: 127.0.0.1, port: {dead_port}, default_pool: gone}}
+  - {{name: acl, protocol: HTTP, address: 127.0.0.1, port: {acl_port}, default_pool: p,
+     access_control: {{mode: blacklist, ip_group: banned}}}}
+pools:""")
+    lb = running(text, admin, port)
+    pids = [w["pid"] for w in lb.status()["workers"]]
+
+    def induce() -> None:
+        with httpx.Client(timeout=10, headers={"Connection": "close"}) as client:
+            for _ in range(3):
+                assert client.get(f"http://127.0.0.1:{port}/ok").status_code == 200
+            assert client.get(f"http://127.0.0.1:{port}/slow/3").status_code == 504
+            assert client.get(f"http://127.0.0.1:{dead_port}/").status_code == 502
+        with socket.create_connection(("127.0.0.1", port), 5) as s:     # request time-out
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(5)
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
+        with socket.create_connection(("127.0.0.1", acl_port), 5,
+                                      source_address=("127.0.0.2", 0)) as s:
+            s.settimeout(5)
+            try:
+                assert s.recv(100) == b""          # closed before any byte
+            except ConnectionResetError:
+                pass
+
+    for stopped, serving in ((pids[0], pids[1]), (pids[1], pids[0])):
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            induce()
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+    per_worker = {w["pid"]: w["requests"] for w in lb.status()["workers"]}
+    assert per_worker[pids[0]] == per_worker[pids[1]] == 5     # 3 ok and the 504 (web),
+    # the 502 (dead); the 408's request never completed its head
+
+    text_metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+    m = scrape(admin)
+    web, dead, acl = (("listener", "web"),), (("listener", "dead"),), (("listener", "acl"),)
+    assert m[("lbcore_responses_total", (("code", "2xx"), ("listener", "web"),
+                                         ("pool", "p")))] == 6
+    assert m[("lbcore_generated_errors_total", (("code", "504"), ("listener", "web"),
+                                                ("reason", "gateway_timeout")))] == 2
+    assert m[("lbcore_timeouts_total", (("kind", "response"),) + web)] == 2
+    assert m[("lbcore_timeouts_total", (("kind", "request"),) + web)] == 2
+    assert m[("lbcore_generated_errors_total", (("code", "408"), ("listener", "web"),
+                                                ("reason", "request_timeout")))] == 2
+    assert m[("lbcore_generated_errors_total", (("code", "502"), ("listener", "dead"),
+                                                ("reason", "bad_gateway")))] == 2
+    assert m[("lbcore_access_refused_total", acl)] == 2
+    assert m[("lbcore_connections_total", acl)] == 0
+    assert m[("lbcore_timeouts_total", (("kind", "connect"),) + dead)] == 0
+    assert m[("lbcore_upstream_response_duration_seconds_count", web + (("pool", "p"),))] == 6
+    assert m[("lbcore_workers", (("state", "serving"),))] == 2
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) not installed")
+    check = subprocess.run([promtool, "check", "metrics"], input=text_metrics, text=True,
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
