@@ -58,9 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (ImportError, AttributeError, ValueError, TypeError) as exc:
             print(f"lbcore: --phases: {exc}", file=sys.stderr)
             return 1
-    from lbcore.supervisor import Master
-
     from pathlib import Path
+
+    from lbcore.supervisor import Master
 
     text = Path(args.config).read_text(encoding="utf-8")
     return Master(args.config, cfg, text, phases=args.phases, verbose=args.verbose).run()

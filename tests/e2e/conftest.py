@@ -3,6 +3,7 @@ loopback, and the real lbcore process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -67,3 +68,58 @@ def certs(ca, tmp_path):
     paths["crt"].write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
     cert.private_key_pem.write_to_path(str(paths["key"]))
     return paths
+
+
+async def _slow_backend_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                name: str) -> None:
+    """GET /slow/<seconds> answers after that long; anything else at once.
+    Keep-alive, so the proxy's upstream pool is exercised too."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            if path.startswith("/slow/"):
+                await asyncio.sleep(float(path.rsplit("/", 1)[1]))
+            body = json.dumps({"name": name, "path": path}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def slow_backends(loop_thread):
+    """slow_backends(n, port=0) -> ports of backends named a, b, ...; `.stop(port)`."""
+    servers: dict[int, asyncio.AbstractServer] = {}
+
+    def make(n: int = 1, ports: list[int] | None = None) -> list[int]:
+        out = []
+        for i in range(n):
+            name = "abcdefgh"[i]
+
+            async def start(name=name, port=(ports[i] if ports else 0)):
+                return await asyncio.start_server(
+                    lambda r, w: _slow_backend_handler(r, w, name), "127.0.0.1", port)
+
+            server = loop_thread.call(start())
+            port = server.sockets[0].getsockname()[1]
+            servers[port] = server
+            out.append(port)
+        return out
+
+    def stop(port: int) -> None:
+        server = servers.pop(port)
+
+        async def close():
+            server.close()
+            await server.wait_closed()
+
+        loop_thread.call(close())
+
+    make.stop = stop
+    yield make
+    for port in list(servers):
+        stop(port)
