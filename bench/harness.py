@@ -8,7 +8,8 @@ processes from /proc, divided by requests served): on 2 cores the load side
 saturates first, so req/s alone would hide the difference.
 
 Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
-request (HTTP and HTTPS), small responses, wrk -c50.
+request (HTTP and HTTPS), small responses, wrk -c50; full TLS handshakes
+(ECDSA P-256 and RSA-2048, never resumed) with bench/loadclients.py.
 Output: a markdown table on stdout, and results/<date>.{json,md,png} (the PNG:
 grouped bars of µs per request, if matplotlib is installed)."""
 
@@ -32,12 +33,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
+RSA_PORT = 19444            # HTTPS with the RSA-2048 certificate (full-handshake scenario)
 PROXY_CPU, LOAD_CPU = "0", "1"
 # (name in results, label, bar colour), in table and chart order
 PROXIES = (("lbcore", "lbcore", "#d62728"), ("haproxy", "HAProxy", "#1f77b4"),
@@ -50,8 +52,10 @@ def need(tool: str, package: str) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def make_cert(d: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
+def make_cert(d: Path, kind: str) -> tuple[Path, Path]:
+    """A self-signed localhost certificate: kind "ecdsa" (P-256) or "rsa" (2048)."""
+    key = (ec.generate_private_key(ec.SECP256R1()) if kind == "ecdsa"
+           else rsa.generate_private_key(public_exponent=65537, key_size=2048))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -60,16 +64,16 @@ def make_cert(d: Path) -> tuple[Path, Path]:
             .not_valid_after(now + dt.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
             .sign(key, hashes.SHA256()))
-    crt, k = d / "ecdsa.crt", d / "ecdsa.key"
+    crt, k = d / f"{kind}.crt", d / f"{kind}.key"
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()))
-    (d / "ecdsa.pem").write_bytes(crt.read_bytes() + k.read_bytes())   # HAProxy's form
+    (d / f"{kind}.pem").write_bytes(crt.read_bytes() + k.read_bytes())   # HAProxy's form
     return crt, k
 
 
-def configs(d: Path, crt: Path, key: Path) -> dict[str, list[str]]:
+def configs(d: Path) -> dict[str, list[str]]:
     (d / "origin.conf").write_text(f"""worker_processes 1; daemon off; pid {d}/origin.pid;
 error_log {d}/origin.err; events {{ worker_connections 8192; }}
 http {{ access_log off; keepalive_requests 100000000;
@@ -79,12 +83,16 @@ http {{ access_log off; keepalive_requests 100000000;
     (d / "lbcore.yaml").write_text(f"""load_balancer: {{workers: 1, admin: {{port: 19099}},
                 access_log: {{path: "off"}}}}
 certificates:
-  c: {{type: server, certificate: "{crt}", private_key: "{key}"}}
+  c: {{type: server, certificate: "{d}/ecdsa.crt", private_key: "{d}/ecdsa.key"}}
+  r: {{type: server, certificate: "{d}/rsa.crt", private_key: "{d}/rsa.key"}}
 listeners:
   - {{name: h, protocol: HTTP, address: 127.0.0.1, port: {HTTP_PORT}, default_pool: o,
      insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
   - {{name: s, protocol: HTTPS, address: 127.0.0.1, port: {HTTPS_PORT}, default_pool: o,
      server_certificate: c, security_policy: tls-1-2,
+     insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+  - {{name: r, protocol: HTTPS, address: 127.0.0.1, port: {RSA_PORT}, default_pool: o,
+     server_certificate: r, security_policy: tls-1-2,
      insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
 pools:
   o:
@@ -107,6 +115,7 @@ defaults
 frontend fe
     bind 127.0.0.1:{HTTP_PORT} backlog 4096
     bind 127.0.0.1:{HTTPS_PORT} ssl crt {d}/ecdsa.pem alpn http/1.1 backlog 4096
+    bind 127.0.0.1:{RSA_PORT} ssl crt {d}/rsa.pem alpn http/1.1 backlog 4096
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     default_backend be
@@ -123,9 +132,13 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
   proxy_set_header Host $host;
   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
   proxy_set_header X-Forwarded-Proto $scheme;
+  ssl_protocols TLSv1.2;
   server {{ listen 127.0.0.1:{HTTP_PORT} backlog=4096;
            listen 127.0.0.1:{HTTPS_PORT} ssl backlog=4096;
-           ssl_protocols TLSv1.2; ssl_certificate {crt}; ssl_certificate_key {key};
+           ssl_certificate {d}/ecdsa.crt; ssl_certificate_key {d}/ecdsa.key;
+           location / {{ proxy_pass http://origin; }} }}
+  server {{ listen 127.0.0.1:{RSA_PORT} ssl backlog=4096;
+           ssl_certificate {d}/rsa.crt; ssl_certificate_key {d}/rsa.key;
            location / {{ proxy_pass http://origin; }} }} }}
 """)
     lbcore = [sys.executable, "-m", "lbcore", "run", "-c", str(d / "lbcore.yaml")]
@@ -155,6 +168,52 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def cpu_busy() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies of the proxy's and the load's CPU, from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *v = line.split()
+        if name in (f"cpu{PROXY_CPU}", f"cpu{LOAD_CPU}"):
+            n = [int(x) for x in v[:8]]
+            out[name] = (sum(n) - n[3] - n[4], sum(n))
+    return out
+
+
+def busy_pct(before: dict, after: dict, cpu: str) -> float:
+    (b0, t0), (b1, t1) = before[f"cpu{cpu}"], after[f"cpu{cpu}"]
+    return 100 * (b1 - b0) / max(1, t1 - t0)
+
+
+def ensure_free(port: int, who: str) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return
+    raise RuntimeError(f"port {port} is taken before {who} starts: stop whatever listens "
+                       "there (ss -ltnp) first")
+
+
+QUIET_BUDGET = [120.0]      # seconds the whole run may spend waiting for a quiet machine
+
+
+def settle(limit: float = 20.0) -> None:
+    """Before a run: wait (a bounded time) until neither CPU is busy with
+    something else, e.g. a test suite on a shared machine."""
+    deadline = time.monotonic() + min(limit, QUIET_BUDGET[0])
+    t0 = time.monotonic()
+    while True:
+        b0 = cpu_busy()
+        time.sleep(0.5)
+        b1 = cpu_busy()
+        busy = max(busy_pct(b0, b1, PROXY_CPU), busy_pct(b0, b1, LOAD_CPU))
+        if busy < 20 or time.monotonic() > deadline:
+            break
+    QUIET_BUDGET[0] -= time.monotonic() - t0
+    if busy >= 20:
+        print(f"note: the machine is busy ({busy:.0f}% of a CPU) with something else; "
+              "running anyway", file=sys.stderr)
+
+
 def wait_port(port: int, timeout: float = 15, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,7 +228,7 @@ def wait_port(port: int, timeout: float = 15, proc: subprocess.Popen | None = No
 
 
 def wrk(url: str, seconds: int, close: bool = False,
-        conns: int = 50) -> tuple[int, float, float, float]:
+        conns: int = 50) -> tuple[int, float, float, float, int]:
     extra = ["-H", "Connection: close"] if close else []
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                           "--latency", *extra, url], capture_output=True, text=True,
@@ -182,13 +241,19 @@ def wrk(url: str, seconds: int, close: bool = False,
         return float(v[:-2]) if v.endswith("ms") else (float(v[:-2]) / 1000 if v.endswith("us")
                                                       else float(v[:-1]) * 1000)
 
-    return reqs, rps, ms("50%"), ms("99%")
+    errors = 0
+    for line in out.splitlines():
+        if "Non-2xx or 3xx responses:" in line:
+            errors += int(line.split(":")[1])
+        elif "Socket errors:" in line:
+            errors += sum(int(part.split()[-1]) for part in line.split(":")[1].split(","))
+    return reqs, rps, ms("50%"), ms("99%"), errors
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str                # how the load is made: wrk
+    kind: str                # how the load is made: wrk | handshake
     port: int
     path: str = "/"
     close: bool = False      # a new connection per request
@@ -203,18 +268,44 @@ class Scenario:
 
 
 # For HTTPS, wrk reconnects with its cached TLS session when it can, so
-# https_new_conn is mostly resumed handshakes.
+# https_new_conn is mostly resumed handshakes. https_full_handshake_* never
+# resume (bench/loadclients.py handshake: blocking Python clients that never
+# offer a session back), one GET with Connection: close on each connection.
 SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
              Scenario("https_ka", "wrk", HTTPS_PORT),
              Scenario("http_new_conn", "wrk", HTTP_PORT, close=True),
-             Scenario("https_new_conn", "wrk", HTTPS_PORT, close=True))
+             Scenario("https_new_conn", "wrk", HTTPS_PORT, close=True),
+             Scenario("https_full_handshake_ecdsa", "handshake", HTTPS_PORT,
+                      unit="µs/handshake", rate="handshakes/s"),
+             Scenario("https_full_handshake_rsa", "handshake", RSA_PORT,
+                      unit="µs/handshake", rate="handshakes/s"))
 BY_NAME = {s.name: s for s in SCENARIOS}
+LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT)
 
 
 def measure(sc: Scenario, seconds: int) -> dict:
     """One run of the load; count is what the proxy CPU is divided by."""
-    reqs, rps, p50, p99 = wrk(sc.url, seconds, sc.close, sc.conns)
-    return {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99}
+    if sc.kind == "handshake":
+        return handshakes(sc.port, seconds)
+    reqs, rps, p50, p99, errors = wrk(sc.url, seconds, sc.close, sc.conns)
+    return {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+
+
+def load_client(*args: str, **kw) -> subprocess.Popen:
+    """bench/loadclients.py pinned to the load CPU."""
+    return subprocess.Popen(["taskset", "-c", LOAD_CPU, sys.executable, "-m", "bench.loadclients",
+                             *args], cwd=HERE.parent, text=True, **kw)
+
+
+def handshakes(port: int, seconds: int, procs: int = 8) -> dict:
+    client = load_client("handshake", str(port), "--seconds", str(seconds), "--procs",
+                         str(procs), stdout=subprocess.PIPE)
+    out, _ = client.communicate(timeout=seconds + 60)
+    r = json.loads(out)
+    if r["resumed"] or not r["handshakes"] or r["errors"] > r["handshakes"] / 100:
+        raise RuntimeError(f"handshake load on {port} went wrong: {r}")
+    return {"count": r["handshakes"], "rps": r["rate"], "p50_ms": r["p50_ms"],
+            "p99_ms": r["p99_ms"], "errors": r["errors"], "tls": f"{r['protocol']} {r['cipher']}"}
 
 
 def start_proxy(name: str, cmd: list[str], d: Path, lbcore_tree: Path | None,
@@ -224,6 +315,8 @@ def start_proxy(name: str, cmd: list[str], d: Path, lbcore_tree: Path | None,
         # Another checkout (extension built in place) instead of this one.
         env = {**os.environ, "PYTHONPATH": str(lbcore_tree)}
         cwd = lbcore_tree
+    for port in ports:
+        ensure_free(port, name)
     log = (d / f"{name}.log").open("ab")
     proc = subprocess.Popen(["taskset", "-c", PROXY_CPU, *cmd], stdout=log, stderr=log,
                             env=env, cwd=cwd)
@@ -252,6 +345,14 @@ def record(results: dict, sc: Scenario, proxy: str, samples: list[dict],
     """The median run by the figure of merit, with every run kept beside it."""
     med = sorted(samples, key=lambda s: s[key])[len(samples) // 2]
     results.setdefault(sc.name, {})[proxy] = {**med, "runs": samples}
+    bad = [s for s in samples if s.get("errors", 0) > s.get("count", 0) / 100]
+    if bad:
+        print(f"warning: {sc.name} {proxy}: {len(bad)} run(s) with over 1% errors "
+              f"(non-2xx or socket errors): {[s['errors'] for s in bad]}", file=sys.stderr)
+    noisy = max((s.get("cpu0_other_pct", 0) for s in samples), default=0)
+    if noisy > 10:
+        print(f"warning: {sc.name} {proxy}: up to {noisy:.0f}% of CPU {PROXY_CPU} went to "
+              "other processes during a run; the numbers are suspect", file=sys.stderr)
     rate = f"{med['rps']:>10,.0f} {sc.rate}" if "rps" in med else ""
     p99 = f"p99 {med['p99_ms']:.2f} ms" if "p99_ms" in med else ""
     print(f"{sc.name:28s} {proxy:8s} {med[key]:8.1f} {sc.unit:13s} {rate}  {p99}",
@@ -264,24 +365,33 @@ def run(seconds: int, runs: int, proxies: list[str], scenarios: list[Scenario],
     need("haproxy", "haproxy")
     need("nginx", "nginx-light")
     d = Path(tempfile.mkdtemp(prefix="lbcore-bench-"))
-    crt, key = make_cert(d)
-    cmds = configs(d, crt, key)
+    for kind in ("ecdsa", "rsa"):
+        make_cert(d, kind)
+    cmds = configs(d)
+    ensure_free(ORIGIN_PORT, "the origin")
     origin = subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", str(d / "origin.conf")])
     results: dict = {}
     try:
-        wait_port(ORIGIN_PORT)
+        wait_port(ORIGIN_PORT, proc=origin)
         for name in proxies:
-            proc = start_proxy(name, cmds[name], d, lbcore_tree, (HTTP_PORT, HTTPS_PORT))
+            proc = start_proxy(name, cmds[name], d, lbcore_tree, LISTEN_PORTS)
             try:
                 for sc in scenarios:
                     samples = []
                     for _ in range(runs):
+                        settle()
                         pids = pids_of(proc.pid)
-                        t0, w0 = cpu_ticks(pids), time.monotonic()
+                        t0, w0, b0 = cpu_ticks(pids), time.monotonic(), cpu_busy()
                         sample = measure(sc, seconds)
                         cpu = (cpu_ticks(pids) - t0) / TICKS
+                        b1 = cpu_busy()
                         sample["cpu_us_per_req"] = round(cpu * 1e6 / max(1, sample["count"]), 2)
                         sample["proxy_cpu_pct"] = round(100 * cpu / (time.monotonic() - w0), 1)
+                        # Anything else on the proxy's CPU (another job on the machine)
+                        # skews the figure: kept with the sample, warned about.
+                        sample["cpu0_other_pct"] = round(
+                            max(0.0, busy_pct(b0, b1, PROXY_CPU) - sample["proxy_cpu_pct"]), 1)
+                        sample["load_cpu_pct"] = round(busy_pct(b0, b1, LOAD_CPU), 1)
                         samples.append(sample)
                     record(results, sc, name, samples)
             finally:
@@ -297,6 +407,12 @@ def _num(v: float) -> str:
     return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}" if v < 10 else f"{v:.1f}"
 
 
+def flag(sample: dict, text: str) -> str:
+    """Marks a figure whose median run had over 1% errors."""
+    return text + (" (errors!)" if sample.get("errors", 0) > sample.get("count", 0) / 100
+                   else "")
+
+
 def table(results: dict) -> str:
     """Two markdown tables: the figure of merit per scenario with the ratios,
     then rates and latencies."""
@@ -309,7 +425,8 @@ def table(results: dict) -> str:
     for scenario, r in results.items():
         sc = BY_NAME[scenario]
         key = "cpu_us_per_req"
-        cells = [scenario, sc.unit] + [_num(r[n][key]) if n in r else "–" for n in names]
+        cells = [scenario, sc.unit] + [flag(r[n], _num(r[n][key])) if n in r else "–"
+                                       for n in names]
         lb = r.get("lbcore", {}).get(key)
         ref = [r[n][key] for n in others if n in r]
         cells += [f"{lb / r[n][key]:.2f}x" if lb and n in r else "–" for n in others]
@@ -391,7 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    now = dt.datetime.now()
+    stamp = now.strftime("%Y-%m-%d-%H%M")
+    if (out / f"{stamp}.json").exists():
+        stamp = now.strftime("%Y-%m-%d-%H%M%S")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=HERE).stdout.strip()
     meta = {"date": stamp, "commit": commit, "machine": platform.processor() or

@@ -1,0 +1,123 @@
+"""Load clients the harness runs pinned to the load CPU (taskset), where wrk
+and h2load do not fit:
+
+  python -m bench.loadclients handshake PORT --seconds S [--procs N]
+      a new TCP connection and a FULL TLS handshake per request (no session is
+      ever offered back, so nothing resumes; wrk would resume), one GET / with
+      Connection: close, the whole response read, then close. N blocking
+      worker processes. Prints one JSON line: handshakes, seconds, p50/p99 ms,
+      resumed (must be 0), errors, the negotiated protocol and cipher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import socket
+import ssl
+import sys
+import time
+
+REQUEST = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: lbcore-bench\r\n"
+           b"Connection: close\r\n\r\n")
+
+
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return -1
+
+
+def one_request(ctx: ssl.SSLContext, port: int, request: bytes = REQUEST,
+                timeout: float = 10.0) -> tuple[float, bool, tuple]:
+    """One new connection, full handshake, one request; returns (seconds,
+    session reused, cipher)."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout) as raw:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(request)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed before the response head")
+                buf += chunk
+            head, _, body = buf.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+            want = content_length(head)
+            while len(body) < want:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed in the body")
+                body += chunk
+            return time.perf_counter() - t0, s.session_reused, (s.version(), s.cipher()[0])
+
+
+def _handshake_worker(args: tuple[int, float]) -> dict:
+    port, deadline = args
+    ctx = client_context()
+    lat, reused, errors, last_error, params = [], 0, 0, "", None
+    while time.time() < deadline:
+        try:
+            dt, again, params = one_request(ctx, port)
+        except (OSError, ValueError) as exc:
+            errors += 1
+            last_error = repr(exc)
+            time.sleep(0.01)
+            continue
+        lat.append(dt)
+        reused += again
+    return {"lat": lat, "reused": reused, "errors": errors, "last_error": last_error,
+            "params": params}
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def handshake(port: int, seconds: float, procs: int) -> dict:
+    start = time.time()
+    deadline = start + seconds
+    with multiprocessing.Pool(procs) as pool:
+        parts = pool.map(_handshake_worker, [(port, deadline)] * procs)
+    elapsed = time.time() - start
+    lat = sorted(x for p in parts for x in p["lat"])
+    params = next((p["params"] for p in parts if p["params"]), None)
+    return {"handshakes": len(lat), "seconds": round(elapsed, 3),
+            "rate": round(len(lat) / elapsed, 1),
+            "p50_ms": round(percentile(lat, 0.50) * 1e3, 2),
+            "p99_ms": round(percentile(lat, 0.99) * 1e3, 2),
+            "resumed": sum(p["reused"] for p in parts),
+            "errors": sum(p["errors"] for p in parts),
+            "last_error": next((p["last_error"] for p in parts if p["last_error"]), ""),
+            "protocol": params[0] if params else None, "cipher": params[1] if params else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.loadclients")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("handshake")
+    h.add_argument("port", type=int)
+    h.add_argument("--seconds", type=float, default=5)
+    h.add_argument("--procs", type=int, default=8)
+    args = p.parse_args(argv)
+    print(json.dumps(handshake(args.port, args.seconds, args.procs)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
