@@ -9,7 +9,8 @@ saturates first, so req/s alone would hide the difference.
 
 Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
 request (HTTP and HTTPS), small responses, wrk -c50; full TLS handshakes
-(ECDSA P-256 and RSA-2048, never resumed) with bench/loadclients.py.
+(ECDSA P-256 and RSA-2048, never resumed) with bench/loadclients.py; HTTP/2
+over TLS with h2load (-c20 -m10).
 Output: a markdown table on stdout, and results/<date>.{json,md,png} (the PNG:
 grouped bars of µs per request, if matplotlib is installed)."""
 
@@ -36,10 +37,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from bench.loadclients import percentile
+
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
 RSA_PORT = 19444            # HTTPS with the RSA-2048 certificate (full-handshake scenario)
+H2_PORT = 19445             # HTTPS offering ALPN h2 (the ECDSA certificate)
 PROXY_CPU, LOAD_CPU = "0", "1"
 # (name in results, label, bar colour), in table and chart order
 PROXIES = (("lbcore", "lbcore", "#d62728"), ("haproxy", "HAProxy", "#1f77b4"),
@@ -94,6 +98,9 @@ listeners:
   - {{name: r, protocol: HTTPS, address: 127.0.0.1, port: {RSA_PORT}, default_pool: o,
      server_certificate: r, security_policy: tls-1-2,
      insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+  - {{name: h2, protocol: HTTPS, address: 127.0.0.1, port: {H2_PORT}, default_pool: o,
+     server_certificate: c, security_policy: tls-1-2, http2: true,
+     insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
 pools:
   o:
     health_check: {{enabled: false}}
@@ -116,6 +123,7 @@ frontend fe
     bind 127.0.0.1:{HTTP_PORT} backlog 4096
     bind 127.0.0.1:{HTTPS_PORT} ssl crt {d}/ecdsa.pem alpn http/1.1 backlog 4096
     bind 127.0.0.1:{RSA_PORT} ssl crt {d}/rsa.pem alpn http/1.1 backlog 4096
+    bind 127.0.0.1:{H2_PORT} ssl crt {d}/ecdsa.pem alpn h2,http/1.1 backlog 4096
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     default_backend be
@@ -135,6 +143,9 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
   ssl_protocols TLSv1.2;
   server {{ listen 127.0.0.1:{HTTP_PORT} backlog=4096;
            listen 127.0.0.1:{HTTPS_PORT} ssl backlog=4096;
+           ssl_certificate {d}/ecdsa.crt; ssl_certificate_key {d}/ecdsa.key;
+           location / {{ proxy_pass http://origin; }} }}
+  server {{ listen 127.0.0.1:{H2_PORT} ssl http2 backlog=4096;
            ssl_certificate {d}/ecdsa.crt; ssl_certificate_key {d}/ecdsa.key;
            location / {{ proxy_pass http://origin; }} }}
   server {{ listen 127.0.0.1:{RSA_PORT} ssl backlog=4096;
@@ -253,7 +264,7 @@ def wrk(url: str, seconds: int, close: bool = False,
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str                # how the load is made: wrk | handshake
+    kind: str                # how the load is made: wrk | handshake | h2load
     port: int
     path: str = "/"
     close: bool = False      # a new connection per request
@@ -271,6 +282,7 @@ class Scenario:
 # https_new_conn is mostly resumed handshakes. https_full_handshake_* never
 # resume (bench/loadclients.py handshake: blocking Python clients that never
 # offer a session back), one GET with Connection: close on each connection.
+# h2: HTTP/2 over TLS, h2load -c20 -m10 (ten streams in flight per connection).
 SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
              Scenario("https_ka", "wrk", HTTPS_PORT),
              Scenario("http_new_conn", "wrk", HTTP_PORT, close=True),
@@ -278,17 +290,41 @@ SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
              Scenario("https_full_handshake_ecdsa", "handshake", HTTPS_PORT,
                       unit="µs/handshake", rate="handshakes/s"),
              Scenario("https_full_handshake_rsa", "handshake", RSA_PORT,
-                      unit="µs/handshake", rate="handshakes/s"))
+                      unit="µs/handshake", rate="handshakes/s"),
+             Scenario("h2", "h2load", H2_PORT, conns=20))
 BY_NAME = {s.name: s for s in SCENARIOS}
-LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT)
+LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT)
 
 
 def measure(sc: Scenario, seconds: int) -> dict:
     """One run of the load; count is what the proxy CPU is divided by."""
     if sc.kind == "handshake":
         return handshakes(sc.port, seconds)
+    if sc.kind == "h2load":
+        return h2load(sc.url, seconds, sc.conns)
     reqs, rps, p50, p99, errors = wrk(sc.url, seconds, sc.close, sc.conns)
     return {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+
+
+def h2load(url: str, seconds: int, conns: int, streams: int = 10) -> dict:
+    """HTTP/2 over TLS for a fixed time; latency percentiles from h2load's
+    per-request log (it prints only mean and sd)."""
+    with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log") as log:
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, "h2load", "-c", str(conns), "-m",
+                              str(streams), "-D", str(seconds), "--log-file", log.name, url],
+                             capture_output=True, text=True, timeout=seconds + 60).stdout
+        lat = sorted(int(line.split("\t")[2]) / 1000
+                     for line in Path(log.name).read_text().splitlines()
+                     if line.count("\t") >= 2)
+    if "Application protocol: h2" not in out:
+        raise RuntimeError(f"h2load did not negotiate h2 with {url}:\n{out[-1500:]}")
+    req = next(line for line in out.splitlines() if line.startswith("requests:"))
+    n = {k: int(v) for v, k in (part.split()[:2] for part in req[len("requests:"):].split(","))}
+    rps = float(next(line for line in out.splitlines()
+                     if line.startswith("finished in")).split(",")[1].split()[0])
+    return {"count": n["done"], "rps": rps, "p50_ms": round(percentile(lat, 0.50), 2),
+            "p99_ms": round(percentile(lat, 0.99), 2),
+            "errors": n["failed"] + n["errored"] + n["timeout"]}
 
 
 def load_client(*args: str, **kw) -> subprocess.Popen:
@@ -364,6 +400,7 @@ def run(seconds: int, runs: int, proxies: list[str], scenarios: list[Scenario],
     need("wrk", "wrk")
     need("haproxy", "haproxy")
     need("nginx", "nginx-light")
+    need("h2load", "nghttp2-client")
     d = Path(tempfile.mkdtemp(prefix="lbcore-bench-"))
     for kind in ("ecdsa", "rsa"):
         make_cert(d, kind)
