@@ -10,7 +10,7 @@ saturates first, so req/s alone would hide the difference.
 Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
 request (HTTP and HTTPS), small responses, wrk -c50; full TLS handshakes
 (ECDSA P-256 and RSA-2048, never resumed) with bench/loadclients.py; HTTP/2
-over TLS with h2load (-c20 -m10).
+over TLS with h2load (-c20 -m10); 1 MiB responses over HTTPS (wrk -c10).
 Output: a markdown table on stdout, and results/<date>.{json,md,png} (the PNG:
 grouped bars of µs per request, if matplotlib is installed)."""
 
@@ -44,6 +44,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
 RSA_PORT = 19444            # HTTPS with the RSA-2048 certificate (full-handshake scenario)
 H2_PORT = 19445             # HTTPS offering ALPN h2 (the ECDSA certificate)
+LARGE = 1 << 20             # the origin's /1m body
 PROXY_CPU, LOAD_CPU = "0", "1"
 # (name in results, label, bar colour), in table and chart order
 PROXIES = (("lbcore", "lbcore", "#d62728"), ("haproxy", "HAProxy", "#1f77b4"),
@@ -78,10 +79,15 @@ def make_cert(d: Path, kind: str) -> tuple[Path, Path]:
 
 
 def configs(d: Path) -> dict[str, list[str]]:
+    (d / "www").mkdir(exist_ok=True)
+    (d / "www" / "1m").write_bytes(os.urandom(LARGE))
+    for path in (d, d / "www", d / "www" / "1m"):   # nginx's worker runs as www-data
+        path.chmod(0o755)
     (d / "origin.conf").write_text(f"""worker_processes 1; daemon off; pid {d}/origin.pid;
 error_log {d}/origin.err; events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 100000000;
+http {{ access_log off; keepalive_requests 100000000; sendfile on;
   server {{ listen 127.0.0.1:{ORIGIN_PORT} backlog=4096;
+           location = /1m {{ root {d}/www; default_type application/octet-stream; }}
            location / {{ return 200 "hello world\\n"; }} }} }}
 """)
     (d / "lbcore.yaml").write_text(f"""load_balancer: {{workers: 1, admin: {{port: 19099}},
@@ -137,6 +143,7 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
   upstream origin {{ server 127.0.0.1:{ORIGIN_PORT}; keepalive 256;
                      keepalive_requests 100000000; }}
   proxy_http_version 1.1; proxy_set_header Connection "";
+  proxy_max_temp_file_size 0;
   proxy_set_header Host $host;
   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
   proxy_set_header X-Forwarded-Proto $scheme;
@@ -271,6 +278,7 @@ class Scenario:
     conns: int = 50
     unit: str = "µs/req"     # the figure of merit: proxy CPU per request
     rate: str = "req/s"
+    rate_key: str = "rps"
 
     @property
     def url(self) -> str:
@@ -283,6 +291,7 @@ class Scenario:
 # resume (bench/loadclients.py handshake: blocking Python clients that never
 # offer a session back), one GET with Connection: close on each connection.
 # h2: HTTP/2 over TLS, h2load -c20 -m10 (ten streams in flight per connection).
+# large_1m: 1 MiB responses over HTTPS keep-alive, wrk -c10.
 SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
              Scenario("https_ka", "wrk", HTTPS_PORT),
              Scenario("http_new_conn", "wrk", HTTP_PORT, close=True),
@@ -291,7 +300,9 @@ SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
                       unit="µs/handshake", rate="handshakes/s"),
              Scenario("https_full_handshake_rsa", "handshake", RSA_PORT,
                       unit="µs/handshake", rate="handshakes/s"),
-             Scenario("h2", "h2load", H2_PORT, conns=20))
+             Scenario("h2", "h2load", H2_PORT, conns=20),
+             Scenario("large_1m", "wrk", HTTPS_PORT, path="/1m", conns=10, rate="MB/s",
+                      rate_key="mb_s"))
 BY_NAME = {s.name: s for s in SCENARIOS}
 LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT)
 
@@ -303,7 +314,10 @@ def measure(sc: Scenario, seconds: int) -> dict:
     if sc.kind == "h2load":
         return h2load(sc.url, seconds, sc.conns)
     reqs, rps, p50, p99, errors = wrk(sc.url, seconds, sc.close, sc.conns)
-    return {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+    out = {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+    if sc.rate_key == "mb_s":
+        out["mb_s"] = round(rps * LARGE / 1e6, 1)
+    return out
 
 
 def h2load(url: str, seconds: int, conns: int, streams: int = 10) -> dict:
@@ -389,7 +403,7 @@ def record(results: dict, sc: Scenario, proxy: str, samples: list[dict],
     if noisy > 10:
         print(f"warning: {sc.name} {proxy}: up to {noisy:.0f}% of CPU {PROXY_CPU} went to "
               "other processes during a run; the numbers are suspect", file=sys.stderr)
-    rate = f"{med['rps']:>10,.0f} {sc.rate}" if "rps" in med else ""
+    rate = f"{med[sc.rate_key]:>10,.0f} {sc.rate}" if sc.rate_key in med else ""
     p99 = f"p99 {med['p99_ms']:.2f} ms" if "p99_ms" in med else ""
     print(f"{sc.name:28s} {proxy:8s} {med[key]:8.1f} {sc.unit:13s} {rate}  {p99}",
           file=sys.stderr, flush=True)
@@ -474,7 +488,8 @@ def table(results: dict) -> str:
     rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for scenario, r in results.items():
         sc = BY_NAME[scenario]
-        cells = [scenario, sc.rate] + [_num(r[n]["rps"]) if n in r else "–" for n in names]
+        cells = [scenario, sc.rate] + [_num(r[n][sc.rate_key]) if n in r else "–"
+                                       for n in names]
         for q in ("p50_ms", "p99_ms"):
             cells += [f"{r[n][q]:.2f}" if n in r else "–" for n in names]
         rows.append("| " + " | ".join(cells) + " |")
