@@ -16,13 +16,14 @@ import struct
 
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN
 
-# Layout: ticket version, ticket keys (padded), health version, then one
-# (state, up_since in microseconds of CLOCK_MONOTONIC) pair per member.
+# Layout: ticket version, ticket keys (current, then previous), health
+# version, then one (state, up_since in microseconds of CLOCK_MONOTONIC) pair
+# per member.
 _I64 = struct.Struct("<q")
 _MEMBER = struct.Struct("<qq")
 _TICKET_VERSION = 0
 _TICKET_KEYS = 8
-_HEALTH_VERSION = _TICKET_KEYS + ((TICKET_KEYS_LEN + 7) // 8) * 8
+_HEALTH_VERSION = _TICKET_KEYS + ((2 * TICKET_KEYS_LEN + 7) // 8) * 8
 _MEMBERS = _HEALTH_VERSION + 8
 
 UNKNOWN, DOWN, UP = -1, 0, 1
@@ -65,14 +66,18 @@ class SharedState:
     def ticket_version(self) -> int:
         return self._get(_TICKET_VERSION)
 
-    def set_ticket_keys(self, keys: bytes) -> None:
-        if len(keys) != TICKET_KEYS_LEN:
+    def set_ticket_keys(self, current: bytes, previous: bytes | None) -> None:
+        """`previous` (the key before the last rotation) still opens tickets."""
+        previous = previous or bytes(TICKET_KEYS_LEN)
+        if len(current) != TICKET_KEYS_LEN or len(previous) != TICKET_KEYS_LEN:
             raise ValueError(f"ticket keys are {TICKET_KEYS_LEN} bytes")
-        self.mem[_TICKET_KEYS:_TICKET_KEYS + TICKET_KEYS_LEN] = keys
+        self.mem[_TICKET_KEYS:_TICKET_KEYS + 2 * TICKET_KEYS_LEN] = current + previous
         self._bump(_TICKET_VERSION)
 
-    def ticket_keys(self) -> bytes:
-        return bytes(self.mem[_TICKET_KEYS:_TICKET_KEYS + TICKET_KEYS_LEN])
+    def ticket_keys(self) -> tuple[bytes, bytes | None]:
+        keys = bytes(self.mem[_TICKET_KEYS:_TICKET_KEYS + 2 * TICKET_KEYS_LEN])
+        current, previous = keys[:TICKET_KEYS_LEN], keys[TICKET_KEYS_LEN:]
+        return current, (previous if any(previous) else None)
 
     # ---- member health ---------------------------------------------------------------
 

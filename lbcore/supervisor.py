@@ -49,7 +49,6 @@ log = logging.getLogger("lbcore.master")
 TICK = 0.2                       # seconds between looks at the workers
 START_TIMEOUT = 30.0             # a new worker must be ready within this
 MAX_LISTENER_BLOCKS = 256        # listener names ever seen by one master
-TICKET_KEY_LIFETIME = 12 * 3600  # session-ticket keys are replaced this often
 FAST_EXIT_WAIT = 2.0
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0              # a worker that lived this long resets its backoff
@@ -121,8 +120,9 @@ class Master:
             C.WORKER_CELLS + k * C.BLOCK + g for k in range(MAX_LISTENER_BLOCKS) for g in C.GAUGES]
         self.blocks: dict[str, int] = {}
         self.sockets: dict[tuple[str | None, int], list[socket.socket]] = {}
-        self.ticket_keys = os.urandom(TICKET_KEYS_LEN)
+        self.ticket_keys: tuple[bytes, bytes | None] = (os.urandom(TICKET_KEYS_LEN), None)
         self.ticket_rotated = time.monotonic()
+        self.ticket_rotations = 0
         self.current: Generation | None = None
         self.generations: list[Generation] = []
         self.number = 0
@@ -193,7 +193,8 @@ class Master:
                     if now >= at:
                         del gen.restart_at[position]
                         self._spawn(gen, position)
-        if now - self.ticket_rotated > TICKET_KEY_LIFETIME:
+        if (self.current is not None and now - self.ticket_rotated
+                > self.current.cfg.load_balancer.session_ticket_rotation):
             self.rotate_ticket_keys()
 
     def _check_heartbeat(self, w: Worker, now: float) -> None:
@@ -318,7 +319,7 @@ class Master:
         sockets = self._sockets_for(cfg)
         order = member_order(cfg)
         shared = SharedState(len(order))
-        shared.set_ticket_keys(self.ticket_keys)
+        shared.set_ticket_keys(*self.ticket_keys)
         config_fd = os.memfd_create("lbcore-config", 0)
         os.write(config_fd, text.encode())
         gen = Generation(self.number, cfg, text, bases, sockets, shared, config_fd)
@@ -461,12 +462,14 @@ class Master:
         return 0
 
     def rotate_ticket_keys(self) -> None:
-        """New session-ticket keys for every worker (tickets issued under the
-        old keys then fall back to a full handshake)."""
-        self.ticket_keys = os.urandom(TICKET_KEYS_LEN)
+        """A new key seals tickets from now on; the one it replaces still
+        opens the tickets it sealed (clients get a fresh ticket), until the
+        next rotation retires it."""
+        self.ticket_keys = (os.urandom(TICKET_KEYS_LEN), self.ticket_keys[0])
         self.ticket_rotated = time.monotonic()
+        self.ticket_rotations += 1
         for gen in self.generations:
-            gen.shared.set_ticket_keys(self.ticket_keys)
+            gen.shared.set_ticket_keys(*self.ticket_keys)
         log.info("session-ticket keys rotated")
 
     # ---- admin -------------------------------------------------------------------------
@@ -548,6 +551,8 @@ class Master:
             "config": {"source": str(self.path), "generation": gen.number,
                        "loaded_at": gen.loaded_at,
                        "reloads": dict(self.reloads)},
+            "tls": {"ticket_key_rotations": self.ticket_rotations,
+                    "ticket_key_age": round(time.monotonic() - self.ticket_rotated, 1)},
             "listeners": listeners_status(gen.cfg),
             "pools": {name: {"algorithm": pool.algorithm, "members": [
                 {"name": m.name, "address": m.address, "port": m.port, "weight": m.weight,

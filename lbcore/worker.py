@@ -42,7 +42,7 @@ from lbcore_ext.counters import (
 )
 from lbcore_ext.http1 import HttpProtocol
 from lbcore_ext.runtime import ACL_ALL
-from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys
+from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys, use_ticket_keys
 
 log = logging.getLogger("lbcore")
 
@@ -51,12 +51,10 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 1024
 
 
-def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None,
-                         built: list | None = None):
+def listener_ssl_context(cfg, listener):
     """(SSLContext, SniSelector or None) for the listener; (None, None) for plain
     HTTP. With SNI, one context per certificate set under the same policy,
-    chosen during the handshake. Every context made is appended to `built`
-    (ticket keys are rotated on all of them)."""
+    chosen during the handshake. Tickets use the process's shared keys."""
     if listener.protocol != "HTTPS":
         return None, None
     policy = resolve_policy(cfg, listener.security_policy)
@@ -75,10 +73,7 @@ def listener_ssl_context(cfg, listener, ticket_keys: bytes | None = None,
                 ctx = server_context(cert.certificate, cert.private_key, policy.versions,
                                      policy.ciphers, policy.tls13_suites, alpn=alpn,
                                      client_ca=client_ca, crl=crl)
-                if ticket_keys is not None:
-                    set_ticket_keys(ctx, ticket_keys)
-                if built is not None:
-                    built.append(ctx)
+                use_ticket_keys(ctx)
             else:       # a second key type for the same names (ECDSA + RSA)
                 ctx.load_cert_chain(str(cert.certificate), str(cert.private_key))
         return ctx
@@ -182,11 +177,10 @@ class MasterLink:
 
     TICK = 0.1
 
-    def __init__(self, cfg, runtime: Runtime, inherited: Inherited, contexts: list,
+    def __init__(self, cfg, runtime: Runtime, inherited: Inherited,
                  on_orphaned: Callable[[], None]) -> None:
         self.runtime = runtime
         self.inh = inherited
-        self.contexts = contexts
         self.on_orphaned = on_orphaned
         self.order = member_order(cfg)
         self.health_seen = self.ticket_seen = -1
@@ -212,9 +206,7 @@ class MasterLink:
                     member.up_since = up_since
         if inh.shared.ticket_version != self.ticket_seen:
             self.ticket_seen = inh.shared.ticket_version
-            keys = inh.shared.ticket_keys()
-            for ctx in self.contexts:
-                set_ticket_keys(ctx, keys)
+            set_ticket_keys(*inh.shared.ticket_keys())
         if os.getppid() != inh.master_pid:
             log.warning("master is gone: stopping")
             self.on_orphaned()
@@ -265,15 +257,14 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
     _stop_signals(loop, stop, fast)
     if on_loop_started is not None:
         await on_loop_started(loop)
-    contexts: list = []
     selectors: dict = {}
-    # Session-ticket keys set explicitly (not OpenSSL's per-context random
-    # ones), so that every worker of one master shares and rotates them.
-    ticket_keys = (inherited.shared.ticket_keys() if inherited is not None
-                   else os.urandom(TICKET_KEYS_LEN))
+    # Session-ticket keys of our own (not OpenSSL's per-context random ones),
+    # so that every worker of one master shares them and they rotate.
+    set_ticket_keys(*(inherited.shared.ticket_keys() if inherited is not None
+                      else (os.urandom(TICKET_KEYS_LEN), None)))
 
     def ssl_for(listener):
-        ctx, selector = listener_ssl_context(cfg, listener, ticket_keys, contexts)
+        ctx, selector = listener_ssl_context(cfg, listener)
         if selector is not None:
             selectors[listener.name] = selector
         return ctx, selector
@@ -316,7 +307,7 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
         await admin.start()
         admin.ready = True
     else:
-        link = MasterLink(cfg, runtime, inherited, contexts, stop.set)
+        link = MasterLink(cfg, runtime, inherited, stop.set)
         link.start()
     # Everything built so far lives as long as the process: keep it out of the
     # cyclic collector's scans, so per-connection collections stay short.

@@ -1,13 +1,15 @@
 # cython: language_level=3
 """What Python's ssl module can't set on an SSLContext: the TLS 1.3 cipher
-suites (SSL_CTX_set_ciphersuites) and shared session-ticket keys. The calls go
-to the very libssl CPython's _ssl module loaded (found in /proc/self/maps and
+suites (SSL_CTX_set_ciphersuites) and session-ticket keys shared by every
+worker and rotated without breaking resumption. The calls go to the very
+libssl and libcrypto CPython's _ssl module loaded (found in /proc/self/maps and
 reopened with RTLD_NOLOAD), so there is no second OpenSSL and no build-time
 dependency on its headers."""
 
 import ssl
 
 from cpython.object cimport PyObject
+from libc.string cimport memcmp, memcpy
 
 
 cdef extern from "<dlfcn.h>" nogil:
@@ -27,37 +29,109 @@ cdef extern from *:
 
 ctypedef int (*set_ciphersuites_t)(void* ctx, const char* s) noexcept nogil
 ctypedef long (*ctx_ctrl_t)(void* ctx, int cmd, long larg, void* parg) noexcept nogil
+ctypedef void (*any_fn_t)() noexcept nogil
+ctypedef long (*ctx_callback_ctrl_t)(void* ctx, int cmd, any_fn_t fp) noexcept nogil
+ctypedef int (*ticket_cb_t)(void* s, unsigned char* name, unsigned char* iv, void* cctx,
+                            void* hctx, int enc) noexcept nogil
+ctypedef int (*rand_bytes_t)(unsigned char* buf, int n) noexcept nogil
+ctypedef const void* (*evp_getter_t)() noexcept nogil
+ctypedef int (*cipher_init_t)(void* cctx, const void* cipher, void* engine,
+                              const unsigned char* key, const unsigned char* iv) noexcept nogil
+ctypedef int (*hmac_init_t)(void* hctx, const void* key, int n, const void* md,
+                            void* engine) noexcept nogil
 
-# OpenSSL's ssl.h: SSL_CTRL_SET_TLSEXT_TICKET_KEYS; 80 bytes of keys in 3.x.
-DEF SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+# OpenSSL's ssl.h / tls1.h constants.
+DEF SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72
 DEF SSL_CTRL_SET_DH_AUTO = 118
+# One ticket key: 16 bytes of name, 32 of HMAC-SHA256 key, 32 of AES-256 key.
 TICKET_KEYS_LEN = 80
+DEF KEY_LEN = 80
+DEF NAME_LEN = 16
+DEF IV_LEN = 16
 
 cdef set_ciphersuites_t _set_ciphersuites = NULL
 cdef ctx_ctrl_t _ctx_ctrl = NULL
+cdef ctx_callback_ctrl_t _ctx_callback_ctrl = NULL
+cdef rand_bytes_t _rand_bytes = NULL
+cdef evp_getter_t _aes_256_cbc = NULL
+cdef evp_getter_t _sha256 = NULL
+cdef cipher_init_t _encrypt_init = NULL
+cdef cipher_init_t _decrypt_init = NULL
+cdef hmac_init_t _hmac_init = NULL
+
+# The process's ticket keys: [0] issues and accepts tickets, [1] (the one
+# before the last rotation) only accepts them, and asks for a renewed ticket.
+cdef unsigned char _keys[2][KEY_LEN]
+cdef int _nkeys = 0
 
 
-def _libssl_path():
+def _lib_path(name):
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.rstrip().rsplit(" ", 1)[-1]
-            if "/libssl.so" in path:
+            if f"/{name}.so" in path:
                 return path
-    return "libssl.so.3"
+    return f"{name}.so.3"
+
+
+cdef void* _open(str name) except NULL:
+    path = _lib_path(name).encode()
+    cdef void* handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
+    if handle == NULL:
+        raise OSError(f"cannot find the {name} CPython uses ({path!r})")
+    return handle
 
 
 cdef int _load() except -1:
-    global _set_ciphersuites, _ctx_ctrl
+    global _set_ciphersuites, _ctx_ctrl, _ctx_callback_ctrl, _rand_bytes, _aes_256_cbc
+    global _sha256, _encrypt_init, _decrypt_init, _hmac_init
     if _set_ciphersuites != NULL:
         return 0
-    path = _libssl_path().encode()
-    cdef void* handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
-    if handle == NULL:
-        raise OSError(f"cannot find the libssl CPython uses ({path!r})")
-    _set_ciphersuites = <set_ciphersuites_t>dlsym(handle, "SSL_CTX_set_ciphersuites")
-    _ctx_ctrl = <ctx_ctrl_t>dlsym(handle, "SSL_CTX_ctrl")
-    if _set_ciphersuites == NULL or _ctx_ctrl == NULL:
+    cdef void* ssl_lib = _open("libssl")
+    cdef void* crypto = _open("libcrypto")
+    _ctx_ctrl = <ctx_ctrl_t>dlsym(ssl_lib, "SSL_CTX_ctrl")
+    _ctx_callback_ctrl = <ctx_callback_ctrl_t>dlsym(ssl_lib, "SSL_CTX_callback_ctrl")
+    _rand_bytes = <rand_bytes_t>dlsym(crypto, "RAND_bytes")
+    _aes_256_cbc = <evp_getter_t>dlsym(crypto, "EVP_aes_256_cbc")
+    _sha256 = <evp_getter_t>dlsym(crypto, "EVP_sha256")
+    _encrypt_init = <cipher_init_t>dlsym(crypto, "EVP_EncryptInit_ex")
+    _decrypt_init = <cipher_init_t>dlsym(crypto, "EVP_DecryptInit_ex")
+    _hmac_init = <hmac_init_t>dlsym(crypto, "HMAC_Init_ex")
+    if (_ctx_ctrl == NULL or _ctx_callback_ctrl == NULL or _rand_bytes == NULL
+            or _aes_256_cbc == NULL or _sha256 == NULL or _encrypt_init == NULL
+            or _decrypt_init == NULL or _hmac_init == NULL):
+        raise OSError("this OpenSSL lacks a function lbcore needs for session tickets")
+    _set_ciphersuites = <set_ciphersuites_t>dlsym(ssl_lib, "SSL_CTX_set_ciphersuites")
+    if _set_ciphersuites == NULL:
         raise OSError("this libssl has no SSL_CTX_set_ciphersuites (OpenSSL < 1.1.1)")
+    return 0
+
+
+cdef int _ticket_cb(void* s, unsigned char* name, unsigned char* iv, void* cctx, void* hctx,
+                    int enc) noexcept nogil:
+    """OpenSSL's ticket-key callback (runs inside the handshake, GIL released):
+    encrypt new tickets under key 0; decrypt under whichever key named the
+    ticket, asking for a new ticket (2) when it was the previous key; 0 (full
+    handshake) for a key we no longer hold."""
+    cdef int i
+    if _nkeys == 0:
+        return 0
+    if enc == 1:
+        if _rand_bytes(iv, IV_LEN) != 1:
+            return -1
+        memcpy(name, &_keys[0][0], NAME_LEN)
+        if _encrypt_init(cctx, _aes_256_cbc(), NULL, &_keys[0][48], iv) != 1:
+            return -1
+        if _hmac_init(hctx, &_keys[0][16], 32, _sha256(), NULL) != 1:
+            return -1
+        return 1
+    for i in range(_nkeys):
+        if memcmp(name, &_keys[i][0], NAME_LEN) == 0:
+            if _hmac_init(hctx, &_keys[i][16], 32, _sha256(), NULL) != 1:
+                return -1
+            if _decrypt_init(cctx, _aes_256_cbc(), NULL, &_keys[i][48], iv) != 1:
+                return -1
+            return 1 if i == 0 else 2
     return 0
 
 
@@ -80,16 +154,31 @@ def set_ciphersuites(context, str suites):
         raise ValueError(f"TLS 1.3 suites not usable by this OpenSSL: {suites}")
 
 
-def set_ticket_keys(context, bytes keys):
-    """Session-ticket keys (80 bytes: name, HMAC and AES keys) shared by every
-    worker, so a ticket issued by one worker resumes on another."""
+def use_ticket_keys(context):
+    """Tickets of this context are sealed with the process's keys (see
+    set_ticket_keys), not OpenSSL's random per-context ones, so a ticket from
+    one worker resumes on another and survives reloads and key rotation."""
     _load()
-    if len(keys) != TICKET_KEYS_LEN:
-        raise ValueError(f"ticket keys must be {TICKET_KEYS_LEN} bytes")
     cdef void* ctx = _ssl_ctx(context)
-    cdef const char* p = keys
-    if _ctx_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, TICKET_KEYS_LEN, <void*>p) != 1:
-        raise ValueError("libssl refused the session-ticket keys")
+    if _ctx_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
+                          <any_fn_t>_ticket_cb) != 1:
+        raise ValueError("libssl refused the session-ticket callback")
+
+
+def set_ticket_keys(bytes current, bytes previous=None):
+    """The process's ticket keys (TICKET_KEYS_LEN bytes each): `current` seals
+    new tickets; `previous`, the key before the last rotation, still opens them."""
+    global _nkeys
+    _load()
+    for key in (current, previous):
+        if key is not None and len(key) != TICKET_KEYS_LEN:
+            raise ValueError(f"ticket keys must be {TICKET_KEYS_LEN} bytes")
+    memcpy(&_keys[0][0], <const char*>current, KEY_LEN)
+    if previous is not None and previous != current and any(previous):
+        memcpy(&_keys[1][0], <const char*>previous, KEY_LEN)
+        _nkeys = 2
+    else:
+        _nkeys = 1
 
 
 def set_dh_auto(context):

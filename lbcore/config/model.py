@@ -62,6 +62,9 @@ class LoadBalancer(Model):
     drain_timeout: Int(0, 3600) = 30
     # Seconds without a heartbeat after which the master replaces a worker.
     heartbeat_timeout: Int(1, 300) = 10
+    # Seconds between session-ticket key rotations (the previous key still
+    # resumes sessions for one more period).
+    session_ticket_rotation: Int(1, 604800) = 43200
     admin: Admin = Admin()
     access_log: AccessLog = AccessLog()
 

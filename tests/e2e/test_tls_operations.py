@@ -303,3 +303,30 @@ def test_h2load_many_streams(running_lb, slow_backends, ca, server_cert):
     assert "3000 succeeded, 0 failed, 0 errored" in run.stdout, run.stdout + run.stderr
     assert "status codes: 3000 2xx" in run.stdout
     assert "Application protocol: h2" in run.stdout
+
+
+def test_ticket_key_rotation_keeps_one_previous_key(running_lb, slow_backends, ca,
+                                                    server_cert):
+    (b,) = slow_backends(1)
+    admin, port = free_port(), free_port()
+    text = https_config(admin, port, b, *server_cert).replace(
+        "  workers: 2\n", "  workers: 2\n  session_ticket_rotation: 2\n")
+    lb = running_lb(text, admin, port)
+    ctx = trust(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def connect(session=None):
+        with handshake(port, ctx, session=session) as s:
+            return s.session, s.session_reused
+
+    while True:      # a ticket sealed under a known key (no rotation in between)
+        rotations = lb.status()["tls"]["ticket_key_rotations"]
+        session, _ = connect()
+        if lb.status()["tls"]["ticket_key_rotations"] == rotations:
+            break
+    lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 1, timeout=5)
+    time.sleep(0.3)                           # workers pick the keys up within 0.1 s
+    assert connect(session)[1], "the previous key still opens the ticket"
+    lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 2, timeout=5)
+    time.sleep(0.3)
+    assert not connect(session)[1], "two rotations later the ticket is refused"
