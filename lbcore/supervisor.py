@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -54,10 +55,20 @@ RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0              # a worker that lived this long resets its backoff
 
 
-def worker_count(setting) -> int:
-    if setting == "auto":
-        return len(os.sched_getaffinity(0)) or 1
-    return int(setting)
+def worker_count(setting, cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """"auto": one per core we may run on, and no more than the container's
+    CPU quota (cgroup v2 cpu.max) allows, so a pod limited to 2 CPUs on a
+    64-core node runs 2 workers."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 @dataclass(eq=False)
