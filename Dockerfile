@@ -1,5 +1,6 @@
 # Multi-stage: build the wheel (C compiler, Cython) in one stage, run it slim,
-# non-root, under tini, logging to stdout. Listens on 8080/8443, admin 9100.
+# non-root, under tini (PID 1, forwards SIGHUP/SIGTERM to the master), logging
+# to stdout. Listens on 8080/8443, admin 9100.
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -18,8 +19,9 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER lbcore
 ENV LBCORE_STATE_DIR=/var/lib/lbcore PYTHONUNBUFFERED=1
 EXPOSE 8080 8443 9100
+# Liveness from the admin endpoint (127.0.0.1:9100 inside the container).
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD python -c \
-    "import socket; socket.create_connection(('127.0.0.1', 8443), 2).close()"
+    "import urllib.request as u; u.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"
 ENTRYPOINT ["tini", "--", "lbcore"]
 # The embedded demo by default; mount a config and run `run -c /etc/lbcore/lb.yaml`.
 CMD ["demo"]
