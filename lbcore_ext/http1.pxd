@@ -46,7 +46,7 @@ cdef class HttpProtocol(Downstream):
     cdef long long body_seen
     cdef int error_code
     cdef int _send_error(self, int code, bytes router_code) except -1
-    cdef int _emit_error(self, int code, bytes router_code) except -1
+    cdef int _emit_error(self, int code, bytes router_code, double seconds) except -1
     cdef int _access_meta(self, bytes method) except -1
     cdef int _schedule(self, double at) except -1
     cdef int _after_exchange(self) except -1

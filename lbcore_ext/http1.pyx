@@ -601,7 +601,9 @@ cdef class HttpProtocol(Downstream):
         return 0
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
-        self._emit_error(code, router_code)      # the Exchange logs its own errors
+        # The Exchange logs its own errors; their time counts in the histogram.
+        self._emit_error(code, router_code, self.loop.time() - ex.t_start if ex is not None
+                         else -1.0)
         return 0
 
     cdef int ds_abort(self, Exchange ex) except -1:
@@ -634,10 +636,10 @@ cdef class HttpProtocol(Downstream):
             lrt.access_log.append(((wall_time(), self.peer_ip, self.peer_port, None, self.url,
                                     None, None, None, None, None, self.host, lrt.name,
                                     lrt.pool.name, self.tls_info), code, 0.0, None))
-        self._emit_error(code, router_code)
+        self._emit_error(code, router_code, -1.0)
         return 0
 
-    cdef int _emit_error(self, int code, bytes router_code) except -1:
+    cdef int _emit_error(self, int code, bytes router_code, double seconds) except -1:
         """A generated error ends the connection: after it the stream can't be trusted."""
         cdef Exchange ex
         self.stop_parsing = True
@@ -648,7 +650,7 @@ cdef class HttpProtocol(Downstream):
         self.queue = []
         self.parsing = None
         self._out(error_response(code, router_code, True))
-        count_response(self.lrt.counters, self.lrt.cbase, code, True, -1.0)
+        count_response(self.lrt.counters, self.lrt.cbase, code, True, seconds)
         self._close()
         return 0
 

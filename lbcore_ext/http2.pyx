@@ -143,7 +143,8 @@ cdef class H2Stream(Downstream):
         return 0
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
-        count_response(self.owner.lrt.counters, self.owner.lrt.cbase, code, True, -1.0)
+        count_response(self.owner.lrt.counters, self.owner.lrt.cbase, code, True,
+                       self.owner.loop.time() - ex.t_start if ex is not None else -1.0)
         body = b"%d %s\n" % (code, reason_phrase(code))
         headers = [(b":status", b"%d" % code), (b"content-type", b"text/plain"),
                    (b"content-length", b"%d" % len(body))]

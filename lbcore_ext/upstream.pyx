@@ -375,7 +375,8 @@ cdef class Exchange:
         if self.lrt.hooks & K_FAIL_TO_PROXY:
             custom = self.lrt.phases.fail_to_proxy(self.view, code)
             if custom is not None:
-                count_response(self.lrt.counters, self.lrt.cbase, code, True, -1.0)
+                count_response(self.lrt.counters, self.lrt.cbase, code, True,
+                               self.loop.time() - self.t_start)
                 self.ds.ds_write(custom)
                 self.ds.ds_abort(self)
                 self._log(code)

@@ -365,6 +365,8 @@ pools:""")
     # the 502 (dead); the 408's request never completed its head
 
     text_metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+    print("\n" + "\n".join(line for line in text_metrics.splitlines() if not line.startswith("#")
+                           and line.rstrip().endswith((" 2.0", " 5.0", " 6.0", " 10.0"))))
     m = scrape(admin)
     web, dead, acl = (("listener", "web"),), (("listener", "dead"),), (("listener", "acl"),)
     assert m[("lbcore_responses_total", (("code", "2xx"), ("listener", "web"),
@@ -381,6 +383,11 @@ pools:""")
     assert m[("lbcore_connections_total", acl)] == 0
     assert m[("lbcore_timeouts_total", (("kind", "connect"),) + dead)] == 0
     assert m[("lbcore_upstream_response_duration_seconds_count", web + (("pool", "p"),))] == 6
+    # The 504s count in the request duration (at the 1 s response time-out), not upstream.
+    assert m[("lbcore_request_duration_seconds_count", web + (("pool", "p"),))] == 8
+    assert m[("lbcore_request_duration_seconds_bucket", (("le", "1.2"),) + web
+              + (("pool", "p"),))] - m[("lbcore_request_duration_seconds_bucket",
+                                        (("le", "0.5"),) + web + (("pool", "p"),))] == 2
     assert m[("lbcore_workers", (("state", "serving"),))] == 2
     promtool = shutil.which("promtool")
     if promtool is None:
