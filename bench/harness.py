@@ -10,9 +10,12 @@ saturates first, so req/s alone would hide the difference.
 Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
 request (HTTP and HTTPS), small responses, wrk -c50; full TLS handshakes
 (ECDSA P-256 and RSA-2048, never resumed) with bench/loadclients.py; HTTP/2
-over TLS with h2load (-c20 -m10); 1 MiB responses over HTTPS (wrk -c10).
+over TLS with h2load (-c20 -m10); 1 MiB responses over HTTPS (wrk -c10);
+10,000 idle HTTPS keep-alive connections (RSS per connection on a fresh
+proxy, and a new request's latency while they are open).
 Output: a markdown table on stdout, and results/<date>.{json,md,png} (the PNG:
-grouped bars of µs per request, if matplotlib is installed)."""
+grouped bars of µs per request and KiB per idle connection, if matplotlib is
+installed)."""
 
 from __future__ import annotations
 
@@ -22,12 +25,15 @@ import json
 import math
 import os
 import platform
+import queue
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from bench.loadclients import percentile
+from bench.loadclients import client_context, one_request, percentile
 
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -45,6 +51,7 @@ ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
 RSA_PORT = 19444            # HTTPS with the RSA-2048 certificate (full-handshake scenario)
 H2_PORT = 19445             # HTTPS offering ALPN h2 (the ECDSA certificate)
 LARGE = 1 << 20             # the origin's /1m body
+IDLE_CONNS = 10_000         # idle_10k; the proxies are configured to hold this many
 PROXY_CPU, LOAD_CPU = "0", "1"
 # (name in results, label, bar colour), in table and chart order
 PROXIES = (("lbcore", "lbcore", "#d62728"), ("haproxy", "HAProxy", "#1f77b4"),
@@ -97,16 +104,16 @@ certificates:
   r: {{type: server, certificate: "{d}/rsa.crt", private_key: "{d}/rsa.key"}}
 listeners:
   - {{name: h, protocol: HTTP, address: 127.0.0.1, port: {HTTP_PORT}, default_pool: o,
-     insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+     idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
   - {{name: s, protocol: HTTPS, address: 127.0.0.1, port: {HTTPS_PORT}, default_pool: o,
      server_certificate: c, security_policy: tls-1-2,
-     insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+     idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
   - {{name: r, protocol: HTTPS, address: 127.0.0.1, port: {RSA_PORT}, default_pool: o,
      server_certificate: r, security_policy: tls-1-2,
-     insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+     idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
   - {{name: h2, protocol: HTTPS, address: 127.0.0.1, port: {H2_PORT}, default_pool: o,
      server_certificate: c, security_policy: tls-1-2, http2: true,
-     insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+     idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
 pools:
   o:
     health_check: {{enabled: false}}
@@ -114,7 +121,8 @@ pools:
 """)
     (d / "haproxy.cfg").write_text(f"""global
     nbthread 1
-    maxconn 8000
+    maxconn {IDLE_CONNS + 100}
+    no strict-limits          # 20,000 descriptors here: HAProxy wants 2 per maxconn
     ssl-default-bind-options ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2
 defaults
     mode http
@@ -137,7 +145,8 @@ backend be
     server origin 127.0.0.1:{ORIGIN_PORT}
 """)
     (d / "nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {d}/nginx.pid;
-error_log {d}/nginx.err; events {{ worker_connections 8192; }}
+worker_rlimit_nofile {IDLE_CONNS * 2};
+error_log {d}/nginx.err; events {{ worker_connections {IDLE_CONNS + 6000}; }}
 http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
   client_body_temp_path {d}/nb; proxy_temp_path {d}/np;
   upstream origin {{ server 127.0.0.1:{ORIGIN_PORT}; keepalive 256;
@@ -271,7 +280,7 @@ def wrk(url: str, seconds: int, close: bool = False,
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str                # how the load is made: wrk | handshake | h2load
+    kind: str                # how the load is made: wrk | handshake | h2load | idle
     port: int
     path: str = "/"
     close: bool = False      # a new connection per request
@@ -279,6 +288,7 @@ class Scenario:
     unit: str = "µs/req"     # the figure of merit: proxy CPU per request
     rate: str = "req/s"
     rate_key: str = "rps"
+    metric: str = "cpu_us_per_req"
 
     @property
     def url(self) -> str:
@@ -292,6 +302,9 @@ class Scenario:
 # offer a session back), one GET with Connection: close on each connection.
 # h2: HTTP/2 over TLS, h2load -c20 -m10 (ten streams in flight per connection).
 # large_1m: 1 MiB responses over HTTPS keep-alive, wrk -c10.
+# idle_10k: 10,000 idle HTTPS keep-alive connections (each served one request)
+# held open on a freshly started proxy: RSS growth per connection, and the time
+# a new connection's request takes meanwhile (bench/loadclients.py idle).
 SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
              Scenario("https_ka", "wrk", HTTPS_PORT),
              Scenario("http_new_conn", "wrk", HTTP_PORT, close=True),
@@ -302,7 +315,9 @@ SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
                       unit="µs/handshake", rate="handshakes/s"),
              Scenario("h2", "h2load", H2_PORT, conns=20),
              Scenario("large_1m", "wrk", HTTPS_PORT, path="/1m", conns=10, rate="MB/s",
-                      rate_key="mb_s"))
+                      rate_key="mb_s"),
+             Scenario("idle_10k", "idle", HTTPS_PORT, unit="KiB/conn", rate="ms new req",
+                      rate_key="new_req_ms", metric="kib_per_conn"))
 BY_NAME = {s.name: s for s in SCENARIOS}
 LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT)
 
@@ -339,6 +354,65 @@ def h2load(url: str, seconds: int, conns: int, streams: int = 10) -> dict:
     return {"count": n["done"], "rps": rps, "p50_ms": round(percentile(lat, 0.50), 2),
             "p99_ms": round(percentile(lat, 0.99), 2),
             "errors": n["failed"] + n["errored"] + n["timeout"]}
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def idle(proc: subprocess.Popen, conns: int) -> dict:
+    """On a proxy that has served nothing but one warm-up request: RSS (all its
+    processes) before and with `conns` idle HTTPS connections, the proxy's CPU
+    per connection opened and while they sit idle, and new requests meanwhile."""
+    one_request(client_context(), HTTPS_PORT)        # lazily built state into the baseline
+    time.sleep(1)
+    pids = pids_of(proc.pid)
+    rss0, c0 = rss_kib(pids), cpu_ticks(pids)
+    client = load_client("idle", str(HTTPS_PORT), "--conns", str(conns),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in client.stdout], daemon=True).start()
+    try:
+        ready = json.loads(lines.get(timeout=300).removeprefix("READY "))
+        c1 = cpu_ticks(pids)
+        time.sleep(2)
+        pids = pids_of(proc.pid)
+        rss1, c2 = rss_kib(pids), cpu_ticks(pids)
+        time.sleep(2)
+        c3 = cpu_ticks(pids)
+        client.stdin.write("probe\n")
+        client.stdin.flush()
+        probe = json.loads(lines.get(timeout=120))
+    finally:
+        try:
+            client.stdin.write("quit\n")
+            client.stdin.close()
+        except OSError:
+            pass
+        try:
+            client.wait(60)
+        except subprocess.TimeoutExpired:
+            client.kill()
+    ok = max(1, ready["ok"])
+    if ready["failed"] or probe["failed"]:
+        print(f"warning: idle: {ready['failed']} of {conns} connections and "
+              f"{probe['failed']} probes failed ({ready['first_error']})", file=sys.stderr)
+    return {"count": ready["ok"], "errors": ready["failed"] + probe["failed"],
+            "kib_per_conn": round((rss1 - rss0) / ok, 1),
+            "rss_before_mib": round(rss0 / 1024, 1), "rss_after_mib": round(rss1 / 1024, 1),
+            "open_seconds": ready["open_seconds"],
+            "open_cpu_us_per_conn": round((c1 - c0) / TICKS * 1e6 / ok, 1),
+            "idle_cpu_pct": round(100 * (c3 - c2) / TICKS / 2, 1),
+            "new_req_ms": probe["median_ms"], "new_req_first_ms": probe["first_ms"],
+            "new_req_max_ms": probe["max_ms"]}
 
 
 def load_client(*args: str, **kw) -> subprocess.Popen:
@@ -403,18 +477,42 @@ def record(results: dict, sc: Scenario, proxy: str, samples: list[dict],
     if noisy > 10:
         print(f"warning: {sc.name} {proxy}: up to {noisy:.0f}% of CPU {PROXY_CPU} went to "
               "other processes during a run; the numbers are suspect", file=sys.stderr)
-    rate = f"{med[sc.rate_key]:>10,.0f} {sc.rate}" if sc.rate_key in med else ""
+    rate = f"{_num(med[sc.rate_key]):>10s} {sc.rate}" if sc.rate_key in med else ""
     p99 = f"p99 {med['p99_ms']:.2f} ms" if "p99_ms" in med else ""
     print(f"{sc.name:28s} {proxy:8s} {med[key]:8.1f} {sc.unit:13s} {rate}  {p99}",
           file=sys.stderr, flush=True)
 
 
+def timed(proc: subprocess.Popen, sc: Scenario, seconds: int) -> dict:
+    """One run under load, with the proxy's CPU time around it."""
+    settle()
+    pids = pids_of(proc.pid)
+    t0, w0, b0 = cpu_ticks(pids), time.monotonic(), cpu_busy()
+    sample = measure(sc, seconds)
+    cpu = (cpu_ticks(pids) - t0) / TICKS
+    b1 = cpu_busy()
+    sample["cpu_us_per_req"] = round(cpu * 1e6 / max(1, sample["count"]), 2)
+    sample["proxy_cpu_pct"] = round(100 * cpu / (time.monotonic() - w0), 1)
+    # Anything else on the proxy's CPU (another job on the machine) skews the
+    # figure: kept with the sample, warned about.
+    sample["cpu0_other_pct"] = round(
+        max(0.0, busy_pct(b0, b1, PROXY_CPU) - sample["proxy_cpu_pct"]), 1)
+    sample["load_cpu_pct"] = round(busy_pct(b0, b1, LOAD_CPU), 1)
+    return sample
+
+
 def run(seconds: int, runs: int, proxies: list[str], scenarios: list[Scenario],
-        lbcore_tree: Path | None) -> dict:
+        lbcore_tree: Path | None, idle_conns: int = IDLE_CONNS) -> dict:
     need("wrk", "wrk")
     need("haproxy", "haproxy")
     need("nginx", "nginx-light")
     need("h2load", "nghttp2-client")
+    # idle_10k needs some 10,000 descriptors in the proxies and the client.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < 2 * idle_conns:
+        print(f"note: RLIMIT_NOFILE is {hard}; idle_10k may not open {idle_conns} connections",
+              file=sys.stderr)
     d = Path(tempfile.mkdtemp(prefix="lbcore-bench-"))
     for kind in ("ecdsa", "rsa"):
         make_cert(d, kind)
@@ -425,28 +523,26 @@ def run(seconds: int, runs: int, proxies: list[str], scenarios: list[Scenario],
     try:
         wait_port(ORIGIN_PORT, proc=origin)
         for name in proxies:
-            proc = start_proxy(name, cmds[name], d, lbcore_tree, LISTEN_PORTS)
-            try:
-                for sc in scenarios:
+            busy = [sc for sc in scenarios if sc.kind != "idle"]
+            if busy:
+                proc = start_proxy(name, cmds[name], d, lbcore_tree, LISTEN_PORTS)
+                try:
+                    for sc in busy:
+                        record(results, sc, name, [timed(proc, sc, seconds)
+                                                   for _ in range(runs)])
+                finally:
+                    stop_proxy(proc)
+            for sc in scenarios:
+                if sc.kind == "idle":     # a fresh proxy for every run
                     samples = []
                     for _ in range(runs):
                         settle()
-                        pids = pids_of(proc.pid)
-                        t0, w0, b0 = cpu_ticks(pids), time.monotonic(), cpu_busy()
-                        sample = measure(sc, seconds)
-                        cpu = (cpu_ticks(pids) - t0) / TICKS
-                        b1 = cpu_busy()
-                        sample["cpu_us_per_req"] = round(cpu * 1e6 / max(1, sample["count"]), 2)
-                        sample["proxy_cpu_pct"] = round(100 * cpu / (time.monotonic() - w0), 1)
-                        # Anything else on the proxy's CPU (another job on the machine)
-                        # skews the figure: kept with the sample, warned about.
-                        sample["cpu0_other_pct"] = round(
-                            max(0.0, busy_pct(b0, b1, PROXY_CPU) - sample["proxy_cpu_pct"]), 1)
-                        sample["load_cpu_pct"] = round(busy_pct(b0, b1, LOAD_CPU), 1)
-                        samples.append(sample)
-                    record(results, sc, name, samples)
-            finally:
-                stop_proxy(proc)
+                        proc = start_proxy(name, cmds[name], d, lbcore_tree, LISTEN_PORTS)
+                        try:
+                            samples.append(idle(proc, idle_conns))
+                        finally:
+                            stop_proxy(proc)
+                    record(results, sc, name, samples, sc.metric)
     finally:
         origin.send_signal(signal.SIGQUIT)
         origin.wait(10)
@@ -475,7 +571,7 @@ def table(results: dict) -> str:
     rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for scenario, r in results.items():
         sc = BY_NAME[scenario]
-        key = "cpu_us_per_req"
+        key = sc.metric
         cells = [scenario, sc.unit] + [flag(r[n], _num(r[n][key])) if n in r else "–"
                                        for n in names]
         lb = r.get("lbcore", {}).get(key)
@@ -485,21 +581,38 @@ def table(results: dict) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     head = (["scenario", "rate"] + [labels[n] for n in names]
             + [f"p50 ms {labels[n]}" for n in names] + [f"p99 ms {labels[n]}" for n in names])
-    rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    if any(BY_NAME[scenario].kind != "idle" for scenario in results):
+        rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for scenario, r in results.items():
         sc = BY_NAME[scenario]
+        if sc.kind == "idle":
+            continue
         cells = [scenario, sc.rate] + [_num(r[n][sc.rate_key]) if n in r else "–"
                                        for n in names]
         for q in ("p50_ms", "p99_ms"):
             cells += [f"{r[n][q]:.2f}" if n in r else "–" for n in names]
         rows.append("| " + " | ".join(cells) + " |")
+    for scenario, r in results.items():
+        if BY_NAME[scenario].kind != "idle":
+            continue
+        head = ["proxy", "idle conns", "RSS before MiB", "RSS with them MiB", "KiB/conn",
+                "new request ms (median / max)", "CPU µs per conn opened", "CPU % while idle"]
+        rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for n in names:
+            if n in r:
+                x = r[n]
+                rows.append(f"| {labels[n]} | {x['count']:,} | {x['rss_before_mib']} | "
+                            f"{x['rss_after_mib']} | {x['kib_per_conn']} | {x['new_req_ms']} / "
+                            f"{x['new_req_max_ms']} | {x['open_cpu_us_per_conn']} | "
+                            f"{x['idle_cpu_pct']} |")
     return "\n".join(rows)
 
 
 def chart(results: dict, path: Path) -> bool:
     """Grouped bars, one group per scenario, one bar per proxy: the proxy's CPU
     µs per request (log scale: keep-alive requests and full handshakes differ
-    by two orders of magnitude). False, with a note, if matplotlib is missing."""
+    by two orders of magnitude), and RSS per idle connection in a panel of its
+    own. False, with a note, if matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -510,29 +623,39 @@ def chart(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    scenarios = [s for s, r in results.items() if any("cpu_us_per_req" in v for v in r.values())]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(scenarios) + 2), 4.8), dpi=110)
+    cpu = [s for s in results if BY_NAME[s].metric == "cpu_us_per_req"]
+    mem = [s for s in results if BY_NAME[s].metric == "kib_per_conn"]
+    panels = [(cpu, "cpu_us_per_req", "proxy CPU µs per request (log scale)", True)]
+    if mem:
+        panels.append((mem, "kib_per_conn", "RSS KiB per idle HTTPS connection", False))
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, dpi=110,
+                             figsize=(max(6.0, 1.3 * len(cpu) + 2.5 * len(mem) + 2), 4.8),
+                             gridspec_kw={"width_ratios": [max(1, len(p[0])) + 0.5 * (k > 0)
+                                                           for k, p in enumerate(panels)]})
     width = 0.8 / len(PROXIES)
-    for k, (proxy, label, color) in enumerate(PROXIES):
-        xs, ys = [], []
-        for i, scenario in enumerate(scenarios):
-            if proxy in results[scenario]:
-                xs.append(i + (k - (len(PROXIES) - 1) / 2) * width)
-                ys.append(results[scenario][proxy]["cpu_us_per_req"])
-        bars = ax.bar(xs, ys, width, label=label, color=color)
-        ax.bar_label(bars, labels=[f"{y:.0f}" if y >= 10 else f"{y:.1f}" for y in ys],
-                     fontsize=7, padding=1)
-    ax.set_xticks(range(len(scenarios)), scenarios, rotation=20, ha="right")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    lowest = min((b.get_height() for c in ax.containers for b in c), default=1.0)
-    ax.set_ylim(bottom=10 ** math.floor(math.log10(max(lowest, 1e-3))))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylabel("proxy CPU µs per request (log scale, lower is better)")
-    ax.set_title("lbcore vs HAProxy vs nginx: one worker pinned to CPU 0")
-    ax.legend()
-    ax.grid(axis="y", which="both", alpha=0.3)
+    for ax, (scenarios, key, ylabel, log) in zip(axes[0], panels, strict=True):
+        for k, (proxy, label, color) in enumerate(PROXIES):
+            xs, ys = [], []
+            for i, scenario in enumerate(scenarios):
+                if proxy in results[scenario]:
+                    xs.append(i + (k - (len(PROXIES) - 1) / 2) * width)
+                    ys.append(results[scenario][proxy][key])
+            bars = ax.bar(xs, ys, width, label=label, color=color)
+            ax.bar_label(bars, labels=[f"{y:.0f}" if y >= 10 else f"{y:.1f}" for y in ys],
+                         fontsize=7, padding=1)
+        ax.set_xticks(range(len(scenarios)), scenarios, rotation=20, ha="right")
+        ax.set_ylabel(ylabel + ", lower is better")
+        ax.grid(axis="y", which="both", alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            lowest = min((b.get_height() for c in ax.containers for b in c), default=1.0)
+            ax.set_ylim(bottom=10 ** math.floor(math.log10(max(lowest, 1e-3))))
+    axes[0][0].legend()
+    fig.suptitle("lbcore vs HAProxy vs nginx: one worker pinned to CPU 0, "
+                 "load and origin on CPU 1")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -549,13 +672,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of lbcore,haproxy,nginx")
     p.add_argument("--only", default="", metavar="SCENARIOS",
                    help="comma-separated subset of: " + ",".join(BY_NAME))
+    p.add_argument("--idle-conns", type=int, default=IDLE_CONNS,
+                   help="connections idle_10k holds open (default %(default)s)")
     p.add_argument("--lbcore-tree", type=Path, default=None,
                    help="run lbcore from this checkout (extension built in place) instead "
                         "of this one, e.g. an export of a commit while the tree is in flux")
     args = p.parse_args(argv)
     proxies = [n for n in args.proxies.split(",") if n]
     scenarios = [BY_NAME[n] for n in args.only.split(",")] if args.only else list(SCENARIOS)
-    results = run(args.seconds, args.runs, proxies, scenarios, args.lbcore_tree)
+    results = run(args.seconds, args.runs, proxies, scenarios, args.lbcore_tree,
+                  args.idle_conns)
     md = table(results)
     print(md)
     out = args.out

@@ -7,13 +7,22 @@ and h2load do not fit:
       Connection: close, the whole response read, then close. N blocking
       worker processes. Prints one JSON line: handshakes, seconds, p50/p99 ms,
       resumed (must be 0), errors, the negotiated protocol and cipher.
+
+  python -m bench.loadclients idle PORT --conns N
+      opens N HTTPS keep-alive connections (full handshake and one GET / each,
+      at most --parallel at a time) and keeps them open and idle. Prints
+      "READY {json}" when they are all open, then serves commands read from
+      stdin, one a line: "probe" times new-connection requests made while the
+      idle ones stay open and prints a JSON line; "quit" closes everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
+import resource
 import socket
 import ssl
 import sys
@@ -21,6 +30,7 @@ import time
 
 REQUEST = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: lbcore-bench\r\n"
            b"Connection: close\r\n\r\n")
+KEEPALIVE_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: lbcore-bench\r\n\r\n"
 
 
 def client_context() -> ssl.SSLContext:
@@ -107,6 +117,62 @@ def handshake(port: int, seconds: float, procs: int) -> dict:
             "protocol": params[0] if params else None, "cipher": params[1] if params else None}
 
 
+async def _open_idle(port: int, ctx: ssl.SSLContext, sem: asyncio.Semaphore,
+                     timeout: float) -> asyncio.StreamWriter:
+    async with sem:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost",
+                                    limit=16384), timeout)
+        try:
+            writer.write(KEEPALIVE_REQUEST)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+            n = content_length(head)
+            if n > 0:
+                await asyncio.wait_for(reader.readexactly(n), timeout)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+
+async def idle(port: int, conns: int, parallel: int, probes: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctx = client_context()
+    sem = asyncio.Semaphore(parallel)
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(_open_idle(port, ctx, sem, 30.0) for _ in range(conns)),
+                                   return_exceptions=True)
+    writers = [r for r in results if isinstance(r, asyncio.StreamWriter)]
+    errors = [r for r in results if not isinstance(r, asyncio.StreamWriter)]
+    print("READY " + json.dumps({"ok": len(writers), "failed": len(errors),
+                                 "open_seconds": round(time.monotonic() - t0, 2),
+                                 "first_error": repr(errors[0]) if errors else "",
+                                 "nofile": hard}), flush=True)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if line == "probe":
+            # Blocking on purpose: the idle connections need nothing from the loop.
+            lat, failed = [], 0
+            for _ in range(probes):
+                try:
+                    lat.append(one_request(client_context(), port)[0] * 1e3)
+                except (OSError, ValueError):
+                    failed += 1
+            ordered = sorted(lat)
+            print(json.dumps({"first_ms": round(lat[0], 2) if lat else None,
+                              "median_ms": round(percentile(ordered, 0.5), 2),
+                              "max_ms": round(ordered[-1], 2) if ordered else None,
+                              "probes": len(lat), "failed": failed}), flush=True)
+        else:
+            break
+    for w in writers:
+        w.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loadclients")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,8 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("port", type=int)
     h.add_argument("--seconds", type=float, default=5)
     h.add_argument("--procs", type=int, default=8)
+    i = sub.add_parser("idle")
+    i.add_argument("port", type=int)
+    i.add_argument("--conns", type=int, default=10000)
+    i.add_argument("--parallel", type=int, default=100)
+    i.add_argument("--probes", type=int, default=5)
     args = p.parse_args(argv)
-    print(json.dumps(handshake(args.port, args.seconds, args.procs)), flush=True)
+    if args.cmd == "handshake":
+        print(json.dumps(handshake(args.port, args.seconds, args.procs)), flush=True)
+    else:
+        coro = idle(args.port, args.conns, args.parallel, args.probes)
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(coro)
+        else:
+            uvloop.run(coro)
     return 0
 
 
