@@ -30,6 +30,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -662,9 +663,29 @@ def chart(results: dict, path: Path) -> bool:
     return True
 
 
+def versions() -> dict[str, str]:
+    def first(cmd: list[str]) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return (r.stdout + r.stderr).strip().splitlines()[0] if r.stdout + r.stderr else "?"
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    return {"cpu": cpu, "kernel": platform.release(),
+            "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
+            "haproxy": first(["haproxy", "-v"]).split(" - ")[0],
+            "nginx": first(["nginx", "-v"]).split(": ")[-1],
+            "wrk": first(["wrk", "-v"]).split(" [")[0],
+            "h2load": first(["h2load", "--version"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--seconds", type=int, default=6)
+    p.add_argument("--seconds", type=int, default=5,
+                   help="per run (default 5: all scenarios, 3 runs, in about 11 minutes)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out", type=Path, default=HERE / "results",
                    help="where <date>.{json,md,png} go (default bench/results)")
@@ -696,9 +717,13 @@ def main(argv: list[str] | None = None) -> int:
             platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     if args.lbcore_tree is not None:
         meta["lbcore_tree"] = str(args.lbcore_tree)
+    meta.update(seconds=args.seconds, runs=args.runs, versions=versions())
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     png = out / f"{stamp}.png"
     img = f"\n![proxy CPU µs per request]({png.name})\n" if chart(results, png) else ""
-    (out / f"{stamp}.md").write_text(f"# bench {stamp} (commit {commit})\n\n{md}\n{img}")
+    about = "; ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    (out / f"{stamp}.md").write_text(
+        f"# bench {stamp} (commit {commit})\n\n{meta['machine']}, {meta['cpus']} CPUs; "
+        f"{about}; median of {args.runs} runs of {args.seconds} s\n\n{md}\n{img}")
     print(f"written: {out / stamp}.{{json,md{',png' if img else ''}}}", file=sys.stderr)
     return 0
