@@ -204,6 +204,7 @@ cdef class H2Protocol:
     cdef LazyTimer timer
     cdef double last_activity
     cdef bint going_away                # GOAWAY sent: finish streams, then close
+    cdef bint flush_pending             # a write of h2's output is scheduled
     cdef long last_sid                  # the last stream the GOAWAY let through
 
     def __init__(self, ListenerRuntime lrt, bytes peer_ip, bytes peer_port):
@@ -216,8 +217,13 @@ cdef class H2Protocol:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         self.timer = LazyTimer(self.loop, self._on_timer)
+        # Inbound headers are validated (they come from the client). Outbound
+        # ones are ours: names lower-cased, hop-by-hop dropped, values parsed
+        # strictly from the member, so h2's per-header checks are skipped.
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_inbound_headers=True)
+                                           validate_inbound_headers=True,
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
@@ -262,6 +268,19 @@ cdef class H2Protocol:
         self.schedule(due)
 
     cdef int flush(self) except -1:
+        """Write h2's output once per loop iteration: every stream's frames
+        ready in this iteration go out in one TLS record batch and one send,
+        not one per HEADERS or DATA frame."""
+        if not self.closed and not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self._flush_soon)
+        return 0
+
+    def _flush_soon(self):
+        self.flush_pending = False
+        self.flush_now()
+
+    cdef int flush_now(self) except -1:
         if not self.closed:
             data = self.conn.data_to_send()
             if data:
@@ -272,7 +291,6 @@ cdef class H2Protocol:
         stream.done = True
         self.streams.pop(stream.sid, None)
         if self.going_away and not self.streams:
-            self.flush()
             self._close()
         return 0
 
@@ -284,7 +302,7 @@ cdef class H2Protocol:
             return
         self.going_away = True
         self.last_sid = self.conn.highest_inbound_stream_id
-        self.flush()
+        self.flush_now()
         self.transport.write(GoAwayFrame(0, last_stream_id=self.last_sid,
                                          error_code=0).serialize())
         if not self.streams:
@@ -473,6 +491,7 @@ cdef class H2Protocol:
 
     def _close(self):
         if not self.closed:
+            self.flush_now()
             self.closed = True
             self.transport.close()
 
@@ -480,4 +499,4 @@ cdef class H2Protocol:
         """Graceful shutdown: no new streams, finish the ones in flight."""
         if not self.closed:
             self.conn.close_connection()
-            self.flush()
+            self.flush_now()
