@@ -42,6 +42,8 @@ ctypedef int (*hmac_init_t)(void* hctx, const void* key, int n, const void* md,
 
 # OpenSSL's ssl.h / tls1.h constants.
 DEF SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72
+DEF SSL_CTRL_SET_SESS_CACHE_MODE = 44
+DEF SSL_SESS_CACHE_OFF = 0
 DEF SSL_CTRL_SET_DH_AUTO = 118
 # One ticket key: 16 bytes of name, 32 of HMAC-SHA256 key, 32 of AES-256 key.
 TICKET_KEYS_LEN = 80
@@ -163,6 +165,10 @@ def use_ticket_keys(context):
     if _ctx_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
                           <any_fn_t>_ticket_cb) != 1:
         raise ValueError("libssl refused the session-ticket callback")
+    # Tickets replace OpenSSL's server-side session cache: that cache lives in
+    # one worker (a session id resumes only there) and keeps a session in
+    # memory for every handshake (up to 20,000 by default).
+    _ctx_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF, NULL)
 
 
 def set_ticket_keys(bytes current, bytes previous=None):
