@@ -370,7 +370,8 @@ def fix_mmap_threshold() -> None:
     never touched. glibc's dynamic mmap threshold soon moves such blocks onto
     the heap, where they end up resident: an idle HTTPS connection measured
     47 KiB instead of 25. A fixed threshold keeps them mmapped (untouched
-    pages cost nothing). Not glibc: nothing to do."""
+    pages cost nothing); the per-read buffers stay below it (CappedSSLObject),
+    or every read would be an mmap. Not glibc: nothing to do."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
