@@ -40,6 +40,8 @@ cdef class HttpProtocol(Downstream):
     cdef Exchange tunnel                # set once a 101 switched this connection
     cdef bytes tunnel_pending           # client bytes after an upgrade request's head
     cdef list conn_tokens
+    cdef bint keepalive_token           # Connection: keep-alive was sent
+    cdef str version                    # "1.1", "1.0"... of the request
     cdef long long cl
     cdef bint chunked
     cdef bint bad_te

@@ -7,6 +7,7 @@ import asyncio
 
 import httptools
 
+from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
 from lbcore_ext.counters cimport Counters, add, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, header_line, reason_phrase
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
@@ -158,7 +159,7 @@ cdef class HttpProtocol(Downstream):
             return
         try:
             self.parser.feed_data(data)
-            if (self.in_request_line and self.url is not None and b"\n" in data
+            if (self.in_request_line and self.url is not None and data.find(b"\n") >= 0
                     and self.parser.get_http_version() in ("0.0", "0.9")):
                 # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
                 # HTTP/0.9 has no place at a proxy's edge.
@@ -247,6 +248,7 @@ cdef class HttpProtocol(Downstream):
         self.user_agent = None
         self.referer = None
         self.conn_tokens = None
+        self.keepalive_token = False
         self.cl = -1
         self.chunked = False
         self.bad_te = False
@@ -272,10 +274,7 @@ cdef class HttpProtocol(Downstream):
             raise ValueError("header too large")
         action = lrt.header_actions.get(name.lower())
         if action is None:
-            self.hbuf += name
-            self.hbuf += b": "
-            self.hbuf += value
-            self.hbuf += b"\r\n"
+            put_header(self.hbuf, name, value)
             return
         cdef int a = action
         if a == A_HOST:
@@ -286,31 +285,24 @@ cdef class HttpProtocol(Downstream):
                 self.error_code = 400
                 raise ValueError("invalid Host")
             self.host = value
-            self.hbuf += name
-            self.hbuf += b": "
-            self.hbuf += value
-            self.hbuf += b"\r\n"
+            put_header(self.hbuf, name, value)
         elif a == A_XFF:
             if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
-                self.hbuf += name
-                self.hbuf += b": "
-                self.hbuf += value
-                self.hbuf += b"\r\n"
+                put_header(self.hbuf, name, value)
             elif lrt.xff_mode == M_APPEND:
                 self.xff = value if self.xff is None else self.xff + b", " + value
         elif a == A_CONNECTION:
             for tok in value.lower().split(b","):
                 tok = tok.strip()
-                if tok and tok not in KEEP_TOKENS:
+                if tok == b"keep-alive":
+                    self.keepalive_token = True
+                elif tok and tok not in KEEP_TOKENS:
                     if self.conn_tokens is None:
                         self.conn_tokens = []
                     self.conn_tokens.append(tok)
         elif a == A_COOKIE:
             self.cookie = value if self.cookie is None else self.cookie + b"; " + value
-            self.hbuf += name
-            self.hbuf += b": "
-            self.hbuf += value
-            self.hbuf += b"\r\n"
+            put_header(self.hbuf, name, value)
         elif a == A_UPGRADE:
             self.upgrade_value = value
         elif a == A_REQUEST_ID or a == A_LOGGED:
@@ -320,10 +312,7 @@ cdef class HttpProtocol(Downstream):
                 self.user_agent = value
             else:
                 self.referer = value
-            self.hbuf += name
-            self.hbuf += b": "
-            self.hbuf += value
-            self.hbuf += b"\r\n"
+            put_header(self.hbuf, name, value)
         elif a == A_CL:
             # llhttp already refuses duplicates and CL with TE.
             self.cl = int(value)
@@ -343,7 +332,14 @@ cdef class HttpProtocol(Downstream):
         if self.bad_te:
             self.error_code = 501
             raise ValueError("transfer coding other than chunked")
-        http10 = parser.get_http_version() == "1.0"
+        # httptools' get_http_version() formats a str each call; the common
+        # case needs none: a persistent request without an explicit
+        # keep-alive token can only be HTTP/1.1.
+        if parser.should_keep_alive() and not self.keepalive_token:
+            self.version = "1.1"
+        else:
+            self.version = parser.get_http_version()
+        http10 = self.version == "1.0"
         if self.host is None and not http10:
             self.error_code = 400
             raise ValueError("HTTP/1.1 request without Host")
@@ -358,7 +354,7 @@ cdef class HttpProtocol(Downstream):
             self.error_code = 405
             raise ValueError("CONNECT at a reverse proxy")
         if self.upgrade_value is not None and (
-                not parser.should_upgrade() or b"h2c" in self.upgrade_value.lower()):
+                not parser.should_upgrade() or self.upgrade_value.lower().find(b"h2c") >= 0):
             # No h2c (spec 9): a cleartext HTTP/2 tunnel would carry requests past
             # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
             self.upgrade_value = None
@@ -368,7 +364,7 @@ cdef class HttpProtocol(Downstream):
         has_body = self.chunked or self.cl > 0
         view = None
         if lrt.hooks:
-            view = RequestView(method, self.url, parser.get_http_version(),
+            view = RequestView(method, self.url, self.version,
                                self.peer_ip.decode(), int(self.peer_port), lrt.name,
                                bytes(self.hbuf))
             if lrt.hooks & K_REQUEST_FILTER:
@@ -417,11 +413,11 @@ cdef class HttpProtocol(Downstream):
     cdef bytes _build_head(self, object view):
         cdef ListenerRuntime lrt = self.lrt
         cdef bytearray out = bytearray(self.parser.get_method())
-        out += b" "
-        out += self.url
-        out += b" HTTP/1.1\r\n"
+        put(out, b" ")
+        put(out, self.url)
+        put(out, b" HTTP/1.1\r\n")
         if self.conn_tokens is None:
-            out += self.hbuf
+            put_ba(out, self.hbuf)
         else:
             # Rare: Connection names more hop-by-hop headers; filter them out.
             for line in bytes(self.hbuf).split(b"\r\n"):
@@ -429,20 +425,21 @@ cdef class HttpProtocol(Downstream):
                     out += line
                     out += b"\r\n"
         if self.meta is not None and self.request_id is None:
-            out += b"X-Request-ID: " + self.meta[6] + b"\r\n"
+            put_header(out, b"X-Request-ID", self.meta[6])
         if self.upgrade_value is not None:
-            out += b"Connection: upgrade\r\nUpgrade: "
-            out += self.upgrade_value
-            out += b"\r\n"
+            put(out, b"Connection: upgrade\r\n")
+            put_header(out, b"Upgrade", self.upgrade_value)
         if self.chunked:
-            out += b"Transfer-Encoding: chunked\r\n"
+            put(out, b"Transfer-Encoding: chunked\r\n")
         elif self.cl >= 0:
-            out += b"Content-Length: %d\r\n" % self.cl
+            put(out, b"Content-Length: ")
+            put_int(out, self.cl)
+            put(out, b"\r\n")
         if lrt.tls_fields and self.tls_lines is None:
             self.tls_lines = lrt.tls_lines(self.transport)
         lrt.append_forwarded(out, self.peer_ip, self.peer_port, self.xff, self.host,
                              self.tls_lines, view)
-        out += b"\r\n"
+        put(out, b"\r\n")
         return bytes(out)
 
     cdef int _access_meta(self, bytes method) except -1:
@@ -456,7 +453,7 @@ cdef class HttpProtocol(Downstream):
                              else (None, None, None))
         rid = self.request_id if self.request_id is not None else lrt.next_request_id()
         self.meta = (wall_time(), self.peer_ip, self.peer_port, method, self.url,
-                     self.parser.get_http_version(), rid, self.user_agent, self.referer,
+                     self.version, rid, self.user_agent, self.referer,
                      self.xff, self.host, lrt.name, lrt.pool.name, self.tls_info)
         return 0
 
@@ -511,14 +508,18 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
                      long long content_length, bint no_body) except -1:
-        cdef bytearray out = bytearray(b"HTTP/1.1 %d " % status)
+        cdef bytearray out = bytearray(b"HTTP/1.1 ")
+        put_int(out, status)
+        put(out, b" ")
         if reason is not None:
-            out += reason
-        out += b"\r\n"
+            put(out, reason)
+        put(out, b"\r\n")
         if rhead is not None:
-            out += rhead
+            put_ba(out, rhead)
         if content_length >= 0:
-            out += b"Content-Length: %d\r\n" % content_length
+            put(out, b"Content-Length: ")
+            put_int(out, content_length)
+            put(out, b"\r\n")
             self.resp_mode = R_PLAIN
         elif no_body:
             self.resp_mode = R_PLAIN
@@ -526,15 +527,15 @@ cdef class HttpProtocol(Downstream):
             self.resp_mode = R_CLOSE
             ex.client_keep_alive = False
         else:
-            out += b"Transfer-Encoding: chunked\r\n"
+            put(out, b"Transfer-Encoding: chunked\r\n")
             self.resp_mode = R_CHUNK
         if self.lrt.draining:
             ex.client_keep_alive = False
         if not ex.client_keep_alive:
-            out += b"Connection: close\r\n"
+            put(out, b"Connection: close\r\n")
         elif ex.client_http10:
-            out += b"Connection: keep-alive\r\n"
-        out += b"\r\n"
+            put(out, b"Connection: keep-alive\r\n")
+        put(out, b"\r\n")
         self._out(bytes(out))
         return 0
 

@@ -12,6 +12,7 @@ from functools import partial
 
 import httptools
 
+from lbcore_ext.bufs cimport put_header
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport count_response, inc, observe
 
@@ -444,13 +445,12 @@ cdef class Exchange:
             self.rhead = bytearray()
         action = RESP_DROP.get(name.lower())
         if action is None:
-            self.rhead += name
-            self.rhead += b": "
-            self.rhead += value
-            self.rhead += b"\r\n"
+            put_header(self.rhead, name, value)
         elif action == 1:
             lname = name.lower()
-            if lname == b"connection" and b"close" in value.lower():
+            # (find, not `in`: bytes.__contains__ raises and clears a
+            # TypeError inside for every bytes argument)
+            if lname == b"connection" and value.lower().find(b"close") >= 0:
                 self.resp_close = True
             elif lname == b"upgrade":
                 self.resp_upgrade = value
@@ -459,10 +459,7 @@ cdef class Exchange:
         elif action == 3:
             self.resp_cl = int(value)
         else:
-            self.rhead += name
-            self.rhead += b": "
-            self.rhead += value
-            self.rhead += b"\r\n"
+            put_header(self.rhead, name, value)
             if self.pool.sticky == STICKY_APP_COOKIE:
                 first = value.split(b";", 1)[0]
                 v = cookie_value(first, self.pool.cookie_name)

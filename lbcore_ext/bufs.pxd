@@ -1,0 +1,66 @@
+"""Appending to the bytearrays the data plane builds heads in, without the
+generic `+=` path (number protocol, buffer protocol, a temporary per part)."""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+
+
+cdef inline int put(bytearray buf, bytes data) except -1:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, at + n)
+    memcpy(PyByteArray_AS_STRING(buf) + at, PyBytes_AS_STRING(data), n)
+    return 0
+
+
+cdef inline int put_header(bytearray buf, bytes name, bytes value) except -1:
+    """name: value CRLF, in one resize."""
+    cdef Py_ssize_t a = PyBytes_GET_SIZE(name)
+    cdef Py_ssize_t b = PyBytes_GET_SIZE(value)
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, at + a + b + 4)
+    cdef char* p = PyByteArray_AS_STRING(buf) + at
+    memcpy(p, PyBytes_AS_STRING(name), a)
+    p += a
+    p[0] = 58       # ':'
+    p[1] = 32       # ' '
+    p += 2
+    memcpy(p, PyBytes_AS_STRING(value), b)
+    p += b
+    p[0] = 13       # CR
+    p[1] = 10       # LF
+    return 0
+
+
+cdef inline int put_ba(bytearray buf, bytearray data) except -1:
+    cdef Py_ssize_t n = PyByteArray_GET_SIZE(data)
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, at + n)
+    memcpy(PyByteArray_AS_STRING(buf) + at, PyByteArray_AS_STRING(data), n)
+    return 0
+
+
+cdef inline int put_int(bytearray buf, long long v) except -1:
+    """The decimal digits of v (what b"%d" % v makes, without the formatting
+    machinery)."""
+    cdef char tmp[24]
+    cdef int n = 0, i
+    cdef bint neg = v < 0
+    cdef unsigned long long u = <unsigned long long>(-v) if neg else <unsigned long long>v
+    if u == 0:
+        tmp[0] = 48
+        n = 1
+    while u:
+        tmp[n] = <char>(48 + u % 10)
+        u //= 10
+        n += 1
+    if neg:
+        tmp[n] = 45
+        n += 1
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, at + n)
+    cdef char* p = PyByteArray_AS_STRING(buf) + at
+    for i in range(n):
+        p[i] = tmp[n - 1 - i]
+    return 0
