@@ -7,6 +7,8 @@ from libc.string cimport memcpy
 
 
 cdef inline int put(bytearray buf, bytes data) except -1:
+    if data is None or buf is None:
+        raise TypeError("put: None")
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
     PyByteArray_Resize(buf, at + n)
@@ -16,6 +18,8 @@ cdef inline int put(bytearray buf, bytes data) except -1:
 
 cdef inline int put_header(bytearray buf, bytes name, bytes value) except -1:
     """name: value CRLF, in one resize."""
+    if name is None or value is None or buf is None:
+        raise TypeError("put_header: None")
     cdef Py_ssize_t a = PyBytes_GET_SIZE(name)
     cdef Py_ssize_t b = PyBytes_GET_SIZE(value)
     cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
@@ -34,6 +38,8 @@ cdef inline int put_header(bytearray buf, bytes name, bytes value) except -1:
 
 
 cdef inline int put_ba(bytearray buf, bytearray data) except -1:
+    if data is None or buf is None:
+        raise TypeError("put_ba: None")
     cdef Py_ssize_t n = PyByteArray_GET_SIZE(data)
     cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
     PyByteArray_Resize(buf, at + n)

@@ -1,6 +1,7 @@
 # cython: language_level=3
 """Runtime objects the control plane fills in and the data plane reads."""
 
+from lbcore_ext.bufs cimport put
 from lbcore_ext.headers cimport header_line
 
 from lbcore_ext.phases import HOOK_UPSTREAM_REQUEST_FILTER
@@ -150,44 +151,44 @@ cdef class ListenerRuntime:
         """The headers lbcore adds toward the backend (spec 5), after the
         client's own; `xff` is the client's X-Forwarded-For when appending."""
         if self.xff_mode == C_XFF_APPEND:
-            out += self.n_xff
+            put(out, self.n_xff)
             if xff is not None:
-                out += xff
-                out += b", "
-            out += peer_ip
-            out += b"\r\n"
+                put(out, xff)
+                put(out, b", ")
+            put(out, peer_ip)
+            put(out, b"\r\n")
         elif self.xff_mode == C_XFF_REMOVE:
-            out += self.n_xff
-            out += peer_ip
-            out += b"\r\n"
+            put(out, self.n_xff)
+            put(out, peer_ip)
+            put(out, b"\r\n")
         if self.x_real_ip:
-            out += self.n_real_ip
-            out += peer_ip
-            out += b"\r\n"
+            put(out, self.n_real_ip)
+            put(out, peer_ip)
+            put(out, b"\r\n")
         if self.x_forwarded_proto:
-            out += self.n_proto
-            out += self.scheme
-            out += b"\r\n"
+            put(out, self.n_proto)
+            put(out, self.scheme)
+            put(out, b"\r\n")
         if self.x_forwarded_host and host is not None:
-            out += self.n_host
-            out += host
-            out += b"\r\n"
+            put(out, self.n_host)
+            put(out, host)
+            put(out, b"\r\n")
         if self.x_forwarded_port:
-            out += self.n_port
-            out += self.port_bytes
-            out += b"\r\n"
+            put(out, self.n_port)
+            put(out, self.port_bytes)
+            put(out, b"\r\n")
         if self.x_forwarded_for_port:
-            out += self.n_for_port
-            out += peer_port
-            out += b"\r\n"
+            put(out, self.n_for_port)
+            put(out, peer_port)
+            put(out, b"\r\n")
         if tls_lines is not None:
-            out += tls_lines
-        out += self.static_lines
+            put(out, tls_lines)
+        put(out, self.static_lines)
         if self.hooks & K_UPSTREAM_REQUEST_FILTER:
             extra = self.phases.upstream_request_filter(view)
             if extra:
                 for name, value in extra:
-                    out += header_line(name, value)
+                    put(out, header_line(name, value))
         return 0
 
     cdef bytes next_request_id(self):

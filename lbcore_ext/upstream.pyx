@@ -62,6 +62,11 @@ cdef dict RESP_DROP = {
     b"connection": 1, b"keep-alive": 1, b"proxy-connection": 1, b"te": 1,
     b"trailer": 1, b"upgrade": 1, b"transfer-encoding": 2, b"content-length": 3,
 }
+# Bit n set: some RESP_DROP name is n bytes long. Most response headers
+# (Server, Date, Content-Type...) skip the lower() and the dict lookup.
+cdef unsigned long long RESP_DROP_LENGTHS = 0
+for _name in RESP_DROP:
+    RESP_DROP_LENGTHS |= 1ULL << len(_name)
 
 
 cdef class Downstream:
@@ -443,7 +448,9 @@ cdef class Exchange:
     cdef int up_header(self, bytes name, bytes value) except -1:
         if self.rhead is None:
             self.rhead = bytearray()
-        action = RESP_DROP.get(name.lower())
+        cdef Py_ssize_t n = len(name)
+        action = (RESP_DROP.get(name.lower()) if n < 64 and (RESP_DROP_LENGTHS >> n) & 1
+                  else None)
         if action is None:
             put_header(self.rhead, name, value)
         elif action == 1:
