@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import platform
 import ssl
-import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -32,24 +32,33 @@ def attach_counters(runtime) -> C.Counters:
     return block
 
 
-class LbcoreCollector:
-    """Sums the shared cells of every worker row for the listeners of `cfg`,
-    whose blocks start at `bases`; member state comes from `members()`, and
-    `extra()` adds the families only the master knows (reloads, workers)."""
+@dataclass(frozen=True)
+class Serving:
+    """What a scrape describes: the config, the first counter cell of each of
+    its listeners, and when it was loaded."""
 
-    def __init__(self, cfg, counters: C.Counters, bases: list[int],
+    cfg: object
+    bases: list[int]
+    loaded_at: float
+
+
+class LbcoreCollector:
+    """Sums the shared cells of every worker row for the listeners of what
+    `serving()` returns (the master's current generation changes on reload);
+    member state comes from `members()`, and `extra()` adds the families only
+    the master knows (reloads, workers)."""
+
+    def __init__(self, serving: Callable[[], Serving], counters: C.Counters,
                  members: Callable[[], Iterable[tuple[str, str, bool]]],
-                 loaded_at: float | None = None,
                  extra: Callable[[], Iterable] | None = None) -> None:
-        self.cfg = cfg
+        self.serving = serving
         self.counters = counters
-        self.bases = bases
         self.members = members
-        self.loaded_at = loaded_at or time.time()
         self.extra = extra
 
     def collect(self):
         c = self.counters
+        now = self.serving()
         fam = {
             "conn": CounterMetricFamily("lbcore_connections", "Client connections accepted",
                                         labels=["listener"]),
@@ -84,7 +93,7 @@ class LbcoreCollector:
         upstream = HistogramMetricFamily("lbcore_upstream_response_duration_seconds",
                                          "Time from sending the request to a member to its "
                                          "response header", labels=["listener", "pool"])
-        for lst, b in zip(self.cfg.listeners, self.bases, strict=True):
+        for lst, b in zip(now.cfg.listeners, now.bases, strict=True):
             name, pool = lst.name, lst.default_pool
             fam["conn"].add_metric([name], c.total(b + C.CONN_TOTAL))
             fam["active"].add_metric([name], c.total(b + C.CONN_ACTIVE))
@@ -116,13 +125,13 @@ class LbcoreCollector:
         expiry = GaugeMetricFamily("lbcore_certificate_expiry_timestamp_seconds",
                                    "notAfter of each configured certificate",
                                    labels=["certificate"])
-        for name, cert in self.cfg.certificates.items():
+        for name, cert in now.cfg.certificates.items():
             if cert.info is not None:
                 expiry.add_metric([name], cert.info.not_after.timestamp())
         yield expiry
         loaded = GaugeMetricFamily("lbcore_config_loaded_timestamp_seconds",
                                    "When the running configuration was loaded")
-        loaded.add_metric([], self.loaded_at)
+        loaded.add_metric([], now.loaded_at)
         yield loaded
         info = GaugeMetricFamily("lbcore_build_info", "Versions",
                                  labels=["version", "python", "openssl"])

@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from lbcore.admin import Admin
 from lbcore.config import ConfigError, load_config_text
 from lbcore.health import HealthChecker, Target, targets_from_config
-from lbcore.metrics import LbcoreCollector
+from lbcore.metrics import LbcoreCollector, Serving
 from lbcore.runtime_build import build_pools
 from lbcore.shm import DOWN, UNKNOWN, UP, SharedState, member_order
 from lbcore.worker import bind_listener, listeners_status
@@ -494,37 +494,11 @@ class Master:
                 yield pool_name, m.name, state != DOWN
 
     def _collector(self) -> LbcoreCollector:
-        master = self
+        def serving() -> Serving:
+            gen = self.current
+            return Serving(gen.cfg, gen.bases, gen.loaded_at)
 
-        class Collector(LbcoreCollector):
-            """Follows the current generation across reloads."""
-
-            @property
-            def cfg(self):
-                return master.current.cfg
-
-            @cfg.setter
-            def cfg(self, _value) -> None:
-                pass
-
-            @property
-            def bases(self):
-                return master.current.bases
-
-            @bases.setter
-            def bases(self, _value) -> None:
-                pass
-
-            @property
-            def loaded_at(self):
-                return master.current.loaded_at
-
-            @loaded_at.setter
-            def loaded_at(self, _value) -> None:
-                pass
-
-        return Collector(self.current.cfg, self.counters, self.current.bases, self._members,
-                         extra=self._families)
+        return LbcoreCollector(serving, self.counters, self._members, extra=self._families)
 
     def _families(self):
         reloads = CounterMetricFamily("lbcore_reloads", "Configuration reloads by result",

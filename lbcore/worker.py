@@ -26,7 +26,7 @@ import uvloop
 from lbcore.accesslog import AccessLogWriter
 from lbcore.admin import Admin
 from lbcore.health import HealthChecker, targets_from_config
-from lbcore.metrics import LbcoreCollector, attach_counters
+from lbcore.metrics import LbcoreCollector, Serving, attach_counters
 from lbcore.runtime_build import Runtime, build_runtime
 from lbcore.shm import UNKNOWN, UP, SharedState, member_order
 from lbcore.tls.context import server_context
@@ -302,8 +302,9 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
     checker = admin = link = None
     if inherited is None:
         checker = start_health_checks(cfg, runtime)
+        serving = Serving(cfg, [lrt.cbase for lrt in runtime.listeners], time.time())
         admin = Admin(cfg.load_balancer.admin,
-                      LbcoreCollector(cfg, counters, [lrt.cbase for lrt in runtime.listeners],
+                      LbcoreCollector(lambda: serving, counters,
                                       functools.partial(runtime_members, runtime)),
                       functools.partial(runtime_status, cfg, runtime))
         await admin.start()

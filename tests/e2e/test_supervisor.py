@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_metrics import scrape
-from tests.support.lbproc import LbProcess, free_port, wait_port
+from tests.support.lbproc import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,67 +43,6 @@ pools:
     {pool}
     members: [{members_yaml}]
 """
-
-
-class Running:
-    """`lbcore run` on a config file we can rewrite, with its admin port."""
-
-    def __init__(self, tmp_path, text: str, admin: int, port: int) -> None:
-        self.path = tmp_path / "lb.yaml"
-        self.path.write_text(text)
-        self.admin, self.port = admin, port
-        self.lb = LbProcess(["run", "-c", str(self.path)])
-        wait_port(port, self.lb.proc)
-        self.wait(lambda s: s["ready"] and len(self.ready_workers(s)) == 2)
-
-    @property
-    def pid(self) -> int:
-        return self.lb.proc.pid
-
-    def status(self) -> dict:
-        return httpx.get(f"http://127.0.0.1:{self.admin}/status", timeout=5).json()
-
-    @staticmethod
-    def ready_workers(status: dict) -> list[dict]:
-        return [w for w in status["workers"] if w["state"] == "ready"]
-
-    def wait(self, predicate, timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.status()
-                if predicate(last):
-                    return last
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met in {timeout}s; last status: {last}")
-
-    def reload(self, text: str | None = None) -> None:
-        if text is not None:
-            self.path.write_text(text)
-        os.kill(self.pid, signal.SIGHUP)
-
-    def get(self, path: str = "/", **kw) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10, **kw)
-
-    def stop(self) -> tuple[str, str]:
-        return self.lb.stop()
-
-
-@pytest.fixture
-def running(tmp_path):
-    started: list[Running] = []
-
-    def start(text: str, admin: int, port: int) -> Running:
-        r = Running(tmp_path, text, admin, port)
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        r.stop()
 
 
 def test_reloads_under_load_lose_no_request(running, slow_backends):

@@ -24,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.e2e.test_metrics import scrape
-from tests.e2e.test_supervisor import Running
 from tests.support.lbproc import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,20 +68,6 @@ def server_cert(ca, tmp_path):
     return write_cert(ca.issue_cert("localhost", "127.0.0.1"), tmp_path, "site")
 
 
-@pytest.fixture
-def running_lb(tmp_path):
-    started: list[Running] = []
-
-    def start(text: str, admin: int, port: int) -> Running:
-        r = Running(tmp_path, text, admin, port)
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        r.stop()
-
-
 def trust(ca) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
@@ -95,7 +80,7 @@ def handshake(port: int, ctx: ssl.SSLContext, server_hostname: str = "localhost"
     return ctx.wrap_socket(raw, server_hostname=server_hostname, session=session)
 
 
-def test_handshake_failures_are_counted_by_reason(running_lb, slow_backends, ca, server_cert,
+def test_handshake_failures_are_counted_by_reason(running, slow_backends, ca, server_cert,
                                                   tmp_path):
     (b,) = slow_backends(1)
     admin, port, sni_port = free_port(), free_port(), free_port()
@@ -134,7 +119,7 @@ def test_handshake_failures_are_counted_by_reason(running_lb, slow_backends, ca,
     sni: {{enabled: true, certificates: [site, other]}}
     default_pool: p
 """)
-    lb = running_lb(text, admin, port)
+    lb = running(text, admin, port)
 
     def attempt(cert=None, version=None) -> None:
         ctx = trust(ca)
@@ -191,13 +176,13 @@ def test_handshake_failures_are_counted_by_reason(running_lb, slow_backends, ca,
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_session_resumes_on_another_worker_and_after_reload(running_lb, slow_backends, ca,
+def test_session_resumes_on_another_worker_and_after_reload(running, slow_backends, ca,
                                                             server_cert, version):
     (b,) = slow_backends(1)
     admin, port = free_port(), free_port()
     text = https_config(admin, port, b, *server_cert,
                         extra="    security_policy: tls-1-2-fs-with-1-3\n")
-    lb = running_lb(text, admin, port)
+    lb = running(text, admin, port)
     pids = [w["pid"] for w in lb.status()["workers"]]
     ctx = trust(ca)
     ctx.minimum_version = ctx.maximum_version = version
@@ -231,13 +216,13 @@ def test_session_resumes_on_another_worker_and_after_reload(running_lb, slow_bac
     assert reused, "ticket keys outlive a reload"
 
 
-def test_certificate_and_policy_change_on_reload(running_lb, slow_backends, ca, server_cert,
+def test_certificate_and_policy_change_on_reload(running, slow_backends, ca, server_cert,
                                                  tmp_path):
     (b,) = slow_backends(1)
     admin, port = free_port(), free_port()
     text = https_config(admin, port, b, *server_cert,
                         extra="    security_policy: tls-1-2-fs-with-1-3\n")
-    lb = running_lb(text, admin, port)
+    lb = running(text, admin, port)
 
     def served_serial() -> tuple[int, str]:
         with handshake(port, trust(ca)) as s:
@@ -265,14 +250,14 @@ def test_certificate_and_policy_change_on_reload(running_lb, slow_backends, ca, 
         assert client.get(f"https://localhost:{port}/after").status_code == 200
 
 
-def test_http2_goaway_on_shutdown_lets_streams_finish(running_lb, slow_backends, ca,
+def test_http2_goaway_on_shutdown_lets_streams_finish(running, slow_backends, ca,
                                                       server_cert, tmp_path):
     nghttp = shutil.which("nghttp")
     if nghttp is None:
         pytest.skip("nghttp (Debian package nghttp2-client) not installed")
     (b,) = slow_backends(1)
     admin, port = free_port(), free_port()
-    lb = running_lb(https_config(admin, port, b, *server_cert), admin, port)
+    lb = running(https_config(admin, port, b, *server_cert), admin, port)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     proc = subprocess.Popen([nghttp, "-v", f"https://localhost:{port}/slow/1.5"],
@@ -290,13 +275,13 @@ def test_http2_goaway_on_shutdown_lets_streams_finish(running_lb, slow_backends,
     assert lb.lb.proc.wait(10) == 0
 
 
-def test_h2load_many_streams(running_lb, slow_backends, ca, server_cert):
+def test_h2load_many_streams(running, slow_backends, ca, server_cert):
     h2load = shutil.which("h2load")
     if h2load is None:
         pytest.skip("h2load (Debian package nghttp2-client) not installed")
     (b,) = slow_backends(1)
     admin, port = free_port(), free_port()
-    running_lb(https_config(admin, port, b, *server_cert), admin, port)
+    running(https_config(admin, port, b, *server_cert), admin, port)
     run = subprocess.run([h2load, "-n", "3000", "-c", "10", "-m", "100",
                           f"https://127.0.0.1:{port}/h2load"],
                          capture_output=True, text=True, timeout=60)
@@ -305,13 +290,13 @@ def test_h2load_many_streams(running_lb, slow_backends, ca, server_cert):
     assert "Application protocol: h2" in run.stdout
 
 
-def test_ticket_key_rotation_keeps_one_previous_key(running_lb, slow_backends, ca,
+def test_ticket_key_rotation_keeps_one_previous_key(running, slow_backends, ca,
                                                     server_cert):
     (b,) = slow_backends(1)
     admin, port = free_port(), free_port()
     text = https_config(admin, port, b, *server_cert).replace(
         "  workers: 2\n", "  workers: 2\n  session_ticket_rotation: 2\n")
-    lb = running_lb(text, admin, port)
+    lb = running(text, admin, port)
     ctx = trust(ca)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
 
