@@ -1,5 +1,6 @@
 """lbcore, HAProxy and nginx configured alike (one worker, TLS policy tls-1-2
-with the same ECDSA P-256 certificate, keep-alive to the origin,
+with the same ECDSA P-256 certificate, and TLS 1.2 + 1.3 on one more
+listener, keep-alive to the origin,
 X-Forwarded-For, no access log), run one at a time pinned to CPU 0 with the
 load generator and the origin pinned to CPU 1.
 
@@ -9,7 +10,8 @@ saturates first, so req/s alone would hide the difference.
 
 Scenarios so far: HTTP/1.1 and HTTPS keep-alive, and a new connection per
 request (HTTP and HTTPS), small responses, wrk -c50; full TLS handshakes
-(ECDSA P-256 and RSA-2048, never resumed) with bench/loadclients.py; HTTP/2
+(ECDSA P-256 and RSA-2048, never resumed) and TLS 1.3 resumed handshakes
+(each connection offers the previous one's ticket) with bench/loadclients.py; HTTP/2
 over TLS with h2load (-c20 -m10); 1 MiB responses over HTTPS (wrk -c10);
 10,000 idle HTTPS keep-alive connections (RSS per connection on a fresh
 proxy, and a new request's latency while they are open).
@@ -51,6 +53,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
 RSA_PORT = 19444            # HTTPS with the RSA-2048 certificate (full-handshake scenario)
 H2_PORT = 19445             # HTTPS offering ALPN h2 (the ECDSA certificate)
+TLS13_PORT = 19446          # HTTPS with TLS 1.2 and 1.3 (the ECDSA certificate)
+# TLS 1.3 suites alike on all three: OpenSSL's default order, which HAProxy
+# and nginx use; lbcore's custom policy lists them so (with the TLS 1.2 suite
+# the tls-1-2 listeners negotiate).
+TLS13_SUITES = "TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256, TLS_AES_128_GCM_SHA256"
 LARGE = 1 << 20             # the origin's /1m body
 IDLE_CONNS = 10_000         # idle_10k; the proxies are configured to hold this many
 PROXY_CPU, LOAD_CPU = "0", "1"
@@ -103,6 +110,9 @@ http {{ access_log off; keepalive_requests 100000000; sendfile on;
 certificates:
   c: {{type: server, certificate: "{d}/ecdsa.crt", private_key: "{d}/ecdsa.key"}}
   r: {{type: server, certificate: "{d}/rsa.crt", private_key: "{d}/rsa.key"}}
+security_policies:
+  t13: {{protocols: [TLSv1.2, TLSv1.3],
+        ciphers: [ECDHE-ECDSA-AES256-GCM-SHA384, {TLS13_SUITES}]}}
 listeners:
   - {{name: h, protocol: HTTP, address: 127.0.0.1, port: {HTTP_PORT}, default_pool: o,
      idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
@@ -115,11 +125,15 @@ listeners:
   - {{name: h2, protocol: HTTPS, address: 127.0.0.1, port: {H2_PORT}, default_pool: o,
      server_certificate: c, security_policy: tls-1-2, http2: true,
      idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
+  - {{name: t13, protocol: HTTPS, address: 127.0.0.1, port: {TLS13_PORT}, default_pool: o,
+     server_certificate: c, security_policy: t13,
+     idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
 pools:
   o:
     health_check: {{enabled: false}}
     members: [{{address: 127.0.0.1, port: {ORIGIN_PORT}}}]
 """)
+    tls13 = "ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3"    # over the global TLS 1.2 only
     (d / "haproxy.cfg").write_text(f"""global
     nbthread 1
     maxconn {IDLE_CONNS + 100}
@@ -139,6 +153,7 @@ frontend fe
     bind 127.0.0.1:{HTTPS_PORT} ssl crt {d}/ecdsa.pem alpn http/1.1 backlog 4096
     bind 127.0.0.1:{RSA_PORT} ssl crt {d}/rsa.pem alpn http/1.1 backlog 4096
     bind 127.0.0.1:{H2_PORT} ssl crt {d}/ecdsa.pem alpn h2,http/1.1 backlog 4096
+    bind 127.0.0.1:{TLS13_PORT} ssl crt {d}/ecdsa.pem alpn http/1.1 backlog 4096 {tls13}
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     default_backend be
@@ -167,6 +182,10 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
            location / {{ proxy_pass http://origin; }} }}
   server {{ listen 127.0.0.1:{RSA_PORT} ssl backlog=4096;
            ssl_certificate {d}/rsa.crt; ssl_certificate_key {d}/rsa.key;
+           location / {{ proxy_pass http://origin; }} }}
+  server {{ listen 127.0.0.1:{TLS13_PORT} ssl backlog=4096;
+           ssl_protocols TLSv1.2 TLSv1.3;
+           ssl_certificate {d}/ecdsa.crt; ssl_certificate_key {d}/ecdsa.key;
            location / {{ proxy_pass http://origin; }} }} }}
 """)
     lbcore = [sys.executable, "-m", "lbcore", "run", "-c", str(d / "lbcore.yaml")]
@@ -281,7 +300,7 @@ def wrk(url: str, seconds: int, close: bool = False,
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str                # how the load is made: wrk | handshake | h2load | idle
+    kind: str                # how the load is made: wrk | handshake | resume | h2load | idle
     port: int
     path: str = "/"
     close: bool = False      # a new connection per request
@@ -301,6 +320,8 @@ class Scenario:
 # https_new_conn is mostly resumed handshakes. https_full_handshake_* never
 # resume (bench/loadclients.py handshake: blocking Python clients that never
 # offer a session back), one GET with Connection: close on each connection.
+# https_tls13_resumed: the same client, TLS 1.3 only, each process offering the
+# ticket of its previous connection (the run fails under 90% resumed).
 # h2: HTTP/2 over TLS, h2load -c20 -m10 (ten streams in flight per connection).
 # large_1m: 1 MiB responses over HTTPS keep-alive, wrk -c10.
 # idle_10k: 10,000 idle HTTPS keep-alive connections (each served one request)
@@ -314,19 +335,22 @@ SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
                       unit="µs/handshake", rate="handshakes/s"),
              Scenario("https_full_handshake_rsa", "handshake", RSA_PORT,
                       unit="µs/handshake", rate="handshakes/s"),
+             Scenario("https_tls13_resumed", "resume", TLS13_PORT),
              Scenario("h2", "h2load", H2_PORT, conns=20),
              Scenario("large_1m", "wrk", HTTPS_PORT, path="/1m", conns=10, rate="MB/s",
                       rate_key="mb_s"),
              Scenario("idle_10k", "idle", HTTPS_PORT, unit="KiB/conn", rate="ms new req",
                       rate_key="new_req_ms", metric="kib_per_conn"))
 BY_NAME = {s.name: s for s in SCENARIOS}
-LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT)
+LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT, TLS13_PORT)
 
 
 def measure(sc: Scenario, seconds: int) -> dict:
     """One run of the load; count is what the proxy CPU is divided by."""
     if sc.kind == "handshake":
         return handshakes(sc.port, seconds)
+    if sc.kind == "resume":
+        return handshakes(sc.port, seconds, resume=True)
     if sc.kind == "h2load":
         return h2load(sc.url, seconds, sc.conns)
     reqs, rps, p50, p99, errors = wrk(sc.url, seconds, sc.close, sc.conns)
@@ -422,15 +446,25 @@ def load_client(*args: str, **kw) -> subprocess.Popen:
                              *args], cwd=HERE.parent, text=True, **kw)
 
 
-def handshakes(port: int, seconds: int, procs: int = 8) -> dict:
+def handshakes(port: int, seconds: int, procs: int = 8, resume: bool = False) -> dict:
+    """Full handshakes (none may resume), or with `resume` TLS 1.3 ones that
+    offer the previous connection's ticket (at least 90% must resume)."""
+    extra = ["--resume", "--tls13"] if resume else []
     client = load_client("handshake", str(port), "--seconds", str(seconds), "--procs",
-                         str(procs), stdout=subprocess.PIPE)
+                         str(procs), *extra, stdout=subprocess.PIPE)
     out, _ = client.communicate(timeout=seconds + 60)
     r = json.loads(out)
-    if r["resumed"] or not r["handshakes"] or r["errors"] > r["handshakes"] / 100:
+    if not r["handshakes"] or r["errors"] > r["handshakes"] / 100:
         raise RuntimeError(f"handshake load on {port} went wrong: {r}")
-    return {"count": r["handshakes"], "rps": r["rate"], "p50_ms": r["p50_ms"],
-            "p99_ms": r["p99_ms"], "errors": r["errors"], "tls": f"{r['protocol']} {r['cipher']}"}
+    if resume and (r["resumed_ratio"] < 0.9 or r["protocol"] != "TLSv1.3"):
+        raise RuntimeError(f"TLS 1.3 resumption on {port}: not TLS 1.3 or under 90% resumed: {r}")
+    if not resume and r["resumed"]:
+        raise RuntimeError(f"full handshakes on {port}: {r['resumed']} resumed: {r}")
+    out = {"count": r["handshakes"], "rps": r["rate"], "p50_ms": r["p50_ms"],
+           "p99_ms": r["p99_ms"], "errors": r["errors"], "tls": f"{r['protocol']} {r['cipher']}"}
+    if resume:
+        out["resumed_ratio"] = r["resumed_ratio"]
+    return out
 
 
 def start_proxy(name: str, cmd: list[str], d: Path, lbcore_tree: Path | None,

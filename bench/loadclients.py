@@ -8,6 +8,13 @@ and h2load do not fit:
       worker processes. Prints one JSON line: handshakes, seconds, p50/p99 ms,
       resumed (must be 0), errors, the negotiated protocol and cipher.
 
+  python -m bench.loadclients handshake PORT --resume --tls13 ...
+      the same, but TLS 1.3 only, and each worker process offers the session
+      (ticket) it got on its previous connection, taken after the whole
+      response is read (TLS 1.3 tickets come after the handshake): every
+      connection but each process's first should resume; "resumed" counts
+      those that did.
+
   python -m bench.loadclients idle PORT --conns N
       opens N HTTPS keep-alive connections (full handshake and one GET / each,
       at most --parallel at a time) and keeps them open and idle. Prints
@@ -33,10 +40,12 @@ REQUEST = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: lbcore-bench\r\n"
 KEEPALIVE_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: lbcore-bench\r\n\r\n"
 
 
-def client_context() -> ssl.SSLContext:
+def client_context(tls13: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if tls13:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     return ctx
 
 
@@ -49,13 +58,15 @@ def content_length(head: bytes) -> int:
 
 
 def one_request(ctx: ssl.SSLContext, port: int, request: bytes = REQUEST,
-                timeout: float = 10.0) -> tuple[float, bool, tuple]:
-    """One new connection, full handshake, one request; returns (seconds,
-    session reused, cipher)."""
+                timeout: float = 10.0, session: ssl.SSLSession | None = None
+                ) -> tuple[float, bool, tuple, ssl.SSLSession | None]:
+    """One new connection, a handshake (resuming `session` if given and the
+    server takes it), one request; returns (seconds, session reused,
+    (protocol, cipher), the connection's session after the whole response)."""
     t0 = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout) as raw:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
             s.sendall(request)
             buf = b""
             while b"\r\n\r\n" not in buf:
@@ -72,16 +83,18 @@ def one_request(ctx: ssl.SSLContext, port: int, request: bytes = REQUEST,
                 if not chunk:
                     raise ConnectionError("closed in the body")
                 body += chunk
-            return time.perf_counter() - t0, s.session_reused, (s.version(), s.cipher()[0])
+            # Only now: a TLS 1.3 server sends its tickets after the handshake.
+            return (time.perf_counter() - t0, s.session_reused, (s.version(), s.cipher()[0]),
+                    s.session)
 
 
-def _handshake_worker(args: tuple[int, float]) -> dict:
-    port, deadline = args
-    ctx = client_context()
-    lat, reused, errors, last_error, params = [], 0, 0, "", None
+def _handshake_worker(args: tuple[int, float, bool, bool]) -> dict:
+    port, deadline, resume, tls13 = args
+    ctx = client_context(tls13)
+    lat, reused, errors, last_error, params, session = [], 0, 0, "", None, None
     while time.time() < deadline:
         try:
-            dt, again, params = one_request(ctx, port)
+            dt, again, params, got = one_request(ctx, port, session=session)
         except (OSError, ValueError) as exc:
             errors += 1
             last_error = repr(exc)
@@ -89,6 +102,8 @@ def _handshake_worker(args: tuple[int, float]) -> dict:
             continue
         lat.append(dt)
         reused += again
+        if resume and got is not None and got.has_ticket:
+            session = got      # else keep offering the previous one
     return {"lat": lat, "reused": reused, "errors": errors, "last_error": last_error,
             "params": params}
 
@@ -99,11 +114,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def handshake(port: int, seconds: float, procs: int) -> dict:
+def handshake(port: int, seconds: float, procs: int, resume: bool = False,
+              tls13: bool = False) -> dict:
     start = time.time()
     deadline = start + seconds
     with multiprocessing.Pool(procs) as pool:
-        parts = pool.map(_handshake_worker, [(port, deadline)] * procs)
+        parts = pool.map(_handshake_worker, [(port, deadline, resume, tls13)] * procs)
     elapsed = time.time() - start
     lat = sorted(x for p in parts for x in p["lat"])
     params = next((p["params"] for p in parts if p["params"]), None)
@@ -112,6 +128,7 @@ def handshake(port: int, seconds: float, procs: int) -> dict:
             "p50_ms": round(percentile(lat, 0.50) * 1e3, 2),
             "p99_ms": round(percentile(lat, 0.99) * 1e3, 2),
             "resumed": sum(p["reused"] for p in parts),
+            "resumed_ratio": round(sum(p["reused"] for p in parts) / max(1, len(lat)), 4),
             "errors": sum(p["errors"] for p in parts),
             "last_error": next((p["last_error"] for p in parts if p["last_error"]), ""),
             "protocol": params[0] if params else None, "cipher": params[1] if params else None}
@@ -180,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("port", type=int)
     h.add_argument("--seconds", type=float, default=5)
     h.add_argument("--procs", type=int, default=8)
+    h.add_argument("--resume", action="store_true",
+                   help="offer each process's previous session (ticket) on its next connection")
+    h.add_argument("--tls13", action="store_true", help="TLS 1.3 only")
     i = sub.add_parser("idle")
     i.add_argument("port", type=int)
     i.add_argument("--conns", type=int, default=10000)
@@ -187,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--probes", type=int, default=5)
     args = p.parse_args(argv)
     if args.cmd == "handshake":
-        print(json.dumps(handshake(args.port, args.seconds, args.procs)), flush=True)
+        print(json.dumps(handshake(args.port, args.seconds, args.procs, args.resume,
+                                   args.tls13)), flush=True)
     else:
         coro = idle(args.port, args.conns, args.parallel, args.probes)
         try:
