@@ -1,0 +1,42 @@
+#!/bin/bash
+# Instructions per request of the lbcore data plane under callgrind: stable to
+# about 0.5% where a timed benchmark moves by 10% on these machines.
+#   bench/callgrind/run.sh [keepalive|close] [requests]
+# Needs valgrind, nginx (the origin) and h2load/wrk; loopback ports 28080-28081.
+# Leaves the callgrind file in /tmp/lbcore-callgrind/ for callgrind_annotate.
+set -euo pipefail
+MODE=${1:-keepalive}; N=${2:-5000}
+HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/../.." && pwd)
+D=/tmp/lbcore-callgrind; rm -rf $D; mkdir -p $D
+cat > $D/origin.conf <<CONF
+worker_processes 1; daemon off; pid $D/nginx.pid; error_log $D/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:28081; location / { return 200 "hello world\n"; } } }
+CONF
+cat > $D/lb.yaml <<CONF
+load_balancer: {workers: 1, admin: {port: 28099}, access_log: {path: "off"}}
+listeners:
+  - {name: h, protocol: HTTP, address: 127.0.0.1, port: 28080, default_pool: p}
+pools:
+  p:
+    health_check: {enabled: false}
+    members: [{address: 127.0.0.1, port: 28081}]
+CONF
+taskset -c 1 nginx -c $D/origin.conf & NG=$!
+cd "$ROOT"
+valgrind --tool=callgrind --callgrind-out-file=$D/cg.%p \
+    "$ROOT/.venv/bin/python" "$HERE/solo.py" $D/lb.yaml > $D/valgrind.log 2>&1 & V=$!
+trap 'kill $V $NG 2>/dev/null || true' EXIT
+for _ in $(seq 120); do sleep 1; curl -s -o /dev/null http://127.0.0.1:28080/ && break; done
+URL=http://127.0.0.1:28080/
+taskset -c 1 h2load --h1 -n 500 -c 10 $URL > /dev/null      # warm-up, not counted
+callgrind_control -z $V > /dev/null
+if [ "$MODE" = close ]; then
+    N=$(taskset -c 1 wrk -t1 -c10 -d10 -H "Connection: close" $URL | awk '/requests in/ {print $1}')
+else
+    taskset -c 1 h2load --h1 -n "$N" -c 10 $URL | grep -E "^requests:"
+fi
+callgrind_control -d $V > /dev/null; sleep 1
+F=$(ls -t $D/cg.*.1 | head -1)
+T=$(callgrind_annotate "$F" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+echo "$MODE: $N requests, $T instructions, $((T / N)) per request ($F)"
