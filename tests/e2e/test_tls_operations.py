@@ -315,3 +315,61 @@ def test_ticket_key_rotation_keeps_one_previous_key(running, slow_backends, ca,
     lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 2, timeout=5)
     time.sleep(0.3)
     assert not connect(session)[1], "two rotations later the ticket is refused"
+
+
+MALFORMED_H2 = {
+    "upper-case name": [(b"X-Upper", b"1")],
+    "CR LF in a value": [(b"x-smuggle", b"a\r\nx-injected: 1")],
+    "NUL in a value": [(b"x-nul", b"a\x00b")],
+    "leading space in a value": [(b"x-space", b" a")],
+    "connection header": [(b"connection", b"keep-alive")],
+    "transfer-encoding": [(b"transfer-encoding", b"chunked")],
+    "te other than trailers": [(b"te", b"gzip")],
+    "pseudo after regular": [(b"x-a", b"1"), (b":scheme", b"https")],
+    "unknown pseudo": [(b":protocol", b"x")],
+    "duplicate :path": [(b":path", b"/again")],
+}
+
+
+def test_http2_malformed_requests_are_reset_not_forwarded(running, slow_backends, ca,
+                                                          server_cert):
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    (b,) = slow_backends(1)
+    admin, port = free_port(), free_port()
+    running(https_config(admin, port, b, *server_cert), admin, port)
+    ctx = trust(ca)
+    ctx.set_alpn_protocols(["h2"])
+    with handshake(port, ctx) as s:
+        assert s.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        conn.initiate_connection()
+        base = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                (b":path", b"/ok")]
+        sids = {}
+        for what, extra in MALFORMED_H2.items():
+            sid = conn.get_next_available_stream_id()
+            headers = base + extra if extra[0][0] != b":protocol" else base[:1] + extra + base[1:]
+            conn.send_headers(sid, headers, end_stream=True)
+            sids[sid] = what
+        good = conn.get_next_available_stream_id()
+        conn.send_headers(good, base, end_stream=True)
+        s.sendall(conn.data_to_send())
+        reset, status = {}, None
+        s.settimeout(5)
+        while status is None or len(reset) < len(sids):
+            data = s.recv(65536)
+            assert data, f"closed; reset so far {reset}"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.StreamReset):
+                    reset[ev.stream_id] = ev.error_code
+                elif isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == good:
+                    status = dict(ev.headers)[b":status"]
+            s.sendall(conn.data_to_send())
+    assert {sids[sid]: code for sid, code in reset.items()} == {
+        what: h2.errors.ErrorCodes.PROTOCOL_ERROR for what in MALFORMED_H2}
+    assert status == b"200"           # the connection survives its malformed streams
