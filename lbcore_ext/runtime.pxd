@@ -54,12 +54,21 @@ cdef class ListenerRuntime:
                               bytes host, bytes tls_lines, object view) except -1
 
 
+cdef class TimerWheel:
+    cdef object loop
+    cdef dict buckets                   # tick -> set of LazyTimer due then
+    cdef list heap                      # ticks that have a bucket (heapq)
+    cdef object handle                  # the one loop timer, for tick `armed`
+    cdef long long armed
+    cdef int add(self, LazyTimer t, long long tick) except -1
+    cdef int remove(self, LazyTimer t, long long tick) except -1
+
+
 cdef class LazyTimer:
     """One timer per connection, fired by the earliest deadline asked for; the
     owner re-checks its phase when it fires and asks again for what remains."""
-    cdef object loop
     cdef object callback
-    cdef object handle
-    cdef double at
+    cdef TimerWheel wheel
+    cdef long long tick                 # the 10 ms tick it is due in; 0 = not armed
     cdef int schedule(self, double at) except -1
     cdef int cancel(self) except -1

@@ -1,6 +1,8 @@
 # cython: language_level=3
 """Runtime objects the control plane fills in and the data plane reads."""
 
+from heapq import heappop, heappush
+
 from lbcore_ext.bufs cimport put
 from lbcore_ext.headers cimport header_line
 
@@ -197,28 +199,92 @@ cdef class ListenerRuntime:
         return self.rid_prefix + (b"%x" % self.rid_seq)
 
 
+# Timer resolution: deadlines are rounded up to the next 10 ms tick.
+DEF TICK = 0.01
+
+# One wheel per event loop (a worker has one; tests may run several).
+cdef dict _wheels = {}
+
+
+cdef TimerWheel wheel_for(object loop):
+    cdef TimerWheel w = _wheels.get(id(loop))
+    if w is None or w.loop is not loop:
+        w = TimerWheel(loop)
+        _wheels[id(loop)] = w
+    return w
+
+
+cdef class TimerWheel:
+    """Every connection's timer, on one loop timer. A loop timer costs uvloop
+    about 5,000 instructions to make (a TimerHandle, a libuv timer, a context
+    copy): per connection, that was 6% of a short connection's cost. Here a
+    timer joins the set of its 10 ms tick, and the loop timer is armed only
+    when a tick earlier than all others appears."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.buckets = {}
+        self.heap = []
+
+    cdef int add(self, LazyTimer t, long long tick) except -1:
+        bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = self.buckets[tick] = set()
+            heappush(self.heap, tick)
+        bucket.add(t)
+        if self.handle is None or tick < self.armed:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.armed = tick
+            self.handle = self.loop.call_at(tick * TICK, self.fire)
+        return 0
+
+    cdef int remove(self, LazyTimer t, long long tick) except -1:
+        bucket = self.buckets.get(tick)
+        if bucket is not None:
+            bucket.discard(t)
+        return 0
+
+    def fire(self):
+        cdef LazyTimer t
+        cdef long long now = <long long>(self.loop.time() / TICK)
+        self.handle = None
+        while self.heap and self.heap[0] <= now:
+            bucket = self.buckets.pop(heappop(self.heap), None)
+            if bucket:
+                for t in list(bucket):
+                    if t.tick:
+                        t.tick = 0
+                        try:
+                            t.callback()
+                        except Exception as exc:    # one connection's bug stops no timer
+                            self.loop.call_exception_handler({
+                                "message": "lbcore timer callback failed", "exception": exc})
+        if self.heap:
+            self.armed = self.heap[0]
+            self.handle = self.loop.call_at(self.armed * TICK, self.fire)
+
+
 cdef class LazyTimer:
     def __init__(self, loop, callback):
-        self.loop = loop
         self.callback = callback
+        self.wheel = wheel_for(loop)
 
     cdef int schedule(self, double at) except -1:
-        """Make sure the callback runs by `at`. A later deadline needs nothing:
-        the owner re-arms for the remainder when the timer fires early."""
-        if self.handle is not None:
-            if self.at <= at:
+        """Make sure the callback runs by `at` (to the next 10 ms). A later
+        deadline needs nothing: the owner re-arms for the remainder when the
+        timer fires early."""
+        cdef long long tick = <long long>(at / TICK) + 1
+        if self.tick:
+            if self.tick <= tick:
                 return 0
-            self.handle.cancel()
-        self.at = at
-        self.handle = self.loop.call_at(at, self._fire)
+            self.wheel.remove(self, self.tick)
+        self.tick = tick
+        self.wheel.add(self, tick)
         return 0
 
     cdef int cancel(self) except -1:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
+        if self.tick:
+            self.wheel.remove(self, self.tick)
+            self.tick = 0
         return 0
-
-    def _fire(self):
-        self.handle = None
-        self.callback()
