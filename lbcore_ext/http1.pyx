@@ -7,6 +7,7 @@ import asyncio
 
 import httptools
 
+from cpython.bytes cimport PyBytes_FromFormat
 from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
 from lbcore_ext.counters cimport Counters, add, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, header_line, reason_phrase
@@ -113,25 +114,26 @@ cdef class HttpProtocol(Downstream):
         if ip.startswith("::ffff:") and "." in ip:
             ip = ip[7:]
         self.peer_ip = ip.encode()
-        self.peer_port = b"%d" % (peer[1] if peer else 0)
-        self.is_tls = transport.get_extra_info("sslcontext") is not None
+        self.peer_port = PyBytes_FromFormat("%d", <int>(peer[1] if peer else 0))
         cdef ListenerRuntime lrt = self.lrt
+        # TLS listeners hand over TLS transports only: no need to ask the transport.
+        self.is_tls = lrt.ssl_ctx is not None
+        sslobj = transport.get_extra_info("ssl_object") if self.is_tls else None
         lrt.conns.add(self)
         if lrt.counters is not None:
             inc(lrt.counters, lrt.cbase + O_CONN_TOTAL)
             add(lrt.counters, lrt.cbase + O_CONN_ACTIVE, 1)
-            if self.is_tls:
-                cell = TLS_VERSION_CELL.get(transport.get_extra_info("ssl_object").version())
+            if sslobj is not None:
+                cell = TLS_VERSION_CELL.get(sslobj.version())
                 if cell is not None:
                     inc(lrt.counters, lrt.cbase + <Py_ssize_t>cell)
         if self.lrt.sni_guard is not None:
-            self.sni_name = getattr(transport.get_extra_info("ssl_object"), "lbcore_sni", None)
+            self.sni_name = getattr(sslobj, "lbcore_sni", None)
         if self.lrt.hooks & K_ON_ACCEPT and not self.lrt.phases.on_accept(ip, peer[1]):
             self.closed = True
             transport.abort()
             return
         if self.is_tls:
-            sslobj = transport.get_extra_info("ssl_object")
             if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
                 # ALPN chose HTTP/2: hand the connection to the HTTP/2 protocol.
                 self.closed = True
