@@ -334,3 +334,28 @@ pools:""")
     check = subprocess.run([promtool, "check", "metrics"], input=text_metrics, text=True,
                            capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_workers_leave_when_the_master_is_killed(running, slow_backends):
+    """No orphans: a worker whose master died (SIGKILL, OOM killer) drains and
+    exits instead of serving a config nobody manages."""
+    (a,) = slow_backends(1)
+    admin, port = free_port(), free_port()
+    lb = running(config(admin, port, [a], lb="drain_timeout: 2"), admin, port)
+    pids = [w["pid"] for w in lb.status()["workers"]]
+    os.kill(lb.pid, signal.SIGKILL)
+    lb.lb.proc.wait(5)
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in pids if _alive(pid)]
+    assert not alive, f"workers {alive} outlived their master"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"     # a zombie is gone
+    except FileNotFoundError:
+        return False
