@@ -5,7 +5,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
-MODULES = ["counters", "runtime", "balancer", "headers", "upstream", "http2", "http1", "iptrie", "acceptor", "phases", "tlsctl"]
+MODULES = ["counters", "runtime", "balancer", "headers", "upstream", "http2", "http1", "iptrie", "acceptor", "phases", "tlsctl", "logfmt"]
 
 extensions = [
     Extension(f"lbcore_ext.{name}", [f"lbcore_ext/{name}.pyx"],

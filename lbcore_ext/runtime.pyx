@@ -3,6 +3,9 @@
 
 from heapq import heappop, heappush
 
+from cpython.bytes cimport PyBytes_AS_STRING
+from libc.stdio cimport snprintf
+
 from lbcore_ext.bufs cimport put
 from lbcore_ext.headers cimport header_line
 
@@ -195,8 +198,13 @@ cdef class ListenerRuntime:
 
     cdef bytes next_request_id(self):
         """Unique per process without a syscall: a random prefix and a counter."""
+        cdef char buf[80]
         self.rid_seq += 1
-        return self.rid_prefix + (b"%x" % self.rid_seq)
+        if len(self.rid_prefix) > 40:
+            return self.rid_prefix + (b"%x" % self.rid_seq)
+        cdef int n = snprintf(buf, sizeof(buf), "%s%llx", PyBytes_AS_STRING(self.rid_prefix),
+                              <unsigned long long>self.rid_seq)
+        return buf[:n]
 
 
 # Timer resolution: deadlines are rounded up to the next 10 ms tick.

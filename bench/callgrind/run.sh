@@ -14,7 +14,7 @@ events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:28081; location / { return 200 "hello world\n"; } } }
 CONF
 cat > $D/lb.yaml <<CONF
-load_balancer: {workers: 1, admin: {port: 28099}, access_log: {path: "off"}}
+load_balancer: {workers: 1, admin: {port: 28099}, access_log: {path: "${ACCESS_LOG:-off}"}}
 listeners:
   - {name: h, protocol: HTTP, address: 127.0.0.1, port: 28080, default_pool: p}
 pools:
