@@ -145,9 +145,9 @@ cdef class HttpProtocol(Downstream):
                 h2proto.connection_made(transport)
                 return
         self.parser = HttpRequestParser(self)
+        # (A connection whose handshake ends after a drain began still gets
+        # its first request answered, with Connection: close.)
         self.idle = True
-        if lrt.draining:
-            self.stop_parsing = True
         self.last_activity = self.loop.time()
         self.req_start = self.last_activity
         self._schedule(self.last_activity + self.lrt.request_timeout)

@@ -75,10 +75,10 @@ for _n in CONNECTION_SPECIFIC:
 
 cdef bint malformed_field(bytes name, bytes value):
     cdef const unsigned char* p = name
-    cdef Py_ssize_t n = len(name), i, start = 1 if n and p[0] == 58 else 0
-    if n == start:
+    cdef Py_ssize_t name_len = len(name), n, i, start = 1 if name_len and p[0] == 58 else 0
+    if name_len == start:
         return True
-    for i in range(start, n):
+    for i in range(start, name_len):
         if not NAME_CHAR[p[i]]:
             return True
     p = value
@@ -88,7 +88,7 @@ cdef bint malformed_field(bytes name, bytes value):
     for i in range(n):
         if p[i] == 0 or p[i] == 10 or p[i] == 13:
             return True
-    if start == 0 and n < 64 and (SPECIFIC_LENGTHS >> len(name)) & 1:
+    if start == 0 and name_len < 64 and (SPECIFIC_LENGTHS >> name_len) & 1:
         if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
             return True
     return False
