@@ -254,7 +254,6 @@ class Master:
             "master_pid": os.getpid(), "phases": self.phases,
         }
         self.counters.retire(slot, 0, self.gauges)      # a clean row
-        self.counters.incr(0)                           # (row 0's W_PID is unused)
         proc = subprocess.Popen([sys.executable, "-m", "lbcore", "_worker"], pass_fds=fds,
                                 env={**os.environ, "LBCORE_WORKER": json.dumps(spec),
                                      **({"LBCORE_VERBOSE": "1"} if self.verbose else {})})
