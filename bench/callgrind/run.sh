@@ -1,7 +1,7 @@
 #!/bin/bash
 # Instructions per request of the lbcore data plane under callgrind: stable to
 # about 0.5% where a timed benchmark moves by 10% on these machines.
-#   bench/callgrind/run.sh [keepalive|close] [requests]
+#   bench/callgrind/run.sh [keepalive|close|tls-close] [requests]
 # Needs valgrind, nginx (the origin) and h2load/wrk; loopback ports 28080-28081.
 # Leaves the callgrind file in /tmp/lbcore-callgrind/ for callgrind_annotate.
 set -euo pipefail
@@ -13,10 +13,20 @@ worker_processes 1; daemon off; pid $D/nginx.pid; error_log $D/nginx.err;
 events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:28081; location / { return 200 "hello world\n"; } } }
 CONF
+"$ROOT/.venv/bin/python" - "$D" <<'PY'
+import sys, trustme
+ca = trustme.CA(); leaf = ca.issue_cert("localhost", "127.0.0.1")
+leaf.private_key_pem.write_to_path(sys.argv[1] + "/key.pem")
+open(sys.argv[1] + "/crt.pem", "wb").write(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+PY
 cat > $D/lb.yaml <<CONF
 load_balancer: {workers: 1, admin: {port: 28099}, access_log: {path: "${ACCESS_LOG:-off}"}}
+certificates:
+  c: {type: server, certificate: $D/crt.pem, private_key: $D/key.pem}
 listeners:
   - {name: h, protocol: HTTP, address: 127.0.0.1, port: 28080, default_pool: p}
+  - {name: s, protocol: HTTPS, address: 127.0.0.1, port: 28443, default_pool: p,
+     server_certificate: c, security_policy: tls-1-2}
 pools:
   p:
     health_check: {enabled: false}
@@ -29,9 +39,10 @@ valgrind --tool=callgrind --callgrind-out-file=$D/cg.%p \
 trap 'kill $V $NG 2>/dev/null || true' EXIT
 for _ in $(seq 120); do sleep 1; curl -s -o /dev/null http://127.0.0.1:28080/ && break; done
 URL=http://127.0.0.1:28080/
+[ "$MODE" = tls-close ] && URL=https://127.0.0.1:28443/
 taskset -c 1 h2load --h1 -n 500 -c 10 $URL > /dev/null      # warm-up, not counted
 callgrind_control -z $V > /dev/null
-if [ "$MODE" = close ]; then
+if [ "$MODE" = close ] || [ "$MODE" = tls-close ]; then
     N=$(taskset -c 1 wrk -t1 -c10 -d10 -H "Connection: close" $URL | awk '/requests in/ {print $1}')
 else
     taskset -c 1 h2load --h1 -n "$N" -c 10 $URL | grep -E "^requests:"
