@@ -94,12 +94,17 @@ class Generation:
     sockets: list[list[socket.socket]]
     shared: SharedState
     config_fd: int
+    index: dict[tuple[str, int], int]   # (pool, member position) -> its shared cell
     loaded_at: float = field(default_factory=time.time)
     workers: list[Worker] = field(default_factory=list)
     checker: HealthChecker | None = None
     targets: list[Target] = field(default_factory=list)
     backoff: dict[int, float] = field(default_factory=dict)   # position -> next delay
     restart_at: dict[int, float] = field(default_factory=dict)
+
+    def member(self, pool: str, position: int) -> tuple[int, float]:
+        """(UNKNOWN/DOWN/UP, up since) of a member, as the checks published it."""
+        return self.shared.member(self.index[(pool, position)])
 
     def close(self) -> None:
         self.shared.close()
@@ -327,13 +332,13 @@ class Master:
         self.number += 1
         bases = self._bases(cfg)
         sockets = self._sockets_for(cfg)
-        order = member_order(cfg)
-        shared = SharedState(len(order))
+        index = {key: i for i, key in enumerate(member_order(cfg))}
+        shared = SharedState(len(index))
         shared.set_ticket_keys(*self.ticket_keys)
         config_fd = os.memfd_create("lbcore-config", 0)
         os.write(config_fd, text.encode())
-        gen = Generation(self.number, cfg, text, bases, sockets, shared, config_fd)
-        initial = self._carry_health(gen, order)
+        gen = Generation(self.number, cfg, text, bases, sockets, shared, config_fd, index)
+        initial = self._carry_health(gen)
         self.generations.append(gen)
         try:
             for position in range(self.nworkers):
@@ -355,7 +360,7 @@ class Master:
         log.info("generation %d ready: %d worker(s)", gen.number, len(gen.workers))
         return gen
 
-    def _carry_health(self, gen: Generation, order) -> dict[tuple[str, int], bool]:
+    def _carry_health(self, gen: Generation) -> dict[tuple[str, int], bool]:
         """Members the running generation already knows keep their state (by
         pool, name and address), so a reload neither resurrects a dead member
         nor waits for new checks to trust a live one."""
@@ -365,23 +370,19 @@ class Master:
         if old is None or old.checker is None:
             return initial
         known = {(t.pool, t.name, t.host, t.port): (t.pool, t.index) for t in old.targets}
-        old_order = {key: i for i, key in enumerate(member_order(old.cfg))}
-        new_order = {key: i for i, key in enumerate(order)}
         for t in gen.targets:
             prev = known.get((t.pool, t.name, t.host, t.port))
             state = old.checker.state.get(prev) if prev else None
             if state is None:
                 continue
             initial[(t.pool, t.index)] = state
-            _, up_since = old.shared.member(old_order[prev])
-            gen.shared.set_member(new_order[(t.pool, t.index)], UP if state else DOWN, up_since)
+            _, up_since = old.member(*prev)
+            gen.shared.set_member(gen.index[(t.pool, t.index)], UP if state else DOWN, up_since)
         return initial
 
     def _start_checks(self, gen: Generation, initial) -> None:
-        index = {key: i for i, key in enumerate(member_order(gen.cfg))}
-
         def publish(t: Target, healthy: bool) -> None:
-            i = index[(t.pool, t.index)]
+            i = gen.index[(t.pool, t.index)]
             state, up_since = gen.shared.member(i)
             if healthy and state != UP:
                 up_since = time.monotonic() if state == DOWN else 0.0  # slow start from here
@@ -486,11 +487,9 @@ class Master:
 
     def _members(self):
         gen = self.current
-        index = {key: i for i, key in enumerate(member_order(gen.cfg))}
         for pool_name, pool in gen.cfg.pools.items():
             for i, m in enumerate(pool.members):
-                state, _ = gen.shared.member(index[(pool_name, i)])
-                yield pool_name, m.name, state != DOWN
+                yield pool_name, m.name, gen.member(pool_name, i)[0] != DOWN
 
     def _collector(self) -> LbcoreCollector:
         def serving() -> Serving:
@@ -526,10 +525,6 @@ class Master:
 
     def status(self) -> dict:
         gen = self.current
-        members = {key: state for key, state in
-                   zip(member_order(gen.cfg), (gen.shared.member(i)[0]
-                                               for i in range(gen.shared.members)),
-                       strict=False)}
         names = {UP: "up", DOWN: "down", UNKNOWN: "unknown"}
         return {
             "config": {"source": str(self.path), "generation": gen.number,
@@ -540,7 +535,7 @@ class Master:
             "listeners": listeners_status(gen.cfg),
             "pools": {name: {"algorithm": pool.algorithm, "members": [
                 {"name": m.name, "address": m.address, "port": m.port, "weight": m.weight,
-                 "health": names[members[(name, i)]]}
+                 "health": names[gen.member(name, i)[0]]}
                 for i, m in enumerate(pool.members)]} for name, pool in gen.cfg.pools.items()},
             "workers": [{"pid": w.proc.pid, "generation": g.number, "slot": w.slot,
                          "state": "draining" if w.draining else (
