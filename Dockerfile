@@ -3,7 +3,7 @@
 # to stdout. Listens on 8080/8443, admin 9100.
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
+    libnghttp2-dev pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY lbcore ./lbcore
@@ -11,7 +11,7 @@ COPY lbcore_ext ./lbcore_ext
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends tini \
+RUN apt-get update && apt-get install -y --no-install-recommends tini libnghttp2-14 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/lbcore --create-home lbcore
 COPY --from=build /wheels /wheels

@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 PYX     := $(wildcard lbcore_ext/*.pyx lbcore_ext/*.pxd lbcore_ext/*.pxi)
 CONFIG  ?=
 
-.PHONY: run test lint build bench clean deb-test-tools
+.PHONY: run test lint build bench clean deb-test-tools deb-build-deps h2spec
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,13 @@ $(VENV)/.deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]' --no-build-isolation
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps setup.py $(PYX)
+# HTTP/2 framing is libnghttp2's: its headers (Debian libnghttp2-dev) at build time.
+deb-build-deps:
+	@pkg-config --exists libnghttp2 2>/dev/null || \
+	  { echo "installing libnghttp2-dev (HTTP/2 framing) ..."; apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends libnghttp2-dev pkg-config >/dev/null; }
+
+$(VENV)/.built: $(VENV)/.deps setup.py $(PYX) | deb-build-deps
 	$(BIN)/python setup.py -q build_ext --inplace
 	touch $@
 
@@ -41,6 +47,10 @@ deb-test-tools:
 
 test: build deb-test-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The HTTP/2 conformance suite alone (it also runs in `make test`).
+h2spec: build deb-test-tools
+	$(BIN)/python -m pytest -q tests/e2e/test_h2spec.py -s
 
 lint: build
 	$(BIN)/ruff check lbcore lbcore_ext tests bench

@@ -1,15 +1,44 @@
 """Lists the Cython extensions; everything else is in pyproject.toml."""
 import os
+import shlex
+import subprocess
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
-MODULES = ["counters", "runtime", "balancer", "headers", "upstream", "http2", "http1", "iptrie", "acceptor", "phases", "tlsctl", "logfmt"]
+MODULES = ["counters", "runtime", "balancer", "headers", "phases", "request", "upstream",
+           "http2", "http1", "iptrie", "acceptor", "tlsctl", "logfmt"]
+
+
+def pkg_config(package: str, debian: str) -> dict:
+    """Compiler and linker flags of a C library, or a clear stop naming the
+    Debian package that brings its headers."""
+    try:
+        cflags = subprocess.check_output(["pkg-config", "--cflags", package], text=True)
+        libs = subprocess.check_output(["pkg-config", "--libs", package], text=True)
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit(f"lbcore needs the {package} headers to build: "
+                         f"apt-get install {debian} pkg-config") from None
+    flags = {"include_dirs": [], "library_dirs": [], "libraries": []}
+    for f in shlex.split(cflags):
+        if f.startswith("-I"):
+            flags["include_dirs"].append(f[2:])
+    for f in shlex.split(libs):
+        if f.startswith("-L"):
+            flags["library_dirs"].append(f[2:])
+        elif f.startswith("-l"):
+            flags["libraries"].append(f[2:])
+    return flags
+
+
+# HTTP/2 framing is libnghttp2's (Debian libnghttp2-dev at build time).
+C_LIBS = {"http2": pkg_config("libnghttp2", "libnghttp2-dev")}
 
 extensions = [
     Extension(f"lbcore_ext.{name}", [f"lbcore_ext/{name}.pyx"],
-              extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"])
+              extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"],
+              **C_LIBS.get(name, {}))
     for name in MODULES
 ]
 

@@ -83,6 +83,10 @@ class LbcoreCollector:
             "tls_fail": CounterMetricFamily("lbcore_tls_handshake_failures",
                                             "Failed TLS handshakes by reason",
                                             labels=["listener", "reason"]),
+            "goaway": CounterMetricFamily("lbcore_http2_goaways",
+                                          "HTTP/2 connections ended with a GOAWAY, by reason "
+                                          "(abuse budgets send ENHANCE_YOUR_CALM)",
+                                          labels=["listener", "reason"]),
             "sni": CounterMetricFamily("lbcore_sni_unmatched",
                                        "Handshakes whose SNI matched no certificate "
                                        "(the default one was served)", labels=["listener"]),
@@ -112,6 +116,9 @@ class LbcoreCollector:
                 for k, reason in enumerate(C.TLS_FAIL_REASONS):
                     fam["tls_fail"].add_metric([name, reason], c.total(b + C.TLS_FAIL + k))
                 fam["sni"].add_metric([name], c.total(b + C.SNI_UNMATCHED))
+                if lst.http2:
+                    for k, reason in enumerate(C.H2_GOAWAY_REASONS):
+                        fam["goaway"].add_metric([name, reason], c.total(b + C.H2_GOAWAY + k))
             _histogram(hist, c, [name, pool], b + C.HIST)
             _histogram(upstream, c, [name, pool], b + C.UPSTREAM_HIST)
         yield from fam.values()

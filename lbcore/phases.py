@@ -17,6 +17,9 @@ from typing import Any
 
 from lbcore_ext.phases import HOOK_NAMES
 
+# An answer of the hooks' own: (status, [(name, value)], body).
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
 
 class Phases:
     """Default hooks. Each runs on the event loop: keep them fast and never block."""
@@ -25,7 +28,7 @@ class Phases:
         """After accept (and TLS); return False to close the connection."""
         return True
 
-    def request_filter(self, req: Any) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    def request_filter(self, req: Any) -> Answer | None:
         """Return (status, headers, body) to answer without a backend."""
         return None
 
@@ -46,9 +49,10 @@ class Phases:
     def error_while_proxy(self, req: Any, member: Any, reason: str) -> None:
         """The exchange with `member` failed after connecting."""
 
-    def fail_to_proxy(self, req: Any, status: int) -> bytes | None:
-        """lbcore is about to answer `status` itself; return a complete HTTP
-        response (bytes) to send instead."""
+    def fail_to_proxy(self, req: Any, status: int) -> Answer | None:
+        """lbcore is about to answer `status` itself; return (status, headers,
+        body) to send instead. Like request_filter's answer, it is written in
+        the client's framing (HTTP/1.1 or HTTP/2), without a body to HEAD."""
         return None
 
     def logging(self, req: Any, status: int, member: Any) -> None:

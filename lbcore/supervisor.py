@@ -543,9 +543,19 @@ class Master:
                              else "starting"),
                          "uptime": round(time.monotonic() - w.started, 1),
                          "requests": sum(self.counters.cell(w.slot, base + C.REQUESTS)
-                                         for base in g.bases)}
+                                         for base in g.bases),
+                         "live": live_objects(self.counters, w.slot)}
                         for g in self.generations for w in g.workers],
         }
+
+
+def live_objects(counters: C.Counters, slot: int) -> dict[str, int]:
+    """A worker's live data-plane objects; at rest, every one but the idle
+    member connections is zero (the tests' leak check)."""
+    return {"client_connections": counters.cell(slot, C.W_LIVE_CLIENT_CONNS),
+            "exchanges": counters.cell(slot, C.W_LIVE_EXCHANGES),
+            "member_connections": counters.cell(slot, C.W_LIVE_MEMBER_CONNS),
+            "member_connections_idle": counters.cell(slot, C.W_LIVE_MEMBER_IDLE)}
 
 
 def worker_main() -> int:

@@ -13,3 +13,44 @@ DEF UPSTREAM_IDLE_EXPIRY = 4.0
 DEF BODY_BUFFER_HIGH = 262144
 # The most retries on other members (spec 7.2).
 DEF MAX_RETRIES = 4
+
+# ---- HTTP/2 (spec 9) -------------------------------------------------------------
+# SETTINGS_MAX_CONCURRENT_STREAMS: nginx's http2_max_concurrent_streams and
+# HAProxy's default are both 100.
+DEF H2_MAX_STREAMS = 100
+# The HPACK encoder's table, whatever SETTINGS_HEADER_TABLE_SIZE the client
+# asks for: the RFC 7541 default, so a client can't make us hold megabytes.
+DEF H2_HPACK_ENCODER_MAX = 4096
+# Receive window of the whole connection (streams keep the 64 KiB default):
+# one slow upload must not stall the others' uploads.
+DEF H2_CONN_WINDOW = 16777216
+# Response bytes queued on a stream (waiting for the client's window) before
+# its member connection stops being read; the client's initial window.
+DEF H2_STREAM_BUFFER_HIGH = 65536
+# nghttp2's own rapid-reset limiter and CONTINUATION cap sit above ours, so
+# ours trip first and are counted by reason.
+DEF H2_NGHTTP2_RST_BURST = 10000
+DEF H2_NGHTTP2_RST_RATE = 1000
+DEF H2_NGHTTP2_MAX_CONTINUATIONS = 1000
+# Abuse budgets per connection: token buckets (burst, refill per second); an
+# empty bucket is GOAWAY(ENHANCE_YOUR_CALM). Sized far above what browsers,
+# curl or gRPC send (a page load resets tens of streams, pings a few times),
+# far below a flood (millions per second). Like nginx's and Envoy's limits.
+DEF H2_RST_BURST = 200             # RST_STREAM from the client (rapid reset)
+DEF H2_RST_RATE = 100
+DEF H2_PING_BURST = 50
+DEF H2_PING_RATE = 10
+DEF H2_SETTINGS_BURST = 50
+DEF H2_SETTINGS_RATE = 10
+DEF H2_PRIORITY_BURST = 1000
+DEF H2_PRIORITY_RATE = 500
+DEF H2_WINDOW_UPDATE_BURST = 1000  # plus one token per DATA frame we send
+DEF H2_WINDOW_UPDATE_RATE = 500
+DEF H2_EMPTY_BURST = 100           # DATA without END_STREAM or CONTINUATION, empty
+DEF H2_EMPTY_RATE = 20
+# A header block in more CONTINUATION frames than this, or more compressed
+# bytes than twice the listener's max_header_block, is a flood.
+DEF H2_MAX_CONTINUATIONS = 32
+# A decoded header list this many times over max_header_block is an HPACK
+# bomb (GOAWAY); merely over the limit is a 431 on that stream.
+DEF H2_HEADER_FLOOD_FACTOR = 4

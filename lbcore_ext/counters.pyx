@@ -63,6 +63,12 @@ cdef class Counters:
 W_PID = 0
 W_STATE = 1               # W_STARTING, W_READY, W_DRAINING
 W_HEARTBEAT_MS = 2        # CLOCK_MONOTONIC milliseconds, written every tick
+# Live objects of the worker (gauges): the tests assert they return to zero
+# (client connections, exchanges, member connections busy = all - idle).
+W_LIVE_CLIENT_CONNS = 3
+W_LIVE_EXCHANGES = 4
+W_LIVE_MEMBER_CONNS = 5
+W_LIVE_MEMBER_IDLE = 6
 WORKER_CELLS = 8
 W_STARTING = 1
 W_READY = 2
@@ -96,7 +102,13 @@ TLS_FAIL_REASONS = ("no_shared_cipher", "protocol_version", "no_client_certifica
                     "client_certificate_invalid", "plain_http", "timeout", "closed", "other")
 SNI_UNMATCHED = TLS_FAIL + len(TLS_FAIL_REASONS)
 UPSTREAM_HIST = SNI_UNMATCHED + 1     # like HIST: buckets, +Inf, sum (us), count
-BLOCK = UPSTREAM_HIST + len(BUCKETS) + 3
+H2_GOAWAY = UPSTREAM_HIST + len(BUCKETS) + 3    # one cell per H2_GOAWAY_REASONS entry
+# Why an HTTP/2 connection got a GOAWAY: the abuse budgets (ENHANCE_YOUR_CALM),
+# then protocol errors, drain (shutdown, reload) and the idle time-out.
+H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_flood",
+                     "window_update_flood", "empty_frames", "continuation_flood",
+                     "header_flood", "output_flood", "protocol_error", "drain", "idle")
+BLOCK = H2_GOAWAY + len(H2_GOAWAY_REASONS)
 GAUGES = (CONN_ACTIVE,)               # per-listener cells that are not counters
 
 cdef int[600] _gen_index

@@ -1,56 +1,40 @@
 # cython: language_level=3
-"""Downstream HTTP/1.1: one protocol object per client connection. Parses with
-llhttp (httptools, strict mode), rewrites the request head for the backend in
-one buffer, hands it to an Exchange, and writes responses back in order."""
+"""Downstream HTTP/1.1 framing: one protocol object per client connection.
+Parses with llhttp (httptools, strict mode) and fills a Request
+(lbcore_ext/request.pyx), where every rule about the request lives; writes
+responses back in order, in HTTP/1.1 framing (Content-Length, chunked, or
+close-delimited for HTTP/1.0)."""
 
 import asyncio
 
 import httptools
 
 from cpython.bytes cimport PyBytes_FromFormat
-from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
-from lbcore_ext.counters cimport Counters, add, count_response, inc
-from lbcore_ext.headers cimport chunk_header, error_response, header_line, reason_phrase
+from lbcore_ext.bufs cimport put, put_ba, put_int
+from lbcore_ext.counters cimport add, count_response, inc
+from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
+from lbcore_ext.request cimport D_ANSWER, Client, Request, error_body, error_lines
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
-from lbcore_ext.counters import (CONN_ACTIVE, CONN_TOTAL, REQUESTS, TIMEOUT_IDLE,
-                                 TIMEOUT_REQUEST, TLS_VERSIONS)
-from lbcore_ext.http2 import H2Protocol
-from lbcore_ext.phases import HOOK_ON_ACCEPT, HOOK_REQUEST_FILTER, RequestView
-
-from lbcore_ext.runtime import (H_CONNECTION, H_COOKIE, H_LOGGED, H_REQUEST_ID, H_UPGRADE, H_CONTENT_LENGTH, H_DROP, H_HOST,
-                                H_TRANSFER_ENCODING, H_XFF, TLS_ALPN, TLS_CERT_ID, TLS_CIPHER,
-                                TLS_PROTOCOL, XFF_APPEND, XFF_OFF, XFF_PRESERVE)
+from lbcore_ext.counters import (CONN_ACTIVE, CONN_TOTAL, TIMEOUT_IDLE, TIMEOUT_REQUEST,
+                                 TLS_VERSIONS, W_LIVE_CLIENT_CONNS)
+from lbcore_ext.http2 import H2Connection
+from lbcore_ext.phases import HOOK_ON_ACCEPT
 
 cdef object get_running_loop = asyncio.get_running_loop
 cdef object HttpRequestParser = httptools.HttpRequestParser
 cdef object HttpParserError = httptools.HttpParserError
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 
-cdef int A_DROP = H_DROP
-cdef int A_XFF = H_XFF
-cdef int A_HOST = H_HOST
-cdef int A_CONNECTION = H_CONNECTION
-cdef int A_CL = H_CONTENT_LENGTH
-cdef int A_TE = H_TRANSFER_ENCODING
-cdef int A_COOKIE = H_COOKIE
-cdef int A_UPGRADE = H_UPGRADE
-cdef int A_REQUEST_ID = H_REQUEST_ID
-cdef int A_LOGGED = H_LOGGED
-cdef object wall_time = __import__("time").time
 cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
 cdef Py_ssize_t O_CONN_TOTAL = CONN_TOTAL
 cdef Py_ssize_t O_CONN_ACTIVE = CONN_ACTIVE
-cdef Py_ssize_t O_REQUESTS = REQUESTS
 cdef Py_ssize_t O_TIMEOUT_IDLE = TIMEOUT_IDLE
 cdef Py_ssize_t O_TIMEOUT_REQUEST = TIMEOUT_REQUEST
+cdef Py_ssize_t O_LIVE_CC = W_LIVE_CLIENT_CONNS
 cdef dict TLS_VERSION_CELL = {"TLSv1": TLS_VERSIONS, "TLSv1.1": TLS_VERSIONS + 1,
                               "TLSv1.2": TLS_VERSIONS + 2, "TLSv1.3": TLS_VERSIONS + 3}
-cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
-cdef int M_APPEND = XFF_APPEND
-cdef int M_PRESERVE = XFF_PRESERVE
-cdef int M_OFF = XFF_OFF
 
 # One timer per connection, checked lazily: when it fires it looks at the phase
 # the connection is in and either acts or re-arms for the remaining time.
@@ -66,32 +50,25 @@ DEF R_PLAIN = 0       # as the backend framed it (Content-Length or no body)
 DEF R_CHUNK = 1       # re-encoded chunked
 DEF R_CLOSE = 2       # delimited by closing the connection (HTTP/1.0 client)
 
-# RFC 9110 9.2.2: these may be retried after they were sent.
-cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
-                                       b"TRACE"))
-# RFC 3986 host (reg-name / IP-literal) plus ":" port: anything else in Host is a 400.
-cdef bytes HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                         b"-._~%!$&'()*+,;=:[]")
-cdef unsigned char HOST_OK[256]
-for _c in range(256):
-    HOST_OK[_c] = 1 if bytes((_c,)) in HOST_CHARS else 0
-
-
-cdef bint valid_host(bytes value):
-    cdef const unsigned char* p = value
-    cdef Py_ssize_t i, n = len(value)
-    if n == 0:
-        return False
-    for i in range(n):
-        if not HOST_OK[p[i]]:
-            return False
-    return True
-
-
 # Seconds an idle keep-alive connection must be quiet before a drain closes it.
 DEF DRAIN_IDLE_GRACE = 1.0
 
-cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
+
+cdef bytes local_response(int status, bytes lines, bytes body, bint head):
+    """A complete answer of lbcore's own, closing the connection; no body
+    to HEAD (the Content-Length still says what GET would get)."""
+    cdef bytearray out = bytearray(b"HTTP/1.1 ")
+    put_int(out, status)
+    put(out, b" ")
+    put(out, reason_phrase(status))
+    put(out, b"\r\n")
+    put(out, lines)
+    put(out, b"Content-Length: ")
+    put_int(out, len(body))
+    put(out, b"\r\nConnection: close\r\n\r\n")
+    if not head:
+        put(out, body)
+    return bytes(out)
 
 
 cdef class HttpProtocol(Downstream):
@@ -99,7 +76,11 @@ cdef class HttpProtocol(Downstream):
         self.lrt = lrt
         self.wbuf = []
         self.queue = []
-        self.cl = -1
+        add(lrt.counters, O_LIVE_CC, 1)
+
+    def __dealloc__(self):
+        if self.lrt is not None:
+            add(self.lrt.counters, O_LIVE_CC, -1)
 
     # ---- connection life ----------------------------------------------------------
 
@@ -108,14 +89,17 @@ cdef class HttpProtocol(Downstream):
         already ran in the Acceptor, before any TLS byte)."""
         self.transport = transport
         self.loop = get_running_loop()
-        self.timer = LazyTimer(self.loop, self._on_timer)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "0.0.0.0"
         if ip.startswith("::ffff:") and "." in ip:
             ip = ip[7:]
-        self.peer_ip = ip.encode()
-        self.peer_port = PyBytes_FromFormat("%d", <int>(peer[1] if peer else 0))
         cdef ListenerRuntime lrt = self.lrt
+        cdef Client client = Client.__new__(Client)
+        client.lrt = lrt
+        client.transport = transport
+        client.peer_ip = ip.encode()
+        client.peer_port = PyBytes_FromFormat("%d", <int>(peer[1] if peer else 0))
+        self.client = client
         # TLS listeners hand over TLS transports only: no need to ask the transport.
         self.is_tls = lrt.ssl_ctx is not None
         sslobj = transport.get_extra_info("ssl_object") if self.is_tls else None
@@ -127,23 +111,26 @@ cdef class HttpProtocol(Downstream):
                 cell = TLS_VERSION_CELL.get(sslobj.version())
                 if cell is not None:
                     inc(lrt.counters, lrt.cbase + <Py_ssize_t>cell)
-        if self.lrt.sni_guard is not None:
-            self.sni_name = getattr(sslobj, "lbcore_sni", None)
-        if self.lrt.hooks & K_ON_ACCEPT and not self.lrt.phases.on_accept(ip, peer[1]):
+        if lrt.sni_guard is not None:
+            client.sni_name = getattr(sslobj, "lbcore_sni", None)
+        if lrt.hooks & K_ON_ACCEPT and not lrt.phases.on_accept(ip, peer[1]):
             self.closed = True
             transport.abort()
             return
         if self.is_tls:
             if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
-                # ALPN chose HTTP/2: hand the connection to the HTTP/2 protocol.
+                # ALPN chose HTTP/2: hand the connection to the HTTP/2 framing.
                 self.closed = True
-                self.handed_off = True      # H2Protocol counts this connection's end
-                h2proto = H2Protocol(self.lrt, self.peer_ip, self.peer_port)
+                self.handed_off = True      # H2Connection counts this connection's end
+                h2conn = H2Connection(client)
                 lrt.conns.discard(self)
-                lrt.conns.add(h2proto)
-                transport.set_protocol(h2proto)
-                h2proto.connection_made(transport)
+                lrt.conns.add(h2conn)
+                transport.set_protocol(h2conn)
+                h2conn.connection_made(transport)
                 return
+        # (Made only now: the timer's bound method would tie a connection handed
+        # to HTTP/2 into a cycle only the cyclic GC frees.)
+        self.timer = LazyTimer(self.loop, self._on_timer)
         self.parser = HttpRequestParser(self)
         # (A connection whose handshake ends after a drain began still gets
         # its first request answered, with Connection: close.)
@@ -161,7 +148,8 @@ cdef class HttpProtocol(Downstream):
             return
         try:
             self.parser.feed_data(data)
-            if (self.in_request_line and self.url is not None and data.find(b"\n") >= 0
+            if (self.in_request_line and self.req is not None and self.req.target is not None
+                    and data.find(b"\n") >= 0
                     and self.parser.get_http_version() in ("0.0", "0.9")):
                 # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
                 # HTTP/0.9 has no place at a proxy's edge.
@@ -179,7 +167,16 @@ cdef class HttpProtocol(Downstream):
 
     def eof_received(self):
         # Half-close from the client: finish what is in flight, then close.
+        # Mid-body, the request can never complete: end its exchange now and
+        # free its member connection (not at request_timeout).
+        cdef Exchange ex
         self.stop_parsing = True
+        if self.parsing is not None:
+            for ex in self.queue:
+                ex.abort()
+            self.parsing.abort()
+            self.queue = []
+            self.parsing = None
         if not self.queue:
             self.closed = True
             self.transport.close()
@@ -187,7 +184,7 @@ cdef class HttpProtocol(Downstream):
         return not self.is_tls
 
     def connection_lost(self, exc):
-        if self.lrt.counters is not None and self.peer_ip is not None and not self.handed_off:
+        if self.lrt.counters is not None and self.client is not None and not self.handed_off:
             add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
         if not self.handed_off:
             self.lrt.conns.discard(self)
@@ -238,151 +235,50 @@ cdef class HttpProtocol(Downstream):
     def on_message_begin(self):
         self.idle = False
         self.in_request_line = True
-        self.url = None
-        self.hbuf = bytearray()
-        self.nheaders = 0
-        self.block_size = 0
-        self.host = None
-        self.xff = None
-        self.cookie = None
-        self.upgrade_value = None
-        self.request_id = None
-        self.user_agent = None
-        self.referer = None
-        self.conn_tokens = None
-        self.keepalive_token = False
-        self.cl = -1
-        self.chunked = False
-        self.bad_te = False
-        self.body_seen = 0
+        self.req = Request.new(self.client)
         self.req_start = self.last_activity
         self._schedule(self.req_start + self.lrt.request_timeout)
 
     def on_url(self, bytes url):
-        self.url = url if self.url is None else self.url + url
-        if len(self.url) > self.lrt.max_request_line:
-            self.error_code = 414
+        cdef int code = self.req.add_target(url)
+        if code:
+            self.error_code = code
             raise ValueError("request line too long")
 
     def on_header(self, bytes name, bytes value):
-        cdef ListenerRuntime lrt = self.lrt
         self.in_request_line = False
-        cdef Py_ssize_t size = len(name) + len(value) + 4
-        self.nheaders += 1
-        self.block_size += size
-        if (size > lrt.max_header_size or self.nheaders > lrt.max_headers
-                or self.block_size > lrt.max_header_block):
-            self.error_code = 431
-            raise ValueError("header too large")
-        action = lrt.header_actions.get(name.lower())
-        if action is None:
-            put_header(self.hbuf, name, value)
-            return
-        cdef int a = action
-        if a == A_HOST:
-            if self.host is not None:
-                self.error_code = 400
-                raise ValueError("duplicate Host")
-            if not valid_host(value):
-                self.error_code = 400
-                raise ValueError("invalid Host")
-            self.host = value
-            put_header(self.hbuf, name, value)
-        elif a == A_XFF:
-            if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
-                put_header(self.hbuf, name, value)
-            elif lrt.xff_mode == M_APPEND:
-                self.xff = value if self.xff is None else self.xff + b", " + value
-        elif a == A_CONNECTION:
-            for tok in value.lower().split(b","):
-                tok = tok.strip()
-                if tok == b"keep-alive":
-                    self.keepalive_token = True
-                elif tok and tok not in KEEP_TOKENS:
-                    if self.conn_tokens is None:
-                        self.conn_tokens = []
-                    self.conn_tokens.append(tok)
-        elif a == A_COOKIE:
-            self.cookie = value if self.cookie is None else self.cookie + b"; " + value
-            put_header(self.hbuf, name, value)
-        elif a == A_UPGRADE:
-            self.upgrade_value = value
-        elif a == A_REQUEST_ID or a == A_LOGGED:
-            if a == A_REQUEST_ID:
-                self.request_id = value
-            elif name.lower() == b"user-agent":
-                self.user_agent = value
-            else:
-                self.referer = value
-            put_header(self.hbuf, name, value)
-        elif a == A_CL:
-            # llhttp already refuses duplicates and CL with TE.
-            self.cl = int(value)
-        elif a == A_TE:
-            if value.strip().lower() == b"chunked":
-                self.chunked = True
-            else:
-                self.bad_te = True
-        # A_DROP: hop-by-hop or owned by lbcore: never forwarded.
+        cdef int code = self.req.field(name, name.lower(), value)
+        if code:
+            self.error_code = code
+            raise ValueError("header refused")
 
     def on_headers_complete(self):
         cdef ListenerRuntime lrt = self.lrt
+        cdef Request req = self.req
         cdef Exchange ex
         parser = self.parser
         self.in_request_line = False
-        inc(lrt.counters, lrt.cbase + O_REQUESTS)
-        if self.bad_te:
-            self.error_code = 501
-            raise ValueError("transfer coding other than chunked")
         # httptools' get_http_version() formats a str each call; the common
         # case needs none: a persistent request without an explicit
         # keep-alive token can only be HTTP/1.1.
-        if parser.should_keep_alive() and not self.keepalive_token:
-            self.version = "1.1"
+        if parser.should_keep_alive() and not req.keepalive_token:
+            req.version = "1.1"
         else:
-            self.version = parser.get_http_version()
-        http10 = self.version == "1.0"
-        if self.host is None and not http10:
-            self.error_code = 400
-            raise ValueError("HTTP/1.1 request without Host")
-        if self.cl > lrt.max_body:
-            self.error_code = 413
-            raise ValueError("body too large")
-        if lrt.sni_guard is not None and lrt.sni_guard.misdirected(self.sni_name, self.host):
-            self.error_code = 421
-            raise ValueError("Host names another certificate than the handshake's SNI")
-        method = parser.get_method()
-        if method == b"CONNECT":
-            self.error_code = 405
-            raise ValueError("CONNECT at a reverse proxy")
-        if self.upgrade_value is not None and (
-                not parser.should_upgrade() or self.upgrade_value.lower().find(b"h2c") >= 0):
-            # No h2c (spec 9): a cleartext HTTP/2 tunnel would carry requests past
-            # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
-            self.upgrade_value = None
-        keep_alive = parser.should_keep_alive() and lrt.idle_timeout > 0
-        if self.stop_parsing or lrt.draining:
-            keep_alive = False
-        has_body = self.chunked or self.cl > 0
-        view = None
-        if lrt.hooks:
-            view = RequestView(method, self.url, self.version,
-                               self.peer_ip.decode(), int(self.peer_port), lrt.name,
-                               bytes(self.hbuf))
-            if lrt.hooks & K_REQUEST_FILTER:
-                answer = lrt.phases.request_filter(view)
-                if answer is not None:
-                    self._answer_directly(answer)
-                    return
-        if lrt.access_log is not None:
-            self._access_meta(method)
-        ex = Exchange.new(self, lrt, self._build_head(view), method == b"HEAD",
-                      method in IDEMPOTENT, has_body, self.chunked, http10, keep_alive)
-        ex.view = view
-        ex.client_ip = self.peer_ip
-        ex.cookie = self.cookie
-        ex.upgrade = self.upgrade_value
-        ex.meta = self.meta
+            req.version = parser.get_http_version()
+        req.http10 = req.version == "1.0"
+        req.method = parser.get_method()
+        if req.upgrade is not None and not parser.should_upgrade():
+            req.upgrade = None
+        cdef int code = req.head_complete()
+        if code:
+            self.error_code = code
+            raise ValueError("request refused")
+        req.keep_alive = (parser.should_keep_alive() and lrt.idle_timeout > 0
+                          and not self.stop_parsing and not lrt.draining)
+        if req.decide() == D_ANSWER:
+            self._answer_directly(req)
+            return
+        ex = Exchange.new(self, req)
         self.parsing = ex
         self.queue.append(ex)
         self.req_start = 0.0
@@ -394,9 +290,9 @@ cdef class HttpProtocol(Downstream):
             self.transport.pause_reading()
 
     def on_body(self, bytes body):
-        self.body_seen += len(body)
-        if self.body_seen > self.lrt.max_body:
-            self.error_code = 413
+        cdef int code = self.req.body_bytes(len(body))
+        if code:
+            self.error_code = code
             raise ValueError("body too large")
         if self.parsing is not None:
             self.parsing.feed_body(body)
@@ -404,75 +300,24 @@ cdef class HttpProtocol(Downstream):
     def on_message_complete(self):
         cdef Exchange ex = self.parsing
         self.parsing = None
+        self.req = None
         self.idle = True
         if ex is not None:
             if not ex.client_keep_alive:
                 self.stop_parsing = True
             ex.body_done()
 
-    # ---- the rewritten head -------------------------------------------------------
+    # ---- answers of our own -------------------------------------------------------
 
-    cdef bytes _build_head(self, object view):
-        cdef ListenerRuntime lrt = self.lrt
-        cdef bytearray out = bytearray(self.parser.get_method())
-        put(out, b" ")
-        put(out, self.url)
-        put(out, b" HTTP/1.1\r\n")
-        if self.conn_tokens is None:
-            put_ba(out, self.hbuf)
-        else:
-            # Rare: Connection names more hop-by-hop headers; filter them out.
-            for line in bytes(self.hbuf).split(b"\r\n"):
-                if line and line.split(b":", 1)[0].strip().lower() not in self.conn_tokens:
-                    out += line
-                    out += b"\r\n"
-        if self.meta is not None and self.request_id is None:
-            put_header(out, b"X-Request-ID", self.meta[6])
-        if self.upgrade_value is not None:
-            put(out, b"Connection: upgrade\r\n")
-            put_header(out, b"Upgrade", self.upgrade_value)
-        if self.chunked:
-            put(out, b"Transfer-Encoding: chunked\r\n")
-        elif self.cl >= 0:
-            put(out, b"Content-Length: ")
-            put_int(out, self.cl)
-            put(out, b"\r\n")
-        if lrt.tls_fields and self.tls_lines is None:
-            self.tls_lines = lrt.tls_lines(self.transport)
-        lrt.append_forwarded(out, self.peer_ip, self.peer_port, self.xff, self.host,
-                             self.tls_lines, view)
-        put(out, b"\r\n")
-        return bytes(out)
-
-    cdef int _access_meta(self, bytes method) except -1:
-        """What the access log needs of this request, as one tuple (the
-        control plane formats it later, in batches)."""
-        cdef ListenerRuntime lrt = self.lrt
-        if self.tls_info is None:
-            sslobj = self.transport.get_extra_info("ssl_object")
-            self.tls_info = ((sslobj.version(), sslobj.cipher()[0],
-                              getattr(sslobj, "lbcore_sni", None)) if sslobj is not None
-                             else (None, None, None))
-        rid = self.request_id if self.request_id is not None else lrt.next_request_id()
-        self.meta = (wall_time(), self.peer_ip, self.peer_port, method, self.url,
-                     self.version, rid, self.user_agent, self.referer,
-                     self.xff, self.host, lrt.name, lrt.pool.name, self.tls_info)
-        return 0
-
-    def _answer_directly(self, answer):
-        """request_filter answered: (status, [(name, value)], body). The request
-        body, if any, is not read, so the connection closes after."""
-        status, headers, body = answer
-        if isinstance(body, str):
-            body = body.encode()
-        out = bytearray(b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)))
-        for name, value in headers or ():
-            out += header_line(name, value)
-        out += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-        out += body
+    cdef int _answer_directly(self, Request req) except -1:
+        """decide() answered (a hook's page). The request body, if any, is
+        not read, so the connection closes after."""
         self.stop_parsing = True
-        self.transport.write(bytes(out))
+        self._out(local_response(req.answer_status, req.answer_lines, req.answer_body,
+                                 req.is_head()))
+        req.answered(req.answer_status, False)
         self._close()
+        return 0
 
     # ---- what the Exchange calls --------------------------------------------------
 
@@ -606,7 +451,20 @@ cdef class HttpProtocol(Downstream):
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
         self._emit_error(code, router_code, self.loop.time() - ex.t_start if ex is not None
-                         else -1.0)
+                         else -1.0, ex is not None and ex.is_head_method)
+        return 0
+
+    cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1:
+        """A fail_to_proxy page (counted and logged by the Exchange)."""
+        cdef Exchange other
+        self.stop_parsing = True
+        for other in self.queue:
+            if other is not ex:
+                other.abort()
+        self.queue = []
+        self.parsing = None
+        self._out(local_response(status, lines, body, ex.is_head_method))
+        self._close()
         return 0
 
     cdef int ds_abort(self, Exchange ex) except -1:
@@ -633,17 +491,29 @@ cdef class HttpProtocol(Downstream):
     # ---- errors and time-outs -----------------------------------------------------
 
     cdef int _send_error(self, int code, bytes router_code) except -1:
-        """An error found by the downstream itself (parse, limit, time-out)."""
-        cdef ListenerRuntime lrt = self.lrt
-        if lrt.access_log is not None and self.peer_ip is not None:
-            lrt.access_log.append(((wall_time(), self.peer_ip, self.peer_port, None, self.url,
-                                    None, None, None, None, None, self.host, lrt.name,
-                                    lrt.pool.name, self.tls_info), code, 0.0, None))
-        self._emit_error(code, router_code, -1.0)
+        """A refusal found by the framing or the request core (parse error,
+        limit, time-out): counted and logged by the core, then the
+        connection ends."""
+        cdef Request req = self.req
+        if req is None:
+            req = Request.new(self.client)
+        if req.method is None and self.parser is not None:
+            try:
+                req.method = self.parser.get_method()
+            except Exception:
+                pass
+        if req.version is None and self.parser is not None:
+            version = self.parser.get_http_version()
+            if version == "1.1" or version == "1.0":
+                req.version = version
+        req.refused(code)
+        self._emit_error(code, router_code, -2.0, req.is_head())
         return 0
 
-    cdef int _emit_error(self, int code, bytes router_code, double seconds) except -1:
-        """A generated error ends the connection: after it the stream can't be trusted."""
+    cdef int _emit_error(self, int code, bytes router_code, double seconds,
+                         bint head) except -1:
+        """A generated error ends the connection: after it the stream can't be
+        trusted. `seconds` < -1: already counted (by the request core)."""
         cdef Exchange ex
         self.stop_parsing = True
         for ex in self.queue:
@@ -652,8 +522,13 @@ cdef class HttpProtocol(Downstream):
             self.parsing.abort()
         self.queue = []
         self.parsing = None
-        self._out(error_response(code, router_code, True))
-        count_response(self.lrt.counters, self.lrt.cbase, code, True, seconds)
+        if head:
+            self._out(local_response(code, error_lines(code, router_code), error_body(code),
+                                     True))
+        else:
+            self._out(error_response(code, router_code, True))
+        if seconds >= -1.0:
+            count_response(self.lrt.counters, self.lrt.cbase, code, True, seconds)
         self._close()
         return 0
 

@@ -1,220 +1,669 @@
 # cython: language_level=3
-"""Downstream HTTP/2 (ALPN h2, spec 9): frames via the h2 library; each stream
-becomes an HTTP/1.1 request on the same forwarding core (Exchange) as HTTP/1.1
-clients. Response bodies respect the client's flow-control windows: when a
-stream's window is shut, its member's connection stops being read."""
+"""Downstream HTTP/2 framing (ALPN h2, spec 9) on libnghttp2's C API: frames
+in, a Request out (lbcore_ext/request.pyx decides it, as for HTTP/1.1),
+answers and relayed responses written back as HEADERS and DATA frames.
 
-import asyncio
+What stays here is what only exists in HTTP/2: RFC 9113's pseudo-fields and
+field syntax (nghttp2's HTTP messaging checks plus valid_field_value), flow
+control in both directions, and the per-connection abuse budgets (rapid
+reset, PING/SETTINGS/PRIORITY/WINDOW_UPDATE floods, empty frames,
+CONTINUATION floods, HPACK bombs) that end a connection with
+GOAWAY(ENHANCE_YOUR_CALM), counted by reason."""
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame
+include "consts.pxi"
+
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from lbcore_ext.counters cimport add, count_response, inc
-from lbcore_ext.headers cimport reason_phrase
+from lbcore_ext.request cimport (D_ANSWER, Client, Request, error_body, error_lines,
+                                 valid_field_value)
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
-from lbcore_ext.counters import CONN_ACTIVE, GENERATED, GENERATED_CODES, REQUESTS
-from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
-from lbcore_ext.runtime import (H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_LOGGED, H_REQUEST_ID,
-                                H_XFF, XFF_APPEND,
-                                XFF_OFF, XFF_PRESERVE)
+import asyncio
+from collections import deque
 
-# SETTINGS_MAX_CONCURRENT_STREAMS (spec 9, issue: 100 concurrent streams).
-DEF MAX_STREAMS = 100
+from lbcore_ext.counters import (CONN_ACTIVE, H2_GOAWAY, H2_GOAWAY_REASONS,
+                                 W_LIVE_CLIENT_CONNS)
 
-cdef object RequestReceived = h2.events.RequestReceived
-cdef object DataReceived = h2.events.DataReceived
-cdef object StreamEnded = h2.events.StreamEnded
-cdef object StreamReset = h2.events.StreamReset
-cdef object WindowUpdated = h2.events.WindowUpdated
-cdef object ConnectionTerminated = h2.events.ConnectionTerminated
-cdef object ProtocolError = h2.exceptions.ProtocolError
-cdef object StreamClosedError = h2.exceptions.StreamClosedError
-cdef int A_HOST = H_HOST
-cdef int A_XFF = H_XFF
-cdef int A_COOKIE = H_COOKIE
-cdef int A_CL = H_CONTENT_LENGTH
-cdef int A_REQUEST_ID = H_REQUEST_ID
-cdef int A_LOGGED = H_LOGGED
-cdef object wall_time = __import__("time").time
-cdef int M_APPEND = XFF_APPEND
-cdef int M_PRESERVE = XFF_PRESERVE
-cdef int M_OFF = XFF_OFF
-cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
+
+cdef extern from "nghttp2/nghttp2.h":
+    ctypedef struct nghttp2_session:
+        pass
+    ctypedef struct nghttp2_session_callbacks:
+        pass
+    ctypedef struct nghttp2_option:
+        pass
+    ctypedef struct nghttp2_info:
+        int age
+        int version_num
+        const char* version_str
+        const char* proto_str
+
+    ctypedef struct nghttp2_frame_hd:
+        size_t length
+        int32_t stream_id
+        uint8_t type
+        uint8_t flags
+        uint8_t reserved
+
+    ctypedef struct nghttp2_nv:
+        uint8_t* name
+        uint8_t* value
+        size_t namelen
+        size_t valuelen
+        uint8_t flags
+
+    ctypedef enum nghttp2_headers_category:
+        NGHTTP2_HCAT_REQUEST
+        NGHTTP2_HCAT_RESPONSE
+        NGHTTP2_HCAT_PUSH_RESPONSE
+        NGHTTP2_HCAT_HEADERS
+
+    ctypedef struct nghttp2_headers:
+        nghttp2_frame_hd hd
+        nghttp2_headers_category cat
+
+    ctypedef struct nghttp2_goaway:
+        nghttp2_frame_hd hd
+        int32_t last_stream_id
+        uint32_t error_code
+
+    ctypedef union nghttp2_frame:
+        nghttp2_frame_hd hd
+        nghttp2_headers headers
+        nghttp2_goaway goaway
+
+    ctypedef union nghttp2_data_source:
+        int fd
+        void* ptr
+
+    ctypedef ssize_t (*nghttp2_data_source_read_callback)(
+        nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+        uint32_t* data_flags, nghttp2_data_source* source, void* user_data)
+
+    ctypedef struct nghttp2_data_provider:
+        nghttp2_data_source source
+        nghttp2_data_source_read_callback read_callback
+
+    ctypedef struct nghttp2_settings_entry:
+        int32_t settings_id
+        uint32_t value
+
+    ctypedef struct nghttp2_priority_spec:
+        pass
+
+    enum:
+        NGHTTP2_VERSION_NUM
+        NGHTTP2_DATA
+        NGHTTP2_HEADERS
+        NGHTTP2_PRIORITY
+        NGHTTP2_RST_STREAM
+        NGHTTP2_SETTINGS
+        NGHTTP2_PING
+        NGHTTP2_GOAWAY
+        NGHTTP2_WINDOW_UPDATE
+        NGHTTP2_CONTINUATION
+        NGHTTP2_FLAG_NONE
+        NGHTTP2_FLAG_END_STREAM
+        NGHTTP2_FLAG_END_HEADERS
+        NGHTTP2_FLAG_ACK
+        NGHTTP2_NO_ERROR
+        NGHTTP2_PROTOCOL_ERROR
+        NGHTTP2_INTERNAL_ERROR
+        NGHTTP2_REFUSED_STREAM
+        NGHTTP2_ENHANCE_YOUR_CALM
+        NGHTTP2_ERR_CALLBACK_FAILURE
+        NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        NGHTTP2_ERR_DEFERRED
+        NGHTTP2_ERR_FLOODED
+        NGHTTP2_DATA_FLAG_EOF
+        NGHTTP2_NV_FLAG_NONE
+        NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
+        NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
+
+    nghttp2_info* nghttp2_version(int least_version)
+    const char* nghttp2_strerror(int lib_error_code)
+
+    int nghttp2_session_callbacks_new(nghttp2_session_callbacks** callbacks_ptr)
+    void nghttp2_session_callbacks_set_on_begin_frame_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame_hd*, void*))
+    void nghttp2_session_callbacks_set_on_frame_recv_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame*, void*))
+    void nghttp2_session_callbacks_set_on_frame_send_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame*, void*))
+    void nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame*, int, void*))
+    void nghttp2_session_callbacks_set_on_begin_headers_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame*, void*))
+    void nghttp2_session_callbacks_set_on_header_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame*, const uint8_t*, size_t,
+                  const uint8_t*, size_t, uint8_t, void*))
+    void nghttp2_session_callbacks_set_on_invalid_header_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, const nghttp2_frame*, const uint8_t*, size_t,
+                  const uint8_t*, size_t, uint8_t, void*))
+    void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, uint8_t, int32_t, const uint8_t*, size_t, void*))
+    void nghttp2_session_callbacks_set_on_stream_close_callback(
+        nghttp2_session_callbacks* cbs,
+        int (*cb)(nghttp2_session*, int32_t, uint32_t, void*))
+
+    int nghttp2_option_new(nghttp2_option** option_ptr)
+    void nghttp2_option_set_no_auto_window_update(nghttp2_option* option, int val)
+    void nghttp2_option_set_max_deflate_dynamic_table_size(nghttp2_option* option, size_t val)
+    void nghttp2_option_set_no_closed_streams(nghttp2_option* option, int val)
+    void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option* option, uint64_t burst,
+                                                    uint64_t rate)
+    void nghttp2_option_set_max_continuations(nghttp2_option* option, size_t val)
+
+    int nghttp2_session_server_new2(nghttp2_session** session_ptr,
+                                    const nghttp2_session_callbacks* callbacks,
+                                    void* user_data, const nghttp2_option* option)
+    void nghttp2_session_del(nghttp2_session* session)
+    ssize_t nghttp2_session_mem_recv(nghttp2_session* session, const uint8_t* data,
+                                     size_t inlen)
+    ssize_t nghttp2_session_mem_send(nghttp2_session* session, const uint8_t** data_ptr)
+    int nghttp2_session_want_read(nghttp2_session* session)
+    int nghttp2_session_want_write(nghttp2_session* session)
+    void* nghttp2_session_get_stream_user_data(nghttp2_session* session, int32_t stream_id)
+    int nghttp2_session_set_stream_user_data(nghttp2_session* session, int32_t stream_id,
+                                             void* stream_user_data)
+    int nghttp2_session_consume(nghttp2_session* session, int32_t stream_id, size_t size)
+    int nghttp2_session_resume_data(nghttp2_session* session, int32_t stream_id)
+    int nghttp2_session_set_local_window_size(nghttp2_session* session, uint8_t flags,
+                                              int32_t stream_id, int32_t window_size)
+    int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session* session)
+    int nghttp2_session_terminate_session(nghttp2_session* session, uint32_t error_code)
+    int nghttp2_submit_settings(nghttp2_session* session, uint8_t flags,
+                                const nghttp2_settings_entry* iv, size_t niv)
+    int nghttp2_submit_response(nghttp2_session* session, int32_t stream_id,
+                                const nghttp2_nv* nva, size_t nvlen,
+                                const nghttp2_data_provider* data_prd)
+    int nghttp2_submit_rst_stream(nghttp2_session* session, uint8_t flags, int32_t stream_id,
+                                  uint32_t error_code)
+    int nghttp2_submit_goaway(nghttp2_session* session, uint8_t flags, int32_t last_stream_id,
+                              uint32_t error_code, const uint8_t* opaque_data,
+                              size_t opaque_data_len)
+
+
+# The library this module was built against must be the one loaded.
+if nghttp2_version(0).version_num != NGHTTP2_VERSION_NUM:
+    raise ImportError(
+        f"libnghttp2 {nghttp2_version(0).version_str.decode()} is loaded but lbcore_ext.http2 "
+        f"was built against 0x{NGHTTP2_VERSION_NUM:06x}: rebuild (make build)")
+
+cdef object get_running_loop = asyncio.get_running_loop
+# SETTINGS(MAX_CONCURRENT_STREAMS = H2_MAX_STREAMS): see H2Connection.connection_made.
+cdef bytes OUR_SETTINGS = (b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03"
+                           + (H2_MAX_STREAMS).to_bytes(4, "big"))
 cdef Py_ssize_t O_CONN_ACTIVE = CONN_ACTIVE
-cdef Py_ssize_t O_REQUESTS = REQUESTS
-# A malformed HTTP/2 request is counted with the generated 400s.
-cdef Py_ssize_t O_MALFORMED = GENERATED + [c for c, _ in GENERATED_CODES].index(400)
-cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
-                                       b"TRACE"))
+cdef Py_ssize_t O_GOAWAY = H2_GOAWAY
+cdef Py_ssize_t O_LIVE_CC = W_LIVE_CLIENT_CONNS
+
+# Budgets, in the order of their reasons in H2_GOAWAY_REASONS.
+DEF N_BUDGETS = 6
+DEF B_RST = 0
+DEF B_PING = 1
+DEF B_SETTINGS = 2
+DEF B_PRIORITY = 3
+DEF B_WINDOW = 4
+DEF B_EMPTY = 5
+cdef double BURST[N_BUDGETS]
+cdef double RATE[N_BUDGETS]
+BURST[:] = [H2_RST_BURST, H2_PING_BURST, H2_SETTINGS_BURST, H2_PRIORITY_BURST,
+            H2_WINDOW_UPDATE_BURST, H2_EMPTY_BURST]
+RATE[:] = [H2_RST_RATE, H2_PING_RATE, H2_SETTINGS_RATE, H2_PRIORITY_RATE,
+           H2_WINDOW_UPDATE_RATE, H2_EMPTY_RATE]
+for _k, _name in enumerate(("rapid_reset", "ping_flood", "settings_flood", "priority_flood",
+                            "window_update_flood", "empty_frames")):
+    assert H2_GOAWAY_REASONS[_k] == _name
+cdef int R_CONTINUATION = H2_GOAWAY_REASONS.index("continuation_flood")
+cdef int R_HEADER_FLOOD = H2_GOAWAY_REASONS.index("header_flood")
+cdef int R_OUTPUT_FLOOD = H2_GOAWAY_REASONS.index("output_flood")
+cdef int R_PROTOCOL = H2_GOAWAY_REASONS.index("protocol_error")
+cdef int R_DRAIN = H2_GOAWAY_REASONS.index("drain")
+cdef int R_IDLE = H2_GOAWAY_REASONS.index("idle")
 
 
-# ---- request header checks (RFC 9113 8.2, 8.3) ---------------------------------
-# Done here, in one pass over the headers we walk anyway, instead of by h2
-# (its validate/normalize_inbound_headers passes were 17% of HTTP/2 CPU).
-# A malformed request is reset with PROTOCOL_ERROR and never forwarded: a CR
-# or LF in a value would otherwise split the HTTP/1.1 head sent upstream.
-cdef unsigned char[256] NAME_CHAR       # allowed in a (lower-case) field name
-for _c in bytearray(b"abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~"):
-    NAME_CHAR[_c] = 1
-cdef frozenset PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
-# Connection-specific fields have no place in HTTP/2 (8.2.2); TE only as "trailers".
-cdef frozenset CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive",
-                                                b"proxy-connection", b"transfer-encoding",
-                                                b"upgrade"))
-cdef unsigned long long SPECIFIC_LENGTHS = (1ULL << 2)      # te
-for _n in CONNECTION_SPECIFIC:
-    SPECIFIC_LENGTHS |= 1ULL << len(_n)
+# ---- the session's callbacks: guard and dispatch (uvloop's stream.pyx style) ---
+
+cdef inline H2Stream stream_of(nghttp2_session* s, int32_t sid):
+    cdef void* p = nghttp2_session_get_stream_user_data(s, sid)
+    return <H2Stream>p if p != NULL else None
 
 
-cdef bint malformed_field(bytes name, bytes value):
-    cdef const unsigned char* p = name
-    cdef Py_ssize_t name_len = len(name), n, i, start = 1 if name_len and p[0] == 58 else 0
-    if name_len == start:
-        return True
-    for i in range(start, name_len):
-        if not NAME_CHAR[p[i]]:
-            return True
-    p = value
-    n = len(value)
-    if n and (p[0] == 32 or p[0] == 9 or p[n - 1] == 32 or p[n - 1] == 9):
-        return True
-    for i in range(n):
-        if p[i] == 0 or p[i] == 10 or p[i] == 13:
-            return True
-    if start == 0 and name_len < 64 and (SPECIFIC_LENGTHS >> name_len) & 1:
-        if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
-            return True
-    return False
+cdef int fail(H2Connection c, object exc) noexcept:
+    """An exception inside a callback: kept, raised again after mem_recv."""
+    if c.error is None:
+        c.error = exc
+    return NGHTTP2_ERR_CALLBACK_FAILURE
 
 
-cdef class H2Stream(Downstream):
-    cdef H2Protocol owner
-    cdef int sid
-    cdef Exchange ex
-    cdef list pending
-    cdef bint end_pending
-    cdef bint done
+cdef int cb_begin_frame(nghttp2_session* s, const nghttp2_frame_hd* hd, void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        return c.on_begin_frame(hd)
+    except BaseException as exc:
+        return fail(c, exc)
 
-    def __init__(self, H2Protocol owner, int sid):
-        self.owner = owner
-        self.sid = sid
-        self.loop = owner.loop
-        self.transport = owner.transport
-        self.pending = []
 
-    cdef int drain(self) except -1:
-        """Send what the stream's flow-control window allows; stop reading the
-        member while data waits for WINDOW_UPDATE."""
-        conn = self.owner.conn
-        cdef Py_ssize_t window, n
-        if self.done or self.owner.closed:
-            return 0
-        try:
-            while self.pending:
-                window = min(conn.local_flow_control_window(self.sid),
-                             conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = self.pending[0]
-                n = len(chunk)
-                if n <= window:
-                    self.pending.pop(0)
-                    conn.send_data(self.sid, chunk)
-                else:
-                    conn.send_data(self.sid, chunk[:window])
-                    self.pending[0] = chunk[window:]
-            if self.pending:
-                if self.ex is not None:
-                    self.ex.pause_upstream()
-            else:
-                if self.ex is not None:
-                    self.ex.resume_upstream()
-                if self.end_pending:
-                    self.end_pending = False
-                    conn.end_stream(self.sid)
-                    self.owner.forget(self)
-        except StreamClosedError:
-            self.pending = []
-        self.owner.flush()
+cdef int cb_begin_headers(nghttp2_session* s, const nghttp2_frame* f, void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        return c.on_begin_headers(f)
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_header(nghttp2_session* s, const nghttp2_frame* f, const uint8_t* name,
+                   size_t namelen, const uint8_t* value, size_t valuelen, uint8_t flags,
+                   void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        return c.on_header(f, name, namelen, value, valuelen)
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_invalid_header(nghttp2_session* s, const nghttp2_frame* f, const uint8_t* name,
+                           size_t namelen, const uint8_t* value, size_t valuelen,
+                           uint8_t flags, void* ud) noexcept:
+    """A field nghttp2 would otherwise drop silently (RFC 9113 8.2.1): the
+    request is malformed; nghttp2 resets the stream with PROTOCOL_ERROR."""
+    cdef H2Connection c = <H2Connection>ud
+    cdef H2Stream st
+    try:
+        st = stream_of(s, f.hd.stream_id)
+        if st is not None:
+            st.malformed(False)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_frame_recv(nghttp2_session* s, const nghttp2_frame* f, void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        return c.on_frame_recv(f)
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_invalid_frame_recv(nghttp2_session* s, const nghttp2_frame* f, int err,
+                               void* ud) noexcept:
+    """nghttp2 refused a frame; a request's HEADERS means a malformed
+    request, reset by nghttp2 (counted and logged here)."""
+    cdef H2Connection c = <H2Connection>ud
+    cdef H2Stream st
+    try:
+        if f.hd.type == NGHTTP2_HEADERS:
+            st = stream_of(s, f.hd.stream_id)
+            if st is not None:
+                st.malformed(False)
+        return 0
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_frame_send(nghttp2_session* s, const nghttp2_frame* f, void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        if f.hd.type == NGHTTP2_DATA:
+            c.refund_window()
+        elif f.hd.type == NGHTTP2_GOAWAY:
+            c.count_goaway(f.goaway.error_code)
+        return 0
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_data_chunk(nghttp2_session* s, uint8_t flags, int32_t sid, const uint8_t* data,
+                       size_t length, void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        return c.on_data(sid, data, length)
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef int cb_stream_close(nghttp2_session* s, int32_t sid, uint32_t error_code,
+                         void* ud) noexcept:
+    cdef H2Connection c = <H2Connection>ud
+    try:
+        return c.on_stream_close(sid)
+    except BaseException as exc:
+        return fail(c, exc)
+
+
+cdef ssize_t cb_read_body(nghttp2_session* s, int32_t sid, uint8_t* buf, size_t length,
+                          uint32_t* data_flags, nghttp2_data_source* source,
+                          void* ud) noexcept:
+    cdef H2Stream st = <H2Stream>source.ptr
+    try:
+        return st.read_body(buf, length, data_flags)
+    except BaseException as exc:
+        return fail(<H2Connection>ud, exc)
+
+
+cdef nghttp2_session_callbacks* CALLBACKS = NULL
+cdef nghttp2_option* OPTIONS = NULL
+
+
+cdef int make_session_setup() except -1:
+    """Callbacks and options: the same for every connection, made once."""
+    global CALLBACKS, OPTIONS
+    if nghttp2_session_callbacks_new(&CALLBACKS) != 0 or nghttp2_option_new(&OPTIONS) != 0:
+        raise MemoryError("nghttp2")
+    nghttp2_session_callbacks_set_on_begin_frame_callback(CALLBACKS, cb_begin_frame)
+    nghttp2_session_callbacks_set_on_begin_headers_callback(CALLBACKS, cb_begin_headers)
+    nghttp2_session_callbacks_set_on_header_callback(CALLBACKS, cb_header)
+    nghttp2_session_callbacks_set_on_invalid_header_callback(CALLBACKS, cb_invalid_header)
+    nghttp2_session_callbacks_set_on_frame_recv_callback(CALLBACKS, cb_frame_recv)
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(CALLBACKS,
+                                                                  cb_invalid_frame_recv)
+    nghttp2_session_callbacks_set_on_frame_send_callback(CALLBACKS, cb_frame_send)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(CALLBACKS, cb_data_chunk)
+    nghttp2_session_callbacks_set_on_stream_close_callback(CALLBACKS, cb_stream_close)
+    # Window updates are ours: a stream's window opens as its body reaches the
+    # member, so a slow member slows its client (flow control both ways).
+    nghttp2_option_set_no_auto_window_update(OPTIONS, 1)
+    nghttp2_option_set_max_deflate_dynamic_table_size(OPTIONS, H2_HPACK_ENCODER_MAX)
+    nghttp2_option_set_stream_reset_rate_limit(OPTIONS, H2_NGHTTP2_RST_BURST,
+                                               H2_NGHTTP2_RST_RATE)
+    nghttp2_option_set_max_continuations(OPTIONS, H2_NGHTTP2_MAX_CONTINUATIONS)
+    return 0
+
+
+make_session_setup()
+
+
+cdef class NvList:
+    """A response's fields as nghttp2_nv entries pointing into one buffer of
+    lower-cased names and values, built from "Name: value\\r\\n" lines."""
+    cdef nghttp2_nv* nva
+    cdef size_t n
+    cdef size_t cap
+    cdef bytearray buf
+    cdef list offsets
+
+    def __cinit__(self):
+        self.buf = bytearray()
+        self.offsets = []
+
+    def __dealloc__(self):
+        if self.nva != NULL:
+            free(self.nva)
+
+    cdef int add(self, bytes name, bytes value) except -1:
+        self.offsets.append((len(self.buf), len(name), len(name) + len(value)))
+        self.buf += name
+        self.buf += value
         return 0
 
+    cdef int add_lines(self, object lines) except -1:
+        """Parse header lines: the name lower-cased, the value trimmed."""
+        cdef const unsigned char* p
+        cdef Py_ssize_t n, i = 0, colon, end, vs, ve, start, k
+        cdef bytes data = bytes(lines)
+        p = <const unsigned char*>PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+        while i < n:
+            end = data.find(b"\r\n", i)
+            if end < 0:
+                end = n
+            colon = data.find(b":", i, end)
+            if colon > i:
+                vs = colon + 1
+                while vs < end and (p[vs] == 32 or p[vs] == 9):
+                    vs += 1
+                ve = end
+                while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
+                    ve -= 1
+                start = len(self.buf)
+                self.buf += data[i:colon].lower()
+                self.buf += data[vs:ve]
+                self.offsets.append((start, colon - i, colon - i + ve - vs))
+            i = end + 2
+        return 0
+
+    cdef int build(self) except -1:
+        """Pointers are taken only now: the buffer no longer moves."""
+        cdef Py_ssize_t k = 0
+        cdef char* base = PyByteArray_AS_STRING(self.buf)
+        self.n = len(self.offsets)
+        self.nva = <nghttp2_nv*>malloc(sizeof(nghttp2_nv) * (self.n or 1))
+        if self.nva == NULL:
+            raise MemoryError()
+        for start, nlen, total in self.offsets:
+            self.nva[k].name = <uint8_t*>(base + <Py_ssize_t>start)
+            self.nva[k].namelen = <size_t>nlen
+            self.nva[k].value = <uint8_t*>(base + <Py_ssize_t>start + <Py_ssize_t>nlen)
+            self.nva[k].valuelen = <size_t>(total - nlen)
+            self.nva[k].flags = NGHTTP2_NV_FLAG_NONE
+            k += 1
+        return 0
+
+
+cdef bytes status_text(int status):
+    return b"%d" % status
+
+
+@cython.final
+cdef class H2Stream(Downstream):
+    """One request stream: the Downstream its Exchange writes the response to."""
+    cdef H2Connection conn
+    cdef int32_t sid
+    cdef Request req
+    cdef Exchange ex
+    cdef list out                       # response body pieces not yet framed
+    cdef Py_ssize_t out_off             # bytes of out[0] already framed
+    cdef Py_ssize_t out_len             # bytes waiting in out
+    cdef bint out_end                   # the response body is complete
+    cdef bint deferred                  # nghttp2 waits for resume_data
+    cdef bint responded                 # a response (or reset) was submitted
+    cdef bint closed                    # nghttp2 closed the stream
+    cdef bint refused                   # a refusal is decided: later fields ignored
+    cdef bint logged                    # the refusal was counted and logged
+    cdef bint upstream_paused           # its member connection is not being read
+    cdef bint paused                    # its DATA is not given back to the window
+    cdef size_t unconsumed              # DATA bytes held back while paused
+    cdef Py_ssize_t decoded             # decoded header bytes (HPACK bomb check)
+
+    # ---- requests in ----------------------------------------------------------------
+
+    cdef int malformed(self, bint reset) except -1:
+        """RFC 9113 8.1.1: a malformed request is a stream error
+        (PROTOCOL_ERROR); nothing of it is forwarded. Counted and logged as
+        the 400 an HTTP/1.1 client would get."""
+        self.refused = True
+        if not self.logged:
+            self.logged = True
+            self.req.refused(400)
+        if self.ex is not None:
+            self.ex.abort()
+            self.ex = None
+        if reset and not self.responded:
+            self.responded = True
+            nghttp2_submit_rst_stream(self.conn.session, NGHTTP2_FLAG_NONE, self.sid,
+                                      NGHTTP2_PROTOCOL_ERROR)
+        return 0
+
+    cdef int refuse(self, int code) except -1:
+        """The request core refused it: a response in HTTP/2 framing, or a
+        reset for a malformed request."""
+        if code == 400:
+            return self.malformed(True)
+        self.refused = True
+        if not self.logged:
+            self.logged = True
+            self.req.refused(code)
+        self.respond(code, error_lines(code, None), error_body(code), self.req.is_head())
+        return 0
+
+    # ---- responses out ----------------------------------------------------------------
+
+    cdef int respond(self, int status, bytes lines, bytes body, bint head) except -1:
+        """A complete answer of lbcore's own (refusal, hook, generated error)."""
+        if self.responded or self.closed:
+            return 0
+        cdef NvList nv = NvList()
+        nv.add(b":status", status_text(status))
+        nv.add_lines(lines)
+        nv.add(b"content-length", b"%d" % len(body))
+        if head or not body:
+            self.submit(nv, False)
+        else:
+            self.out = [body]
+            self.out_len = len(body)
+            self.out_end = True
+            self.submit(nv, True)
+        self.conn.flush()
+        return 0
+
+    cdef int submit(self, NvList nv, bint with_body) except -1:
+        cdef nghttp2_data_provider prd
+        cdef int rv
+        nv.build()
+        self.responded = True
+        if with_body:
+            prd.source.ptr = <void*>self
+            prd.read_callback = cb_read_body
+            rv = nghttp2_submit_response(self.conn.session, self.sid, nv.nva, nv.n, &prd)
+        else:
+            rv = nghttp2_submit_response(self.conn.session, self.sid, nv.nva, nv.n, NULL)
+        return 0
+
+    cdef ssize_t read_body(self, uint8_t* buf, size_t length, uint32_t* data_flags) except -1:
+        """nghttp2 asks for at most `length` bytes of the body (what the
+        windows and the frame size allow)."""
+        cdef Py_ssize_t n = 0, take, avail
+        cdef bytes piece
+        while self.out and n < <Py_ssize_t>length:
+            piece = self.out[0]
+            avail = PyBytes_GET_SIZE(piece) - self.out_off
+            take = min(avail, <Py_ssize_t>length - n)
+            memcpy(buf + n, PyBytes_AS_STRING(piece) + self.out_off, take)
+            n += take
+            if take == avail:
+                self.out.pop(0)
+                self.out_off = 0
+            else:
+                self.out_off += take
+        self.out_len -= n
+        if self.upstream_paused and self.out_len < H2_STREAM_BUFFER_HIGH and self.ex is not None:
+            self.upstream_paused = False
+            self.ex.resume_upstream()
+        if self.out_len == 0:
+            if self.out_end:
+                data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+            elif n == 0:
+                self.deferred = True
+                return NGHTTP2_ERR_DEFERRED
+        return n
+
+    cdef int more_body(self) except -1:
+        if self.deferred and not self.closed:
+            self.deferred = False
+            nghttp2_session_resume_data(self.conn.session, self.sid)
+        self.conn.flush()
+        return 0
+
+    # ---- what the Exchange calls ---------------------------------------------------
+
     cdef int ds_write(self, object data) except -1:
-        return 0    # raw HTTP/1 bytes (a hook's custom page) have no meaning here
+        return 0        # raw HTTP/1 bytes (an upgrade's 101) never happen on HTTP/2
 
     cdef int ds_interim(self, Exchange ex, int status, bytes reason, object rhead) except -1:
         return 0
 
     cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
                      long long content_length, bint no_body) except -1:
-        headers = [(b":status", b"%d" % status)]
+        if self.responded or self.closed:
+            return 0
+        cdef NvList nv = NvList()
+        nv.add(b":status", status_text(status))
         if rhead is not None:
-            for line in bytes(rhead).split(b"\r\n"):
-                if line:
-                    name, _, value = line.partition(b":")
-                    headers.append((name.strip().lower(), value.strip()))
+            nv.add_lines(rhead)
         if content_length >= 0:
-            headers.append((b"content-length", b"%d" % content_length))
-        try:
-            self.owner.conn.send_headers(self.sid, headers, end_stream=no_body)
-        except StreamClosedError:
-            pass
-        self.owner.flush()
+            nv.add(b"content-length", b"%d" % content_length)
+        if no_body:
+            self.submit(nv, False)
+        else:
+            self.out = []
+            self.submit(nv, True)
+        self.conn.flush()
         return 0
 
     cdef int ds_body(self, Exchange ex, object data) except -1:
-        self.pending.append(data)
-        self.drain()
+        if self.closed or not data:
+            return 0
+        self.out.append(bytes(data))
+        self.out_len += len(data)
+        if self.out_len > H2_STREAM_BUFFER_HIGH and not self.upstream_paused:
+            # The client's window is shut: stop reading the member.
+            self.upstream_paused = True
+            ex.pause_upstream()
+        self.more_body()
         return 0
 
     cdef int ds_end(self, Exchange ex) except -1:
-        self.end_pending = True
-        self.drain()
+        self.out_end = True
+        self.more_body()
         return 0
 
     cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:
-        if not self.pending and not self.end_pending:
-            self.owner.forget(self)
+        self.ex = None
         return 0
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
-        count_response(self.owner.lrt.counters, self.owner.lrt.cbase, code, True,
-                       self.owner.loop.time() - ex.t_start if ex is not None else -1.0)
-        body = b"%d %s\n" % (code, reason_phrase(code))
-        headers = [(b":status", b"%d" % code), (b"content-type", b"text/plain"),
-                   (b"content-length", b"%d" % len(body))]
-        if router_code is not None:
-            headers.append((b"x-router-code", router_code))
-        try:
-            self.owner.conn.send_headers(self.sid, headers)
-            self.owner.conn.send_data(self.sid, body, end_stream=True)
-        except (StreamClosedError, ProtocolError):
-            pass
-        self.owner.flush()
-        self.owner.forget(self)
+        # The Exchange logs its own errors; their time counts in the histogram.
+        count_response(self.conn.lrt.counters, self.conn.lrt.cbase, code, True,
+                       self.conn.loop.time() - ex.t_start if ex is not None else -1.0)
+        self.ex = None
+        self.respond(code, error_lines(code, router_code), error_body(code),
+                     ex is not None and ex.is_head_method)
+        return 0
+
+    cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1:
+        self.ex = None
+        self.respond(status, lines, body, ex.is_head_method)
         return 0
 
     cdef int ds_abort(self, Exchange ex) except -1:
-        try:
-            self.owner.conn.reset_stream(self.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-        except (StreamClosedError, ProtocolError):
-            pass
-        self.owner.flush()
-        self.owner.forget(self)
+        """Mid-response failure: the client must see a broken stream, never a
+        complete-looking response."""
+        self.ex = None
+        if not self.closed:
+            self.responded = True
+            nghttp2_submit_rst_stream(self.conn.session, NGHTTP2_FLAG_NONE, self.sid,
+                                      NGHTTP2_INTERNAL_ERROR)
+            self.conn.flush()
         return 0
 
     cdef int ds_pause_reading(self) except -1:
-        self.owner.pause_reading()
+        self.paused = True
         return 0
 
     cdef int ds_resume_reading(self) except -1:
-        self.owner.resume_reading()
+        if self.paused:
+            self.paused = False
+            if self.unconsumed and not self.closed:
+                nghttp2_session_consume(self.conn.session, self.sid, self.unconsumed)
+                self.unconsumed = 0
+                self.conn.flush()
         return 0
 
     cdef int ds_tunnel(self, Exchange ex) except -1:
@@ -225,94 +674,373 @@ cdef class H2Stream(Downstream):
         return 0
 
     cdef int ds_deadline(self, double at) except -1:
-        self.owner.schedule(at)
+        self.conn.schedule(at)
         return 0
 
 
-cdef class H2Protocol:
+cdef class H2Connection:
     """One HTTP/2 client connection (taken over from HttpProtocol after ALPN)."""
+    cdef nghttp2_session* session
     cdef object transport
     cdef object loop
     cdef ListenerRuntime lrt
-    cdef object conn
-    cdef dict streams
-    cdef bytes peer_ip
-    cdef bytes peer_port
-    cdef bytes tls_lines
-    cdef tuple tls_info
+    cdef Client client
+    cdef dict streams                   # stream id -> H2Stream, while nghttp2 has it
+    cdef list starting                  # streams whose exchange starts after this read
+    cdef object error                   # an exception raised inside a callback
     cdef bint closed
-    cdef bint paused
+    cdef bint read_paused
+    cdef bint write_paused
+    cdef bint flush_pending
+    cdef bint going_away
     cdef LazyTimer timer
     cdef double last_activity
-    cdef bint going_away                # GOAWAY sent: finish streams, then close
-    cdef bint flush_pending             # a write of h2's output is scheduled
-    cdef long last_sid                  # the last stream the GOAWAY let through
+    cdef double now
+    cdef int calm                       # reason + 1 of the budget that ran out
+    cdef int goaway_reason              # reason of the GOAWAY we send, -1 = by its code
+    cdef double tokens[N_BUDGETS]
+    cdef double stamp[N_BUDGETS]
+    cdef int32_t max_sid                # the highest stream the client opened
+    cdef object closed_ids              # recently closed streams, oldest first (bounded)
+    cdef set closed_set
+    cdef bint bad_stream_id             # HEADERS on a stream id it can't use
+    cdef bint ack_pending               # the client's ACK of our first SETTINGS is due
+    cdef Py_ssize_t preface_left        # client preface bytes not yet seen
+    cdef Py_ssize_t frame_left          # payload bytes of the frame being passed on
+    cdef bytes held                     # a frame header split across reads
+    cdef int cont_frames                # CONTINUATION frames of the header block
+    cdef size_t cont_bytes              # compressed bytes of the header block
 
-    def __init__(self, ListenerRuntime lrt, bytes peer_ip, bytes peer_port):
-        self.lrt = lrt
-        self.peer_ip = peer_ip
-        self.peer_port = peer_port
+    def __init__(self, Client client):
+        cdef int k
+        self.client = client
+        self.lrt = client.lrt
         self.streams = {}
+        self.starting = []
+        self.closed_ids = deque()
+        self.closed_set = set()
+        self.goaway_reason = -1
+        for k in range(N_BUDGETS):
+            self.tokens[k] = BURST[k]
+            self.stamp[k] = 0.0
+        add(self.lrt.counters, O_LIVE_CC, 1)
+
+    def __dealloc__(self):
+        if self.session != NULL:
+            nghttp2_session_del(self.session)
+            self.session = NULL
+        if self.lrt is not None:
+            add(self.lrt.counters, O_LIVE_CC, -1)
 
     def connection_made(self, transport):
+        cdef nghttp2_settings_entry iv[1]
         self.transport = transport
-        self.loop = asyncio.get_running_loop()
+        self.loop = get_running_loop()
         self.timer = LazyTimer(self.loop, self._on_timer)
-        # Inbound fields are checked in _request (malformed_field), outbound
-        # ones are ours: names lower-cased, hop-by-hop dropped, values parsed
-        # strictly from the member; h2's own per-header passes are off.
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_inbound_headers=False,
-                                           normalize_inbound_headers=False,
-                                           validate_outbound_headers=False,
-                                           normalize_outbound_headers=False)
-        self.conn = h2.connection.H2Connection(config=config)
-        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.lrt.max_header_block,
-        })
-        self.conn.initiate_connection()
-        if self.lrt.tls_fields:
-            self.tls_lines = self.lrt.tls_lines(transport)
-        self.last_activity = self.loop.time()
+        if nghttp2_session_server_new2(&self.session, CALLBACKS, <void*>self, OPTIONS) != 0:
+            raise MemoryError("nghttp2_session_server_new2")
+        # SETTINGS_MAX_CONCURRENT_STREAMS goes in a SETTINGS frame of our own,
+        # ahead of nghttp2's, and its ACK is taken out before nghttp2 reads:
+        # nghttp2 treats a stream over a limit the client has acknowledged as
+        # a connection error, where RFC 9113 5.1.2 wants a stream error. So
+        # nghttp2 never learns the limit, and we refuse the streams over it
+        # with REFUSED_STREAM (on_begin_headers); the connection carries on.
+        transport.write(OUR_SETTINGS)
+        self.ack_pending = True
+        self.preface_left = 24
+        iv[0].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
+        iv[0].value = <uint32_t>self.lrt.max_header_block
+        nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, iv, 1)
+        nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0,
+                                              H2_CONN_WINDOW)
+        self.last_activity = self.now = self.loop.time()
         self.schedule(self.last_activity + (self.lrt.idle_timeout or self.lrt.request_timeout))
-        self.flush()
+        self.flush_now()
 
-    cdef int schedule(self, double at) except -1:
-        if not self.closed:
-            self.timer.schedule(at)
-        return 0
+    # ---- reading ------------------------------------------------------------------
 
-    def _on_timer(self):
+    def data_received(self, bytes data):
+        cdef Py_ssize_t rv
+        cdef H2Stream st
         if self.closed:
             return
-        cdef double now = self.loop.time(), d, due = 1e300
-        cdef H2Stream stream
-        for stream in list(self.streams.values()):
-            if stream.ex is None:
-                continue
-            d = stream.ex.deadline()
-            if d <= 0.0:
-                continue
-            if now >= d:
-                stream.ex.expire()
+        self.now = self.last_activity = self.loop.time()
+        if self.ack_pending:
+            data = self.take_first_ack(data)
+        rv = nghttp2_session_mem_recv(self.session,
+                                      <const uint8_t*>PyBytes_AS_STRING(data),
+                                      PyBytes_GET_SIZE(data))
+        if self.error is not None:
+            exc, self.error = self.error, None
+            self.loop.call_exception_handler({"message": "lbcore HTTP/2 callback failed",
+                                              "exception": exc})
+            self.terminate(R_PROTOCOL, NGHTTP2_INTERNAL_ERROR)
+            return
+        if rv < 0:
+            if self.bad_stream_id:
+                self.terminate(R_PROTOCOL, NGHTTP2_PROTOCOL_ERROR)
+            elif self.calm:
+                self.terminate(self.calm - 1, NGHTTP2_ENHANCE_YOUR_CALM)
+            elif rv == NGHTTP2_ERR_FLOODED:
+                self.terminate(R_OUTPUT_FLOOD, NGHTTP2_ENHANCE_YOUR_CALM)
             else:
-                due = min(due, d)
-        if not self.streams:
-            d = self.last_activity + (self.lrt.idle_timeout or self.lrt.request_timeout)
-            if now >= d:
-                self.goaway()
-                self._close()
-                return
-            due = min(due, d)
+                self.terminate(R_PROTOCOL, NGHTTP2_PROTOCOL_ERROR)
+            return
+        # Exchanges start only now: a stream opened and reset in the same read
+        # (rapid reset) never costs a member connection.
+        if self.starting:
+            starting, self.starting = self.starting, []
+            for st in starting:
+                if not st.closed and st.ex is not None:
+                    st.ex.start()
+        self.flush()
+
+    cdef bytes take_first_ack(self, bytes data):
+        """The client's bytes minus the (zero-length) SETTINGS ACK of
+        OUR_SETTINGS, the first ACK it sends. Frame headers are walked only
+        until then: a few frames per connection."""
+        cdef bytes buf = self.held + data if self.held is not None else data
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), pos = 0, take, length
+        self.held = None
+        if self.preface_left:
+            take = min(self.preface_left, n)
+            pos += take
+            self.preface_left -= take
+        while pos < n:
+            if self.frame_left:
+                take = min(self.frame_left, n - pos)
+                pos += take
+                self.frame_left -= take
+                continue
+            if n - pos < 9:
+                self.held = buf[pos:]
+                return buf[:pos]
+            length = (p[pos] << 16) | (p[pos + 1] << 8) | p[pos + 2]
+            if p[pos + 3] == NGHTTP2_SETTINGS and p[pos + 4] & NGHTTP2_FLAG_ACK and length == 0:
+                self.ack_pending = False
+                return buf[:pos] + buf[pos + 9:]
+            pos += 9
+            self.frame_left = length
+        return buf
+
+    cdef int terminate(self, int reason, uint32_t code) except -1:
+        """GOAWAY with `code`, counted under `reason`, then close."""
+        if self.goaway_reason < 0:
+            self.goaway_reason = reason
+        nghttp2_session_terminate_session(self.session, code)
+        self.flush_now()
+        self._close()
+        return 0
+
+    cdef int spend(self, int k) except -1:
+        """One event against budget k; 0 if within it, else the callback
+        failure that ends the connection."""
+        cdef double t = self.tokens[k] + (self.now - self.stamp[k]) * RATE[k]
+        if t > BURST[k]:
+            t = BURST[k]
+        self.stamp[k] = self.now
+        if t < 1.0:
+            self.calm = k + 1
+            return NGHTTP2_ERR_CALLBACK_FAILURE
+        self.tokens[k] = t - 1.0
+        return 0
+
+    cdef int refund_window(self) except -1:
+        if self.tokens[B_WINDOW] < BURST[B_WINDOW]:
+            self.tokens[B_WINDOW] += 1.0
+        return 0
+
+    cdef int count_goaway(self, uint32_t code) except -1:
+        cdef int reason = self.goaway_reason
+        if reason < 0:
+            reason = R_DRAIN if code == NGHTTP2_NO_ERROR else R_PROTOCOL
+        inc(self.lrt.counters, self.lrt.cbase + O_GOAWAY + reason)
+        return 0
+
+    cdef int on_begin_frame(self, const nghttp2_frame_hd* hd) except -1:
+        cdef uint8_t t = hd.type
+        if t == NGHTTP2_DATA:
+            if hd.length == 0 and not hd.flags & NGHTTP2_FLAG_END_STREAM:
+                return self.spend(B_EMPTY)
+        elif t == NGHTTP2_HEADERS:
+            self.cont_frames = 0
+            self.cont_bytes = hd.length
+            if (hd.stream_id & 1 and hd.stream_id <= self.max_sid
+                    and hd.stream_id not in self.streams
+                    and hd.stream_id not in self.closed_set):
+                # RFC 9113 5.1.1: a new stream's id must exceed every earlier
+                # one (nghttp2 would ignore the frame). Streams it knows as
+                # closed are left to it (STREAM_CLOSED).
+                self.bad_stream_id = True
+                return NGHTTP2_ERR_CALLBACK_FAILURE
+        elif t == NGHTTP2_CONTINUATION:
+            self.cont_frames += 1
+            self.cont_bytes += hd.length
+            if (self.cont_frames > H2_MAX_CONTINUATIONS
+                    or self.cont_bytes > <size_t>(2 * self.lrt.max_header_block)):
+                self.calm = R_CONTINUATION + 1
+                return NGHTTP2_ERR_CALLBACK_FAILURE
+            if hd.length == 0:
+                return self.spend(B_EMPTY)
+        elif t == NGHTTP2_RST_STREAM:
+            return self.spend(B_RST)
+        elif t == NGHTTP2_PING:
+            if not hd.flags & NGHTTP2_FLAG_ACK:
+                return self.spend(B_PING)
+        elif t == NGHTTP2_SETTINGS:
+            if not hd.flags & NGHTTP2_FLAG_ACK:
+                return self.spend(B_SETTINGS)
+        elif t == NGHTTP2_PRIORITY:
+            return self.spend(B_PRIORITY)
+        elif t == NGHTTP2_WINDOW_UPDATE:
+            return self.spend(B_WINDOW)
+        return 0
+
+    cdef int on_begin_headers(self, const nghttp2_frame* f) except -1:
+        if f.headers.cat != NGHTTP2_HCAT_REQUEST:
+            return 0
+        if len(self.streams) >= H2_MAX_STREAMS:
+            # Over SETTINGS_MAX_CONCURRENT_STREAMS: that stream only, retryable.
+            nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, f.hd.stream_id,
+                                      NGHTTP2_REFUSED_STREAM)
+            if f.hd.stream_id > self.max_sid:
+                self.max_sid = f.hd.stream_id
+            return 0
+        cdef H2Stream st = H2Stream.__new__(H2Stream)
+        st.conn = self
+        st.sid = f.hd.stream_id
+        st.loop = self.loop
+        st.transport = self.transport
+        cdef Request req = Request.new(self.client)
+        req.is_h2 = True
+        req.version = "2"
+        req.keep_alive = True
+        st.req = req
+        self.streams[st.sid] = st
+        if st.sid > self.max_sid:
+            self.max_sid = st.sid
+        nghttp2_session_set_stream_user_data(self.session, st.sid, <void*>st)
+        return 0
+
+    cdef int on_header(self, const nghttp2_frame* f, const uint8_t* name, size_t namelen,
+                       const uint8_t* value, size_t valuelen) except -1:
+        cdef H2Stream st = stream_of(self.session, f.hd.stream_id)
+        cdef Request req
+        cdef int code
+        if st is None:
+            return 0
+        st.decoded += <Py_ssize_t>(namelen + valuelen + 32)
+        if st.decoded > H2_HEADER_FLOOD_FACTOR * self.lrt.max_header_block:
+            self.calm = R_HEADER_FLOOD + 1
+            return NGHTTP2_ERR_CALLBACK_FAILURE
+        if st.refused:
+            return 0
+        req = st.req
+        if not valid_field_value(value, valuelen):
+            st.malformed(True)
+            return 0
+        n = PyBytes_FromStringAndSize(<const char*>name, namelen)
+        v = PyBytes_FromStringAndSize(<const char*>value, valuelen)
+        if f.headers.cat == NGHTTP2_HCAT_HEADERS:
+            req.trailer(n, v)
+            return 0
+        if namelen and name[0] == 58:              # ':' (order, names, once: nghttp2)
+            if n == b":method":
+                req.method = v
+            elif n == b":path":
+                if req.add_target(v):
+                    st.refused = True
+            elif n == b":authority":
+                req.authority = v
+            elif n == b":scheme":
+                req.scheme = v
+            return 0
+        if req.field(n, n, v):
+            st.refused = True
+        return 0
+
+    cdef int on_frame_recv(self, const nghttp2_frame* f) except -1:
+        cdef uint8_t t = f.hd.type
+        cdef H2Stream st
+        if t == NGHTTP2_HEADERS:
+            st = stream_of(self.session, f.hd.stream_id)
+            if st is None:
+                return 0
+            if f.headers.cat == NGHTTP2_HCAT_REQUEST:
+                st.req.end_stream = (f.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
+                self.head_done(st)
+            elif f.hd.flags & NGHTTP2_FLAG_END_STREAM and st.ex is not None:
+                st.ex.body_done()                  # after trailers
+        elif t == NGHTTP2_DATA:
+            if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                st = stream_of(self.session, f.hd.stream_id)
+                if st is not None and st.ex is not None:
+                    st.ex.body_done()
+        return 0
+
+    cdef int head_done(self, H2Stream st) except -1:
+        """The request's fields are all in: admit, decide, forward or answer."""
+        cdef Request req = st.req
+        cdef Exchange ex
+        if st.logged:
+            return 0
+        cdef int code = req.head_complete()
+        if code:
+            return st.refuse(code)
+        if req.decide() == D_ANSWER:
+            st.logged = True
+            st.respond(req.answer_status, req.answer_lines, req.answer_body, req.is_head())
+            req.answered(req.answer_status, False)
+            return 0
+        ex = Exchange.new(st, req)
+        st.ex = ex
+        if req.end_stream:
+            ex.body_done()
+        self.starting.append(st)
+        return 0
+
+    cdef int on_data(self, int32_t sid, const uint8_t* data, size_t length) except -1:
+        cdef H2Stream st = stream_of(self.session, sid)
+        if st is None or st.ex is None:
+            nghttp2_session_consume(self.session, sid, length)
+            return 0
+        if st.req.body_bytes(length):
+            nghttp2_session_consume(self.session, sid, length)
+            if st.ex.resp_started:
+                st.ds_abort(st.ex)
+            else:
+                st.ex.abort()
+                st.ex = None
+                st.refuse(413)
+            return 0
+        st.ex.feed_body(PyBytes_FromStringAndSize(<const char*>data, length))
+        if st.paused:
+            st.unconsumed += length
         else:
-            due = min(due, now + self.lrt.request_timeout)
-        self.schedule(due)
+            nghttp2_session_consume(self.session, sid, length)
+        return 0
+
+    cdef int on_stream_close(self, int32_t sid) except -1:
+        cdef H2Stream st = self.streams.pop(sid, None)
+        if st is None:
+            return 0
+        self.closed_ids.append(sid)
+        self.closed_set.add(sid)
+        if len(self.closed_ids) > H2_MAX_STREAMS:
+            self.closed_set.discard(self.closed_ids.popleft())
+        st.closed = True
+        st.out = None
+        if st.ex is not None:
+            st.ex.abort()
+            st.ex = None
+        return 0
+
+    # ---- writing ------------------------------------------------------------------
 
     cdef int flush(self) except -1:
-        """Write h2's output once per loop iteration: every stream's frames
-        ready in this iteration go out in one TLS record batch and one send,
-        not one per HEADERS or DATA frame."""
+        """Write nghttp2's output once per loop iteration: every stream's
+        frames ready in this iteration go out in one TLS batch and one send."""
         if not self.closed and not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self._flush_soon)
@@ -323,252 +1051,117 @@ cdef class H2Protocol:
         self.flush_now()
 
     cdef int flush_now(self) except -1:
-        if not self.closed:
-            data = self.conn.data_to_send()
-            if data:
-                self.transport.write(data)
-        return 0
-
-    cdef int forget(self, H2Stream stream) except -1:
-        stream.done = True
-        self.streams.pop(stream.sid, None)
-        if self.going_away and not self.streams:
+        cdef const uint8_t* p
+        cdef Py_ssize_t n, at
+        cdef bytearray out
+        if self.closed or self.write_paused:
+            return 0
+        out = bytearray()
+        while True:
+            n = nghttp2_session_mem_send(self.session, &p)
+            if n <= 0:
+                break
+            at = PyByteArray_GET_SIZE(out)
+            PyByteArray_Resize(out, at + n)
+            memcpy(PyByteArray_AS_STRING(out) + at, p, n)
+        if PyByteArray_GET_SIZE(out):
+            self.transport.write(bytes(out))
+        if n < 0 or (not nghttp2_session_want_read(self.session)
+                     and not nghttp2_session_want_write(self.session)):
             self._close()
-        return 0
-
-    def drain(self):
-        """Graceful stop (RFC 9113 6.8): GOAWAY naming the last stream we
-        take, finish those, then close. Written as a raw frame because h2's
-        close_connection() would refuse the frames of the streams still running."""
-        if self.closed or self.going_away:
-            return
-        self.going_away = True
-        self.last_sid = self.conn.highest_inbound_stream_id
-        self.flush_now()
-        self.transport.write(GoAwayFrame(0, last_stream_id=self.last_sid,
-                                         error_code=0).serialize())
-        if not self.streams:
-            self._close()
-
-    cdef int pause_reading(self) except -1:
-        if not self.paused and not self.closed:
-            self.paused = True
-            self.transport.pause_reading()
-        return 0
-
-    cdef int resume_reading(self) except -1:
-        if self.paused and not self.closed:
-            self.paused = False
-            self.transport.resume_reading()
-        return 0
-
-    def data_received(self, bytes data):
-        cdef H2Stream stream
-        self.last_activity = self.loop.time()
-        try:
-            events = self.conn.receive_data(data)
-        except ProtocolError:
-            self.flush()            # h2 queued the GOAWAY
-            self._close()
-            return
-        for ev in events:
-            t = type(ev)
-            if t is RequestReceived:
-                self._request(ev)
-            elif t is DataReceived:
-                stream = self.streams.get(ev.stream_id)
-                if stream is not None and stream.ex is not None:
-                    stream.ex.feed_body(ev.data)
-                if ev.flow_controlled_length:
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif t is StreamEnded:
-                stream = self.streams.get(ev.stream_id)
-                if stream is not None and stream.ex is not None:
-                    stream.ex.body_done()
-            elif t is StreamReset:
-                stream = self.streams.pop(ev.stream_id, None)
-                if stream is not None:
-                    stream.done = True
-                    if stream.ex is not None:
-                        stream.ex.abort()
-            elif t is WindowUpdated:
-                if ev.stream_id == 0:
-                    for stream in list(self.streams.values()):
-                        stream.drain()
-                else:
-                    stream = self.streams.get(ev.stream_id)
-                    if stream is not None:
-                        stream.drain()
-            elif t is ConnectionTerminated:
-                self.flush()
-                self._close()
-                return
-        self.flush()
-        if self.going_away and not self.streams:
-            self._close()
-
-    def _request(self, ev):
-        cdef ListenerRuntime lrt = self.lrt
-        if self.going_away and ev.stream_id > self.last_sid:
-            self.conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
-        inc(lrt.counters, lrt.cbase + O_REQUESTS)
-        cdef H2Stream stream = H2Stream(self, ev.stream_id)
-        cdef Exchange ex
-        cdef bytearray hbuf = bytearray()
-        method = path = authority = host = xff = rid = ua = referer = None
-        cookies = None
-        cdef long long cl = -1
-        cdef bint regular = False
-        scheme = None
-        for name, value in ev.headers:
-            if malformed_field(name, value):
-                self.malformed(ev.stream_id)
-                return
-            if name[0] == 58:      # ':'
-                # Pseudo-fields: known ones only, once each, before the others.
-                if regular or name not in PSEUDO:
-                    self.malformed(ev.stream_id)
-                    return
-                if name == b":method":
-                    if method is not None:
-                        self.malformed(ev.stream_id)
-                        return
-                    method = value
-                elif name == b":path":
-                    if path is not None:
-                        self.malformed(ev.stream_id)
-                        return
-                    path = value
-                elif name == b":authority":
-                    if authority is not None:
-                        self.malformed(ev.stream_id)
-                        return
-                    authority = value
-                elif scheme is not None:
-                    self.malformed(ev.stream_id)
-                    return
-                else:
-                    scheme = value
-                continue
-            regular = True
-            action = lrt.header_actions.get(name)
-            if action is None:
-                hbuf += name + b": " + value + b"\r\n"
-                continue
-            a = <int>action
-            if a == A_HOST:
-                host = value
-                hbuf += b"host: " + value + b"\r\n"
-            elif a == A_XFF:
-                if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
-                    hbuf += name + b": " + value + b"\r\n"
-                elif lrt.xff_mode == M_APPEND:
-                    xff = value if xff is None else xff + b", " + value
-            elif a == A_COOKIE:
-                # HTTP/2 may split cookies (RFC 9113 8.2.3); HTTP/1.1 wants one line.
-                cookies = value if cookies is None else cookies + b"; " + value
-            elif a == A_CL:
-                cl = int(value)
-            elif a == A_REQUEST_ID or a == A_LOGGED:
-                hbuf += name + b": " + value + b"\r\n"
-                if a == A_REQUEST_ID:
-                    rid = value
-                elif name == b"user-agent":
-                    ua = value
-                else:
-                    referer = value
-        self.streams[ev.stream_id] = stream
-        if method is None or path is None or method == b"CONNECT":
-            stream.ds_error(None, 400, None)
-            return
-        if host is None and authority is not None:
-            host = authority
-            hbuf += b"host: " + authority + b"\r\n"
-        if cookies is not None:
-            hbuf += b"cookie: " + cookies + b"\r\n"
-        ended = ev.stream_ended is not None
-        chunked = not ended and cl < 0
-        view = None
-        if lrt.hooks:
-            view = RequestView(method, path, "2", self.peer_ip.decode(), int(self.peer_port),
-                               lrt.name, bytes(hbuf))
-            if lrt.hooks & K_REQUEST_FILTER and lrt.phases.request_filter(view) is not None:
-                stream.ds_error(None, 403, None)
-                return
-        cdef bytearray out = bytearray(method)
-        out += b" " + path + b" HTTP/1.1\r\n"
-        out += hbuf
-        meta = None
-        if lrt.access_log is not None:
-            if rid is None:
-                rid = lrt.next_request_id()
-                out += b"x-request-id: " + rid + b"\r\n"
-            if self.tls_info is None:
-                sslobj = self.transport.get_extra_info("ssl_object")
-                self.tls_info = (sslobj.version(), sslobj.cipher()[0],
-                                 getattr(sslobj, "lbcore_sni", None))
-            meta = (wall_time(), self.peer_ip, self.peer_port, method, path, "2", rid, ua,
-                    referer, xff, host, lrt.name, lrt.pool.name, self.tls_info)
-        if chunked:
-            out += b"transfer-encoding: chunked\r\n"
-        elif cl >= 0:
-            out += b"content-length: %d\r\n" % cl
-        lrt.append_forwarded(out, self.peer_ip, self.peer_port, xff, host, self.tls_lines, view)
-        out += b"\r\n"
-        ex = Exchange.new(stream, lrt, bytes(out), method == b"HEAD", method in IDEMPOTENT,
-                      not ended, chunked, False, True)
-        ex.client_ip = self.peer_ip
-        ex.cookie = cookies
-        ex.view = view
-        ex.meta = meta
-        stream.ex = ex
-        if ended:
-            ex.body_done()
-        ex.start()
-
-    cdef int malformed(self, int sid) except -1:
-        """RFC 9113 8.1.1: a malformed request is a stream error."""
-        inc(self.lrt.counters, self.lrt.cbase + O_MALFORMED)
-        self.conn.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
         return 0
 
     def pause_writing(self):
-        cdef H2Stream stream
-        for stream in self.streams.values():
-            if stream.ex is not None:
-                stream.ex.pause_upstream()
+        # The client does not read: stop reading it too, so that it can't
+        # queue acks (SETTINGS, PING) we can't send; frames wait in nghttp2.
+        self.write_paused = True
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self):
-        cdef H2Stream stream
-        for stream in list(self.streams.values()):
-            stream.drain()
+        self.write_paused = False
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.flush_now()
+
+    # ---- time-outs, drain, end ----------------------------------------------------
+
+    cdef int schedule(self, double at) except -1:
+        if not self.closed:
+            self.timer.schedule(at)
+        return 0
+
+    def _on_timer(self):
+        if self.closed:
+            return
+        cdef double now = self.loop.time(), d, due = 1e300
+        cdef H2Stream st
+        for st in list(self.streams.values()):
+            if st.ex is None:
+                continue
+            d = st.ex.deadline()
+            if d <= 0.0:
+                continue
+            if now >= d:
+                st.ex.expire()
+            else:
+                due = min(due, d)
+        if not self.streams:
+            d = self.last_activity + (self.lrt.idle_timeout or self.lrt.request_timeout)
+            if now >= d:
+                self.goaway_reason = R_IDLE
+                nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
+                                      nghttp2_session_get_last_proc_stream_id(self.session),
+                                      NGHTTP2_NO_ERROR, NULL, 0)
+                self.flush_now()
+                self._close()
+                return
+            due = min(due, d)
+        else:
+            due = min(due, now + self.lrt.request_timeout)
+        self.schedule(due)
+        self.flush()
+
+    def drain(self):
+        """Graceful stop (RFC 9113 6.8): GOAWAY naming the last stream we
+        took; those finish, then the connection closes."""
+        if self.closed or self.going_away:
+            return
+        self.going_away = True
+        self.goaway_reason = R_DRAIN
+        nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(self.session),
+                              NGHTTP2_NO_ERROR, NULL, 0)
+        self.flush_now()
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc):
+        cdef H2Stream st
         add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
         self.lrt.conns.discard(self)
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None           # breaks the protocol <-> timer cycle
-        cdef H2Stream stream
-        for stream in list(self.streams.values()):
-            stream.done = True
-            if stream.ex is not None:
-                stream.ex.abort()
+        for st in list(self.streams.values()):
+            st.closed = True
+            if st.ex is not None:
+                st.ex.abort()
+                st.ex = None
         self.streams = {}
+        self.starting = []
+        if self.session != NULL:
+            nghttp2_session_del(self.session)
+            self.session = NULL
 
-    def _close(self):
+    cdef int _close(self) except -1:
         if not self.closed:
-            self.flush_now()
             self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
             self.transport.close()
-
-    def goaway(self):
-        """Graceful shutdown: no new streams, finish the ones in flight."""
-        if not self.closed:
-            self.conn.close_connection()
-            self.flush_now()
+        return 0

@@ -1,4 +1,6 @@
 from lbcore_ext.balancer cimport Member, Pool
+from lbcore_ext.counters cimport Counters
+from lbcore_ext.request cimport Request
 from lbcore_ext.runtime cimport ListenerRuntime
 
 cdef class Exchange
@@ -14,6 +16,8 @@ cdef class Downstream:
     cdef int ds_write(self, object data) except -1
     cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1
+    # A complete answer of lbcore's own (a hook's page) instead of the member's.
+    cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1
     cdef int ds_abort(self, Exchange ex) except -1
     cdef int ds_pause_reading(self) except -1
     cdef int ds_resume_reading(self) except -1
@@ -37,6 +41,7 @@ cdef class Exchange:
     """One request's trip: pick a member, get a connection, send, relay the
     response, retry or fail with the right status."""
     cdef Downstream ds
+    cdef Request req
     cdef ListenerRuntime lrt
     cdef Pool pool
     cdef object loop
@@ -81,12 +86,11 @@ cdef class Exchange:
     cdef int _try(self, bytes outcome) except -1
     cdef bytes resp_upgrade
     cdef int tunnel_write(self, object data) except -1
+    cdef bytes _last_chunk(self)
     cdef int _assign(self, Member m) except -1
 
     @staticmethod
-    cdef Exchange new(Downstream ds, ListenerRuntime lrt, bytes head, bint is_head_method,
-                      bint idempotent, bint has_body, bint req_chunked, bint client_http10,
-                      bint client_keep_alive)
+    cdef Exchange new(Downstream ds, Request req)
     cdef int start(self) except -1
     cdef int feed_body(self, object data) except -1
     cdef int body_done(self) except -1
@@ -119,6 +123,7 @@ cdef class Exchange:
 cdef class UpstreamConnection:
     cdef object transport
     cdef Member member
+    cdef Counters counters              # the worker's, for the live-object counts
     cdef object parser
     cdef Exchange ex
     cdef bint closed

@@ -14,9 +14,11 @@ import httptools
 
 from lbcore_ext.bufs cimport put_header
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
-from lbcore_ext.counters cimport count_response, inc, observe
+from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
+from lbcore_ext.request cimport Request
 
-from lbcore_ext.counters import RETRIES, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST
+from lbcore_ext.counters import (RETRIES, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST,
+                                 W_LIVE_EXCHANGES, W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
 from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
@@ -32,6 +34,10 @@ cdef Py_ssize_t O_RETRIES = RETRIES
 cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
 cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
+# Live objects, counted in the worker's cells (leak checks in the tests).
+cdef Py_ssize_t O_LIVE_EX = W_LIVE_EXCHANGES
+cdef Py_ssize_t O_LIVE_MC = W_LIVE_MEMBER_CONNS
+cdef Py_ssize_t O_LIVE_IDLE = W_LIVE_MEMBER_IDLE
 cdef int K_RESPONSE_FILTER = HOOK_RESPONSE_FILTER
 cdef int K_FAIL_TO_CONNECT = HOOK_FAIL_TO_CONNECT
 cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
@@ -79,6 +85,9 @@ cdef class Downstream:
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         raise NotImplementedError
 
+    cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1:
+        raise NotImplementedError
+
     cdef int ds_abort(self, Exchange ex) except -1:
         raise NotImplementedError
 
@@ -120,29 +129,39 @@ cdef class Downstream:
 @cython.freelist(64)
 cdef class Exchange:
     @staticmethod
-    cdef Exchange new(Downstream ds, ListenerRuntime lrt, bytes head, bint is_head_method,
-                      bint idempotent, bint has_body, bint req_chunked, bint client_http10,
-                      bint client_keep_alive):
-        """Built once per request: __new__ and C assignments, no Python argument
-        parsing (cython -a showed __init__ as the costliest line of the module)."""
+    cdef Exchange new(Downstream ds, Request req):
+        """Built once per request from the decided Request: __new__ and C
+        assignments, no Python argument parsing."""
         cdef Exchange self = Exchange.__new__(Exchange)
+        cdef ListenerRuntime lrt = req.lrt
         self.ds = ds
+        self.req = req
         self.lrt = lrt
-        self.pool = lrt.pool
+        self.pool = req.pool
         self.loop = ds.loop
-        self.head = head
-        self.is_head_method = is_head_method
-        self.idempotent = idempotent
-        self.has_body = has_body
-        self.req_chunked = req_chunked
+        self.head = req.upstream_head()
+        self.is_head_method = req.is_head()
+        self.idempotent = req.idempotent()
+        self.has_body = req.has_body
+        self.req_chunked = req.chunked
         self.body_buf = []
-        self.client_http10 = client_http10
-        self.client_keep_alive = client_keep_alive
+        self.client_http10 = req.http10
+        self.client_keep_alive = req.keep_alive
+        self.client_ip = req.client.peer_ip
+        self.cookie = req.cookie
+        self.upgrade = req.upgrade
+        self.view = req.view
+        self.meta = req.meta
         self.tried = []
         self.state = S_NEW
         self.resp_cl = -1
         self.t_start = self.loop.time()
+        add(lrt.counters, O_LIVE_EX, 1)
         return self
+
+    def __dealloc__(self):
+        if self.lrt is not None:
+            add(self.lrt.counters, O_LIVE_EX, -1)
 
     # ---- driven by the downstream -------------------------------------------------
 
@@ -192,7 +211,7 @@ cdef class Exchange:
         self.req_done = True
         if self.state == S_SENDING:
             if self.req_chunked:
-                self.conn.transport.write(b"0\r\n\r\n")
+                self.conn.transport.write(self._last_chunk())
             self.state = S_WAITING
             self.last_read = self.loop.time()
             self._arm(self.lrt.response_timeout)
@@ -202,13 +221,20 @@ cdef class Exchange:
         """The client went away: drop the upstream side without reuse."""
         if self.state == S_DONE:
             return 0
-        if self.state == S_CONNECTING and self.connect_task is not None:
-            self.connect_task.cancel()
+        # A connect in flight is not cancelled: uvloop may already have called
+        # connection_made, and a cancelled create_connection then closes the
+        # transport without connection_lost, leaving the member connection to
+        # the cyclic GC. _connected closes it when it completes.
         self.state = S_DONE
         if self.conn is not None:
             self._release(False)
         self._assign(None)
         return 0
+
+    cdef bytes _last_chunk(self):
+        if self.req.trailers is not None:
+            return b"0\r\n" + self.req.trailers + b"\r\n"
+        return b"0\r\n\r\n"
 
     cdef int pause_upstream(self) except -1:
         if self.conn is not None and not self.conn.closed:
@@ -228,6 +254,7 @@ cdef class Exchange:
         cdef double now = self.loop.time()
         while m.idle:
             c = m.idle.pop()
+            add(self.lrt.counters, O_LIVE_IDLE, -1)
             if c.closed:
                 continue
             if now - c.last_used > UPSTREAM_IDLE_EXPIRY:
@@ -243,7 +270,7 @@ cdef class Exchange:
         cdef Member m = self.member
         self.state = S_CONNECTING
         self.connect_task = self.loop.create_task(self.loop.create_connection(
-            partial(UpstreamConnection, m), m.host, m.port))
+            partial(UpstreamConnection, m, self.lrt.counters), m.host, m.port))
         self.connect_task.add_done_callback(self._connected)
         self._arm(self.lrt.connect_timeout)
         return 0
@@ -276,7 +303,7 @@ cdef class Exchange:
             self.ds.ds_resume_reading()
         if self.req_done:
             if self.req_chunked:
-                conn.transport.write(b"0\r\n\r\n")
+                conn.transport.write(self._last_chunk())
             self.state = S_WAITING
             self.last_read = self.loop.time()
             self._arm(self.lrt.response_timeout)
@@ -381,11 +408,14 @@ cdef class Exchange:
         if self.lrt.hooks & K_FAIL_TO_PROXY:
             custom = self.lrt.phases.fail_to_proxy(self.view, code)
             if custom is not None:
-                count_response(self.lrt.counters, self.lrt.cbase, code, True,
+                status, headers, body = custom
+                if isinstance(body, str):
+                    body = body.encode()
+                lines = b"".join([header_line(n, v) for n, v in headers or ()])
+                count_response(self.lrt.counters, self.lrt.cbase, status, True,
                                self.loop.time() - self.t_start)
-                self.ds.ds_write(custom)
-                self.ds.ds_abort(self)
-                self._log(code)
+                self.ds.ds_local(self, status, lines, bytes(body or b""))
+                self._log(status)
                 return
         self.ds.ds_error(self, code, router_code)
         self._log(code)
@@ -424,6 +454,7 @@ cdef class Exchange:
             c.last_used = self.loop.time()
             c.transport.resume_reading()
             self.member.idle.append(c)
+            add(self.lrt.counters, O_LIVE_IDLE, 1)
         else:
             c.close()
         return 0
@@ -592,12 +623,19 @@ cdef class Exchange:
 
 
 cdef class UpstreamConnection:
-    def __cinit__(self, Member member):
+    def __cinit__(self, Member member, Counters counters=None):
         self.member = member
-        self.parser = HttpResponseParser(self)
+        self.counters = counters
+        add(counters, O_LIVE_MC, 1)
+
+    def __dealloc__(self):
+        add(self.counters, O_LIVE_MC, -1)
 
     def connection_made(self, transport):
+        # The parser holds bound methods of this object: made here, dropped in
+        # connection_lost, so a connect cancelled half-way leaves no cycle.
         self.transport = transport
+        self.parser = HttpResponseParser(self)
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
@@ -638,6 +676,13 @@ cdef class UpstreamConnection:
             ex.up_lost()
         elif self in self.member.idle:
             self.member.idle.remove(self)
+            add(self.counters, O_LIVE_IDLE, -1)
+        # The parser holds bound methods of this connection and the transport
+        # holds it: drop both so reference counting frees it now, not the
+        # cyclic GC later.
+        self.parser = None
+        self.ex = None
+        self.transport = None
 
     def pause_writing(self):
         if self.ex is not None:

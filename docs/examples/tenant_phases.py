@@ -31,9 +31,8 @@ class TenantPhases(Phases):
         headers.append((b"X-Tenant-Served", req.ctx.get("tenant", b"")))
 
     def fail_to_proxy(self, req, status):
-        body = b"<h1>We'll be right back</h1>\n"
-        return (b"HTTP/1.1 %d Unavailable\r\nContent-Type: text/html\r\n"
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
+        # (status, headers, body): written in the client's framing, HTTP/1.1 or HTTP/2.
+        return status, [("Content-Type", "text/html")], b"<h1>We'll be right back</h1>\n"
 
     def logging(self, req, status, member):
         self.statuses[status] += 1

@@ -1,0 +1,437 @@
+# cython: language_level=3
+"""The request core: one protocol-neutral Request, filled by a front-end
+(HTTP/1.1 bytes in http1.pyx, HTTP/2 frames in http2.pyx), then admitted,
+decided, rewritten for the member and logged here, once for both.
+
+Where framing ends: the front-ends parse their wire format, apply the rules
+that only exist in it (llhttp's strict grammar; RFC 9113's pseudo-fields and
+connection-specific fields) and call, in this order:
+    Request.new -> add_target / field ... -> head_complete -> decide
+    -> upstream_head (forward) or answer_* (answer locally) -> body_bytes ...
+A refusal is a status code (refuse() marks it, refused() counts and logs it);
+each front-end writes it in its own framing: an HTTP/1.1 response, or on
+HTTP/2 a response or, for a malformed request, RST_STREAM(PROTOCOL_ERROR)."""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
+from lbcore_ext.counters cimport count_response, inc
+from lbcore_ext.headers cimport header_line, reason_phrase
+from lbcore_ext.runtime cimport ListenerRuntime
+
+from lbcore_ext.counters import REQUESTS
+from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
+
+from lbcore_ext.runtime import (H_CONNECTION, H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_LOGGED,
+                                H_REQUEST_ID, H_TRANSFER_ENCODING, H_UPGRADE, H_XFF,
+                                XFF_APPEND, XFF_OFF, XFF_PRESERVE)
+
+cdef int A_XFF = H_XFF
+cdef int A_HOST = H_HOST
+cdef int A_CONNECTION = H_CONNECTION
+cdef int A_CL = H_CONTENT_LENGTH
+cdef int A_TE = H_TRANSFER_ENCODING
+cdef int A_COOKIE = H_COOKIE
+cdef int A_UPGRADE = H_UPGRADE
+cdef int A_REQUEST_ID = H_REQUEST_ID
+cdef int A_LOGGED = H_LOGGED
+cdef int M_APPEND = XFF_APPEND
+cdef int M_PRESERVE = XFF_PRESERVE
+cdef int M_OFF = XFF_OFF
+cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
+cdef Py_ssize_t O_REQUESTS = REQUESTS
+cdef object wall_time = __import__("time").time
+
+# RFC 9110 9.2.2: these may be retried after they were sent.
+cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
+                                       b"TRACE"))
+cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
+
+# RFC 3986 host (reg-name / IP-literal) plus ":" port: anything else in Host is a 400.
+cdef unsigned char HOST_OK[256]
+# RFC 9110 5.6.2 tchar: methods and field names.
+cdef unsigned char TCHAR[256]
+for _c in range(256):
+    HOST_OK[_c] = 1 if bytes((_c,)) in (
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]") else 0
+    TCHAR[_c] = 1 if bytes((_c,)) in (
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") else 0
+
+
+cdef bint valid_host(bytes value):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(value)
+    if n == 0:
+        return False
+    for i in range(n):
+        if not HOST_OK[p[i]]:
+            return False
+    return True
+
+
+cdef bint valid_token(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    if n == 0:
+        return False
+    for i in range(n):
+        if not TCHAR[p[i]]:
+            return False
+    return True
+
+
+cdef bint valid_field_value(const unsigned char* p, Py_ssize_t n) noexcept:
+    """RFC 9110 5.5: VCHAR, obs-text, SP and HTAB inside; no CTL (VT, NUL,
+    CR, LF...) or DEL anywhere, no whitespace at either end. llhttp enforces
+    this grammar for HTTP/1.1; HTTP/2 fields come here."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n and (p[0] == 32 or p[0] == 9 or p[n - 1] == 32 or p[n - 1] == 9):
+        return False
+    for i in range(n):
+        c = p[i]
+        if (c < 32 and c != 9) or c == 127:
+            return False
+    return True
+
+
+cdef bint valid_target_chars(bytes t):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(t)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(t)
+    for i in range(n):
+        if p[i] <= 32 or p[i] == 127:
+            return False
+    return True
+
+
+cdef long long parse_length(bytes value):
+    """Content-Length digits, or -1 (the framings already refuse most bad ones)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(value)
+    cdef Py_ssize_t j = 0
+    cdef long long v = 0
+    while j < n and (p[j] == 32 or p[j] == 9):
+        j += 1
+    while n > j and (p[n - 1] == 32 or p[n - 1] == 9):
+        n -= 1
+    if n == j or n - j > 18:
+        return -1
+    for i in range(j, n):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        v = v * 10 + (p[i] - 48)
+    return v
+
+
+cdef bytes error_lines(int code, bytes router_code):
+    if router_code is None:
+        return b"Content-Type: text/plain\r\n"
+    return b"Content-Type: text/plain\r\nx-router-code: " + router_code + b"\r\n"
+
+
+cdef bytes error_body(int code):
+    return b"%d %s\n" % (code, reason_phrase(code))
+
+
+cdef class Client:
+    cdef bytes tls_lines(self):
+        if self._tls_lines is None:
+            self._tls_lines = self.lrt.tls_lines(self.transport) if self.lrt.tls_fields else b""
+        return self._tls_lines
+
+    cdef tuple tls_info(self):
+        if self._tls_info is None:
+            sslobj = (self.transport.get_extra_info("ssl_object")
+                      if self.lrt.ssl_ctx is not None and self.transport is not None else None)
+            self._tls_info = ((sslobj.version(), sslobj.cipher()[0],
+                               getattr(sslobj, "lbcore_sni", None)) if sslobj is not None
+                              else (None, None, None))
+        return self._tls_info
+
+
+@cython.freelist(64)
+cdef class Request:
+    @staticmethod
+    cdef Request new(Client client):
+        cdef Request self = Request.__new__(Request)
+        self.client = client
+        self.lrt = client.lrt
+        self.hbuf = bytearray()
+        self.cl = -1
+        return self
+
+    # ---- admission --------------------------------------------------------------
+
+    cdef int refuse(self, int code) except -1:
+        """Mark the request refused with `code` (the first refusal wins)."""
+        if self.error == 0:
+            self.error = code
+        return self.error
+
+    cdef int add_target(self, bytes part) except -1:
+        """The request target, possibly in pieces (llhttp's on_url)."""
+        self.target = part if self.target is None else self.target + part
+        if PyBytes_GET_SIZE(self.target) > self.lrt.max_request_line:
+            return self.refuse(414)
+        return 0
+
+    cdef int field(self, bytes name, bytes lname, bytes value) except -1:
+        """One header field; `lname` is its name in lower case. Returns 0, or
+        the status of the refusal."""
+        cdef ListenerRuntime lrt = self.lrt
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        self.nheaders += 1
+        self.block_size += size
+        if self.error:
+            return self.error
+        if (size > lrt.max_header_size or self.nheaders > lrt.max_headers
+                or self.block_size > lrt.max_header_block):
+            return self.refuse(431)
+        action = lrt.header_actions.get(lname)
+        if action is None:
+            put_header(self.hbuf, name, value)
+            return 0
+        cdef int a = action
+        cdef long long n
+        if a == A_HOST:
+            if self.host is not None or not valid_host(value):
+                return self.refuse(400)
+            self.host = value
+            put_header(self.hbuf, name, value)
+        elif a == A_XFF:
+            if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
+                put_header(self.hbuf, name, value)
+            elif lrt.xff_mode == M_APPEND:
+                self.xff = value if self.xff is None else self.xff + b", " + value
+        elif a == A_COOKIE:
+            # Joined into one field: HTTP/2 splits cookies (RFC 9113 8.2.3) and
+            # an HTTP/1.1 member wants one line (RFC 6265 5.4).
+            if self.cookie is None:
+                self.cookie = value
+                self.cookie_name = name
+            else:
+                self.cookie = self.cookie + b"; " + value
+        elif a == A_REQUEST_ID or a == A_LOGGED:
+            if a == A_REQUEST_ID:
+                self.request_id = value
+            elif lname == b"user-agent":
+                self.user_agent = value
+            else:
+                self.referer = value
+            put_header(self.hbuf, name, value)
+        elif a == A_CL:
+            n = parse_length(value)
+            if n < 0 or (self.cl >= 0 and n != self.cl):
+                return self.refuse(400)
+            self.cl = n
+        elif a == A_TE:
+            if value.strip().lower() == b"chunked":
+                self.chunked = True
+            else:
+                self.bad_te = True
+        elif a == A_CONNECTION:
+            for tok in value.lower().split(b","):
+                tok = tok.strip()
+                if tok == b"keep-alive":
+                    self.keepalive_token = True
+                elif tok and tok not in KEEP_TOKENS:
+                    if self.conn_tokens is None:
+                        self.conn_tokens = []
+                    self.conn_tokens.append(tok)
+        elif a == A_UPGRADE:
+            self.upgrade = value
+        # H_DROP: hop-by-hop or owned by lbcore: never forwarded.
+        return 0
+
+    cdef int trailer(self, bytes name, bytes value) except -1:
+        """A request trailer field (HTTP/2): forwarded in the chunked body's
+        trailer section when the member gets a chunked body; fields that
+        frame, route or are lbcore's own never are (RFC 9110 6.5.1)."""
+        if self.lrt.header_actions.get(name) is not None:
+            return 0
+        if self.trailers is None:
+            self.trailers = b""
+        if len(self.trailers) + len(name) + len(value) + 4 <= self.lrt.max_header_block:
+            self.trailers += name + b": " + value + b"\r\n"
+        return 0
+
+    cdef int head_complete(self) except -1:
+        """Every rule a complete request head must pass (spec 5, 7.3, 8, 9).
+        Returns 0, or the status of the refusal."""
+        cdef ListenerRuntime lrt = self.lrt
+        self._count()
+        if self.error:
+            return self.error
+        cdef bytes m = self.method
+        if m is None or not valid_token(<const unsigned char*>PyBytes_AS_STRING(m),
+                                        PyBytes_GET_SIZE(m)):
+            return self.refuse(400)
+        if self.bad_te:
+            return self.refuse(501)
+        if self.scheme is not None and self.scheme != lrt.scheme:
+            return self.refuse(400)
+        if self.authority is not None:
+            # RFC 9113 8.3.1: Host, when sent too, names the same authority.
+            if not valid_host(self.authority):
+                return self.refuse(400)
+            if self.host is None:
+                # First, where an HTTP/1.1 client's Host line would be.
+                self.host = self.authority
+                self.hbuf[0:0] = b"host: " + self.authority + b"\r\n"
+            elif self.host.lower() != self.authority.lower():
+                return self.refuse(400)
+        if self.host is None and not self.http10:
+            return self.refuse(400)
+        if m == b"CONNECT":
+            if self.target is None:
+                self.target = self.authority
+            return self.refuse(405)
+        cdef bytes t = self.target
+        if t is None or PyBytes_GET_SIZE(t) == 0 or not valid_target_chars(t):
+            return self.refuse(400)
+        if t[0] != 47:                                  # '/': origin-form
+            if t == b"*":
+                if m != b"OPTIONS":
+                    return self.refuse(400)
+            elif self.is_h2 or not (t[:7].lower() == b"http://" or t[:8].lower() == b"https://"):
+                return self.refuse(400)
+        if self.cl > lrt.max_body:
+            return self.refuse(413)
+        if self.is_h2:
+            if self.end_stream:
+                # HEADERS with END_STREAM has no body, whatever content-length
+                # says: never promise a member body bytes that won't come (0.CL).
+                if self.cl > 0:
+                    return self.refuse(400)
+                self.has_body = False
+            else:
+                self.has_body = True
+                self.chunked = self.cl < 0
+        else:
+            self.has_body = self.chunked or self.cl > 0
+        if lrt.sni_guard is not None and lrt.sni_guard.misdirected(self.client.sni_name,
+                                                                   self.host):
+            return self.refuse(421)
+        if self.upgrade is not None and self.upgrade.lower().find(b"h2c") >= 0:
+            # No h2c (spec 9): a cleartext HTTP/2 tunnel would carry requests past
+            # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
+            self.upgrade = None
+        return 0
+
+    cdef int body_bytes(self, Py_ssize_t n) except -1:
+        """Body bytes received; returns 413 once max_body is passed."""
+        self.body_seen += n
+        if self.body_seen > self.lrt.max_body:
+            return self.refuse(413)
+        return 0
+
+    # ---- the decision ------------------------------------------------------------
+
+    cdef int decide(self) except -1:
+        """Forward to a pool, or answer here. The home of routing: hooks
+        now; forwarding policies build on it."""
+        cdef ListenerRuntime lrt = self.lrt
+        self.pool = lrt.pool
+        if lrt.access_log is not None:
+            self._meta()
+        if lrt.hooks:
+            self.view = RequestView(self.method, self.target, self.version,
+                                    self.client.peer_ip.decode(), int(self.client.peer_port),
+                                    lrt.name, bytes(self.hbuf))
+            if lrt.hooks & K_REQUEST_FILTER:
+                answer = lrt.phases.request_filter(self.view)
+                if answer is not None:
+                    self.set_answer(answer)
+                    return D_ANSWER
+        return D_FORWARD
+
+    def set_answer(self, answer):
+        """(status, [(name, value)], body) from a hook, checked here once."""
+        status, headers, body = answer
+        if isinstance(body, str):
+            body = body.encode()
+        self.answer_status = int(status)
+        self.answer_lines = b"".join([header_line(n, v) for n, v in headers or ()])
+        self.answer_body = bytes(body or b"")
+
+    cdef bint is_head(self):
+        return self.method == b"HEAD"
+
+    cdef bint idempotent(self):
+        return self.method in IDEMPOTENT
+
+    # ---- toward the member ---------------------------------------------------------
+
+    cdef bytes upstream_head(self):
+        """The HTTP/1.1 head the member gets: the client's fields minus
+        hop-by-hop and owned ones, then lbcore's (spec 5)."""
+        cdef ListenerRuntime lrt = self.lrt
+        cdef bytearray out = bytearray(self.method)
+        put(out, b" ")
+        put(out, self.target)
+        put(out, b" HTTP/1.1\r\n")
+        if self.conn_tokens is None:
+            put_ba(out, self.hbuf)
+        else:
+            # Rare: Connection names more hop-by-hop headers; filter them out.
+            for line in bytes(self.hbuf).split(b"\r\n"):
+                if line and line.split(b":", 1)[0].strip().lower() not in self.conn_tokens:
+                    out += line
+                    out += b"\r\n"
+        if self.cookie is not None:
+            put_header(out, self.cookie_name, self.cookie)
+        if self.lrt.access_log is not None and self.request_id is None:
+            if self.meta is None:
+                self._meta()
+            put_header(out, b"X-Request-ID", self.meta[6])
+        if self.upgrade is not None:
+            put(out, b"Connection: upgrade\r\n")
+            put_header(out, b"Upgrade", self.upgrade)
+        if self.chunked:
+            put(out, b"Transfer-Encoding: chunked\r\n")
+        elif self.cl >= 0:
+            put(out, b"Content-Length: ")
+            put_int(out, self.cl)
+            put(out, b"\r\n")
+        lrt.append_forwarded(out, self.client.peer_ip, self.client.peer_port, self.xff,
+                             self.host, self.client.tls_lines(), self.view)
+        put(out, b"\r\n")
+        return bytes(out)
+
+    # ---- counting and the access log ---------------------------------------------
+
+    cdef int _meta(self) except -1:
+        """What the access log needs of this request, as one tuple (the
+        control plane formats it later, in batches)."""
+        cdef ListenerRuntime lrt = self.lrt
+        if self.meta is not None or lrt.access_log is None:
+            return 0
+        if self.host is None and self.authority is not None and valid_host(self.authority):
+            self.host = self.authority
+        rid = self.request_id if self.request_id is not None else lrt.next_request_id()
+        self.meta = (wall_time(), self.client.peer_ip, self.client.peer_port, self.method,
+                     self.target, self.version, rid, self.user_agent, self.referer,
+                     self.xff, self.host, lrt.name,
+                     (self.pool if self.pool is not None else lrt.pool).name,
+                     self.client.tls_info())
+        return 0
+
+    cdef int _count(self) except -1:
+        if not self.counted:
+            self.counted = True
+            inc(self.lrt.counters, self.lrt.cbase + O_REQUESTS)
+        return 0
+
+    cdef int refused(self, int code) except -1:
+        """A refusal was written: count it and log it."""
+        return self.answered(code, True)
+
+    cdef int answered(self, int status, bint generated) except -1:
+        """lbcore answered this request itself (refusal, hook answer)."""
+        cdef ListenerRuntime lrt = self.lrt
+        self._count()
+        count_response(lrt.counters, lrt.cbase, status, generated, -1.0)
+        if lrt.access_log is not None:
+            self._meta()
+            lrt.access_log.append((self.meta, status, 0.0, None))
+        return 0
