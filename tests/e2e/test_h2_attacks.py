@@ -55,6 +55,7 @@ from tests.support.h2raw import (
 )
 from tests.support.inproc import start_backend
 from tests.support.lbproc import free_port, wait_port
+from tests.support.live import wait_live_zero
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -347,6 +348,8 @@ def assert_worker_unharmed(lb: Lb, r: dict) -> None:
         f"worker RSS grew {(r['peak'] - r['rss0']) / MB:.1f} MB")
     assert lb.worker_pids() == [lb.worker], "the worker was replaced"
     assert r["metrics"][("lbcore_worker_restarts_total", ())] == 0
+    # Once the attacker is gone nothing of its connection is left behind.
+    wait_live_zero(lb.admin)
 
 
 def assert_calmed(lb: Lb, r: dict, reasons: tuple[str, ...], close_ok: bool = False) -> None:

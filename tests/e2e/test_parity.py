@@ -53,6 +53,7 @@ import pytest
 
 from tests.support import parity_phases as P
 from tests.support.lbproc import free_port, wait_port
+from tests.support.live import wait_live_zero
 from tests.support.rawh2 import ERROR_NAMES, PROTOCOL_ERROR, H2Request, goodbye, h2_request
 from tests.support.recorder import RESPONSE_BODY, Recorder, start_recording_backend
 
@@ -400,6 +401,8 @@ listeners:
                                  f"{proc.new_stderr()[-4000:]}") from None
         proc.new_stderr()
         yield running
+        # Every case's connections closed: nothing of them is left behind.
+        wait_live_zero(admin)
     finally:
         proc.stop()
         loop_thread.loop.call_soon_threadsafe(server.close)

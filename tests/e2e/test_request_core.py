@@ -16,6 +16,8 @@ from hyperframe.frame import DataFrame, HeadersFrame
 
 from tests.support.h2raw import H2Raw, encode, request_headers
 from tests.support.lbproc import LbProcess, free_port, wait_port
+from tests.support.live import live_objects
+from tests.support.live import wait_live_zero as wait_all_zero
 from tests.support.recorder import Recorder, start_recording_backend
 
 
@@ -61,22 +63,13 @@ def h2ctx(site) -> ssl.SSLContext:
 
 
 def live(admin: int) -> dict:
-    (worker,) = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()["workers"]
-    return worker["live"]
+    (worker,) = live_objects(admin)
+    return worker
 
 
 def wait_live_zero(admin: int, timeout: float = 5.0) -> dict:
-    """Client connections, exchanges and busy member connections all back to
-    zero (idle pooled member connections may stay)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = live(admin)
-        if (now["client_connections"] == 0 and now["exchanges"] == 0
-                and now["member_connections"] == now["member_connections_idle"]):
-            return now
-        if time.monotonic() > deadline:
-            raise AssertionError(f"live objects left behind: {now}")
-        time.sleep(0.05)
+    (worker,) = wait_all_zero(admin, timeout)
+    return worker
 
 
 def post_with_trailers(site, extra=(), body=b"hello"):
