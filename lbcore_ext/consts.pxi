@@ -1,8 +1,11 @@
 # Every tunable of the data plane in one place, with where its default came from.
 
-# Upstream keep-alive: idle connections kept per member. nginx's `keepalive 32`
-# per worker is the common production value; 64 leaves room for bursts.
-DEF UPSTREAM_MAX_IDLE = 64
+# Upstream keep-alive: idle connections kept per member and worker. One HTTP/2
+# client connection alone has up to 100 requests in flight (H2_MAX_STREAMS),
+# each on a member connection of its own: a pool smaller than the requests in
+# flight closes connections after a burst that the next one reopens. 256 is
+# the nginx `keepalive 256` of the benchmark; an idle one costs a few KiB.
+DEF UPSTREAM_MAX_IDLE = 256
 # An idle upstream connection older than this is closed instead of reused. Must
 # stay below typical backend keep-alive time-outs (nginx 75 s, Apache 5 s,
 # Node 5 s) so that we rarely race the backend's close; a race that does happen

@@ -16,7 +16,7 @@ cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 from lbcore_ext.counters cimport add, count_response, inc
@@ -28,7 +28,7 @@ from lbcore_ext.upstream cimport Downstream, Exchange
 import asyncio
 from collections import deque
 
-from lbcore_ext.counters import (CONN_ACTIVE, H2_GOAWAY, H2_GOAWAY_REASONS,
+from lbcore_ext.counters import (CONN_ACTIVE, H2_GOAWAY, H2_GOAWAY_REASONS, TIMEOUT_REQUEST,
                                  W_LIVE_CLIENT_CONNS)
 
 
@@ -117,6 +117,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_PROTOCOL_ERROR
         NGHTTP2_INTERNAL_ERROR
         NGHTTP2_REFUSED_STREAM
+        NGHTTP2_CANCEL
         NGHTTP2_ENHANCE_YOUR_CALM
         NGHTTP2_ERR_CALLBACK_FAILURE
         NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -211,6 +212,7 @@ cdef bytes OUR_SETTINGS = (b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03"
                            + (H2_MAX_STREAMS).to_bytes(4, "big"))
 cdef Py_ssize_t O_CONN_ACTIVE = CONN_ACTIVE
 cdef Py_ssize_t O_GOAWAY = H2_GOAWAY
+cdef Py_ssize_t O_TIMEOUT_REQUEST = TIMEOUT_REQUEST
 cdef Py_ssize_t O_LIVE_CC = W_LIVE_CLIENT_CONNS
 
 # Budgets, in the order of their reasons in H2_GOAWAY_REASONS.
@@ -320,11 +322,21 @@ cdef int cb_invalid_frame_recv(nghttp2_session* s, const nghttp2_frame* f, int e
 
 cdef int cb_frame_send(nghttp2_session* s, const nghttp2_frame* f, void* ud) noexcept:
     cdef H2Connection c = <H2Connection>ud
+    cdef H2Stream st
     try:
         if f.hd.type == NGHTTP2_DATA:
             c.refund_window()
         elif f.hd.type == NGHTTP2_GOAWAY:
             c.count_goaway(f.goaway.error_code)
+        if f.hd.flags & NGHTTP2_FLAG_END_STREAM and (f.hd.type == NGHTTP2_DATA
+                                                     or f.hd.type == NGHTTP2_HEADERS):
+            st = stream_of(s, f.hd.stream_id)
+            if st is not None and not st.req_ended:
+                # The response is complete before the request (an answer of
+                # our own, a member's early reply): RFC 9113 8.1 lets us ask
+                # the client to stop sending, without error.
+                nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f.hd.stream_id,
+                                          NGHTTP2_NO_ERROR)
         return 0
     except BaseException as exc:
         return fail(c, exc)
@@ -390,78 +402,116 @@ cdef int make_session_setup() except -1:
 make_session_setup()
 
 
-cdef class NvList:
-    """A response's fields as nghttp2_nv entries pointing into one buffer of
-    lower-cased names and values, built from "Name: value\\r\\n" lines."""
-    cdef nghttp2_nv* nva
-    cdef size_t n
+# One response's fields as nghttp2_nv entries, built in module-level buffers
+# reused for every response: nghttp2_submit_response copies them at once
+# (NGHTTP2_NV_FLAG_NONE), so nothing is allocated per response. Entries hold
+# offsets into NV_BUF until nv_build() turns them into pointers.
+cdef char* NV_BUF = NULL
+cdef size_t NV_BUF_CAP = 0
+cdef size_t NV_BUF_LEN = 0
+cdef nghttp2_nv* NV = NULL
+cdef size_t NV_CAP = 0
+cdef size_t NV_N = 0
+
+
+cdef int nv_reserve(size_t more_bytes) except -1:
+    global NV_BUF, NV_BUF_CAP, NV, NV_CAP
     cdef size_t cap
-    cdef bytearray buf
-    cdef list offsets
-
-    def __cinit__(self):
-        self.buf = bytearray()
-        self.offsets = []
-
-    def __dealloc__(self):
-        if self.nva != NULL:
-            free(self.nva)
-
-    cdef int add(self, bytes name, bytes value) except -1:
-        self.offsets.append((len(self.buf), len(name), len(name) + len(value)))
-        self.buf += name
-        self.buf += value
-        return 0
-
-    cdef int add_lines(self, object lines) except -1:
-        """Parse header lines: the name lower-cased, the value trimmed."""
-        cdef const unsigned char* p
-        cdef Py_ssize_t n, i = 0, colon, end, vs, ve, start, k
-        cdef bytes data = bytes(lines)
-        p = <const unsigned char*>PyBytes_AS_STRING(data)
-        n = PyBytes_GET_SIZE(data)
-        while i < n:
-            end = data.find(b"\r\n", i)
-            if end < 0:
-                end = n
-            colon = data.find(b":", i, end)
-            if colon > i:
-                vs = colon + 1
-                while vs < end and (p[vs] == 32 or p[vs] == 9):
-                    vs += 1
-                ve = end
-                while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
-                    ve -= 1
-                start = len(self.buf)
-                self.buf += data[i:colon].lower()
-                self.buf += data[vs:ve]
-                self.offsets.append((start, colon - i, colon - i + ve - vs))
-            i = end + 2
-        return 0
-
-    cdef int build(self) except -1:
-        """Pointers are taken only now: the buffer no longer moves."""
-        cdef Py_ssize_t k = 0
-        cdef char* base = PyByteArray_AS_STRING(self.buf)
-        self.n = len(self.offsets)
-        self.nva = <nghttp2_nv*>malloc(sizeof(nghttp2_nv) * (self.n or 1))
-        if self.nva == NULL:
+    cdef void* p
+    if NV_BUF_LEN + more_bytes > NV_BUF_CAP:
+        cap = max(2 * NV_BUF_CAP, NV_BUF_LEN + more_bytes, 4096)
+        p = realloc(NV_BUF, cap)
+        if p == NULL:
             raise MemoryError()
-        for start, nlen, total in self.offsets:
-            self.nva[k].name = <uint8_t*>(base + <Py_ssize_t>start)
-            self.nva[k].namelen = <size_t>nlen
-            self.nva[k].value = <uint8_t*>(base + <Py_ssize_t>start + <Py_ssize_t>nlen)
-            self.nva[k].valuelen = <size_t>(total - nlen)
-            self.nva[k].flags = NGHTTP2_NV_FLAG_NONE
-            k += 1
-        return 0
+        NV_BUF, NV_BUF_CAP = <char*>p, cap
+    if NV_N + 1 > NV_CAP:
+        cap = max(2 * NV_CAP, 64)
+        p = realloc(NV, cap * sizeof(nghttp2_nv))
+        if p == NULL:
+            raise MemoryError()
+        NV, NV_CAP = <nghttp2_nv*>p, cap
+    return 0
 
 
-cdef bytes status_text(int status):
-    return b"%d" % status
+cdef int nv_add(const char* name, size_t nlen, const char* value, size_t vlen) except -1:
+    """One field; the name is lower-cased on the way in (HTTP/2 wants it)."""
+    global NV_BUF_LEN, NV_N
+    cdef size_t i
+    cdef char c
+    nv_reserve(nlen + vlen)
+    cdef char* q = NV_BUF + NV_BUF_LEN
+    for i in range(nlen):
+        c = name[i]
+        q[i] = c + 32 if 65 <= c <= 90 else c
+    memcpy(q + nlen, value, vlen)
+    NV[NV_N].name = <uint8_t*>NV_BUF_LEN            # an offset until nv_build()
+    NV[NV_N].namelen = nlen
+    NV[NV_N].valuelen = vlen
+    NV[NV_N].flags = NGHTTP2_NV_FLAG_NONE
+    NV_BUF_LEN += nlen + vlen
+    NV_N += 1
+    return 0
+
+
+cdef int nv_add_lines(const char* p, Py_ssize_t n) except -1:
+    """"Name: value\r\n" lines (what the Exchange and the core build)."""
+    cdef Py_ssize_t i = 0, colon, end, vs, ve
+    while i < n:
+        end = i
+        while end < n and p[end] != 13:
+            end += 1
+        colon = i
+        while colon < end and p[colon] != 58:
+            colon += 1
+        if i < colon < end:
+            vs = colon + 1
+            while vs < end and (p[vs] == 32 or p[vs] == 9):
+                vs += 1
+            ve = end
+            while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
+                ve -= 1
+            nv_add(p + i, colon - i, p + vs, ve - vs)
+        i = end + 2
+    return 0
+
+
+cdef inline void nv_reset() noexcept:
+    global NV_BUF_LEN, NV_N
+    NV_BUF_LEN = 0
+    NV_N = 0
+
+
+cdef void nv_build() noexcept:
+    cdef size_t k, off
+    for k in range(NV_N):
+        off = <size_t>NV[k].name
+        NV[k].name = <uint8_t*>(NV_BUF + off)
+        NV[k].value = <uint8_t*>(NV_BUF + off + NV[k].namelen)
+
+
+cdef int nv_status(int status) except -1:
+    cdef char digits[3]
+    digits[0] = <char>(48 + status // 100 % 10)
+    digits[1] = <char>(48 + status // 10 % 10)
+    digits[2] = <char>(48 + status % 10)
+    return nv_add(":status", 7, digits, 3)
+
+
+cdef int nv_length(long long n) except -1:
+    cdef char digits[24]
+    cdef int k = 24
+    if n == 0:
+        k -= 1
+        digits[k] = 48
+    while n > 0:
+        k -= 1
+        digits[k] = <char>(48 + n % 10)
+        n //= 10
+    return nv_add("content-length", 14, digits + k, 24 - k)
 
 
 @cython.final
+@cython.freelist(128)
 cdef class H2Stream(Downstream):
     """One request stream: the Downstream its Exchange writes the response to."""
     cdef H2Connection conn
@@ -481,6 +531,8 @@ cdef class H2Stream(Downstream):
     cdef bint paused                    # its DATA is not given back to the window
     cdef size_t unconsumed              # DATA bytes held back while paused
     cdef Py_ssize_t decoded             # decoded header bytes (HPACK bomb check)
+    cdef bint req_ended                 # the client's END_STREAM arrived
+    cdef double last_in                 # when its HEADERS or last DATA arrived
 
     # ---- requests in ----------------------------------------------------------------
 
@@ -501,6 +553,22 @@ cdef class H2Stream(Downstream):
                                       NGHTTP2_PROTOCOL_ERROR)
         return 0
 
+    cdef int timed_out(self) except -1:
+        """request_timeout passed with the request incomplete: counted as
+        HTTP/1.1 counts its 408, and the stream is cancelled (a response
+        could not follow a head still in CONTINUATION frames)."""
+        inc(self.conn.lrt.counters, self.conn.lrt.cbase + O_TIMEOUT_REQUEST)
+        if self.ex is not None:
+            self.ex.abort()
+            self.ex = None
+        if not self.logged:
+            self.logged = True
+            self.req.refused(408)
+        self.refused = True
+        self.responded = True
+        nghttp2_submit_rst_stream(self.conn.session, NGHTTP2_FLAG_NONE, self.sid, NGHTTP2_CANCEL)
+        return 0
+
     cdef int refuse(self, int code) except -1:
         """The request core refused it: a response in HTTP/2 framing, or a
         reset for a malformed request."""
@@ -519,31 +587,31 @@ cdef class H2Stream(Downstream):
         """A complete answer of lbcore's own (refusal, hook, generated error)."""
         if self.responded or self.closed:
             return 0
-        cdef NvList nv = NvList()
-        nv.add(b":status", status_text(status))
-        nv.add_lines(lines)
-        nv.add(b"content-length", b"%d" % len(body))
+        nv_reset()
+        nv_status(status)
+        nv_add_lines(PyBytes_AS_STRING(lines), PyBytes_GET_SIZE(lines))
+        nv_length(len(body))
         if head or not body:
-            self.submit(nv, False)
+            self.submit(False)
         else:
             self.out = [body]
             self.out_len = len(body)
             self.out_end = True
-            self.submit(nv, True)
+            self.submit(True)
         self.conn.flush()
         return 0
 
-    cdef int submit(self, NvList nv, bint with_body) except -1:
+    cdef int submit(self, bint with_body) except -1:
+        """The fields in NV go out as this stream's response HEADERS."""
         cdef nghttp2_data_provider prd
-        cdef int rv
-        nv.build()
+        nv_build()
         self.responded = True
         if with_body:
             prd.source.ptr = <void*>self
             prd.read_callback = cb_read_body
-            rv = nghttp2_submit_response(self.conn.session, self.sid, nv.nva, nv.n, &prd)
+            nghttp2_submit_response(self.conn.session, self.sid, NV, NV_N, &prd)
         else:
-            rv = nghttp2_submit_response(self.conn.session, self.sid, nv.nva, nv.n, NULL)
+            nghttp2_submit_response(self.conn.session, self.sid, NV, NV_N, NULL)
         return 0
 
     cdef ssize_t read_body(self, uint8_t* buf, size_t length, uint32_t* data_flags) except -1:
@@ -593,17 +661,17 @@ cdef class H2Stream(Downstream):
                      long long content_length, bint no_body) except -1:
         if self.responded or self.closed:
             return 0
-        cdef NvList nv = NvList()
-        nv.add(b":status", status_text(status))
+        nv_reset()
+        nv_status(status)
         if rhead is not None:
-            nv.add_lines(rhead)
+            nv_add_lines(PyByteArray_AS_STRING(rhead), PyByteArray_GET_SIZE(rhead))
         if content_length >= 0:
-            nv.add(b"content-length", b"%d" % content_length)
+            nv_length(content_length)
         if no_body:
-            self.submit(nv, False)
+            self.submit(False)
         else:
             self.out = []
-            self.submit(nv, True)
+            self.submit(True)
         self.conn.flush()
         return 0
 
@@ -917,6 +985,8 @@ cdef class H2Connection:
         req.version = "2"
         req.keep_alive = True
         st.req = req
+        st.last_in = self.now
+        self.schedule(self.now + self.lrt.request_timeout)
         self.streams[st.sid] = st
         if st.sid > self.max_sid:
             self.max_sid = st.sid
@@ -967,16 +1037,21 @@ cdef class H2Connection:
             st = stream_of(self.session, f.hd.stream_id)
             if st is None:
                 return 0
+            if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                st.req_ended = True
             if f.headers.cat == NGHTTP2_HCAT_REQUEST:
-                st.req.end_stream = (f.hd.flags & NGHTTP2_FLAG_END_STREAM) != 0
+                st.req.end_stream = st.req_ended
                 self.head_done(st)
-            elif f.hd.flags & NGHTTP2_FLAG_END_STREAM and st.ex is not None:
+            elif st.req_ended and st.ex is not None:
                 st.ex.body_done()                  # after trailers
         elif t == NGHTTP2_DATA:
-            if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
-                st = stream_of(self.session, f.hd.stream_id)
-                if st is not None and st.ex is not None:
-                    st.ex.body_done()
+            st = stream_of(self.session, f.hd.stream_id)
+            if st is not None:
+                st.last_in = self.now
+                if f.hd.flags & NGHTTP2_FLAG_END_STREAM:
+                    st.req_ended = True
+                    if st.ex is not None:
+                        st.ex.body_done()
         return 0
 
     cdef int head_done(self, H2Stream st) except -1:
@@ -1099,6 +1174,14 @@ cdef class H2Connection:
         cdef double now = self.loop.time(), d, due = 1e300
         cdef H2Stream st
         for st in list(self.streams.values()):
+            if not st.req_ended and not st.responded:
+                # A head or body gap longer than request_timeout (spec 2): the
+                # stream is reset, as HTTP/1.1 answers 408 or closes.
+                d = st.last_in + self.lrt.request_timeout
+                if now >= d:
+                    st.timed_out()
+                    continue
+                due = min(due, d)
             if st.ex is None:
                 continue
             d = st.ex.deadline()

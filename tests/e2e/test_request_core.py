@@ -14,6 +14,7 @@ import httpx
 import pytest
 from hyperframe.frame import DataFrame, HeadersFrame
 
+from tests.e2e.test_metrics import scrape
 from tests.support.h2raw import H2Raw, encode, request_headers
 from tests.support.lbproc import LbProcess, free_port, wait_port
 from tests.support.live import live_objects
@@ -39,7 +40,7 @@ certificates:
          private_key: {tmp_path / 'server.key'}}}
 listeners:
   - {{name: web, protocol: HTTPS, address: 127.0.0.1, port: {port}, http2: true,
-     server_certificate: site, default_pool: p}}
+     server_certificate: site, default_pool: p, request_timeout: 3}}
 pools:
   p:
     health_check: {{enabled: false}}
@@ -53,6 +54,9 @@ pools:
     finally:
         lb.stop()
         loop_thread.loop.call_soon_threadsafe(server.close)
+
+
+TIMEOUT_REQUEST = ("lbcore_timeouts_total", (("kind", "request"), ("listener", "web")))
 
 
 def h2ctx(site) -> ssl.SSLContext:
@@ -123,8 +127,8 @@ def test_half_close_mid_body_ends_the_exchange_at_once(site):
         s.unwrap()
         t0 = time.monotonic()
         wait_live_zero(site["admin"], timeout=3)
-        # request_timeout is 60 s: freed by the half-close, not by a timer.
-        assert time.monotonic() - t0 < 3
+        # request_timeout is 3 s: freed by the half-close, not by a timer.
+        assert time.monotonic() - t0 < 1
 
 
 def test_live_objects_return_to_zero_after_mixed_traffic(site):
@@ -157,3 +161,23 @@ def test_live_objects_return_to_zero_after_mixed_traffic(site):
             s.sendall(b"GET / HTTP/1.1\r\nHost: loc")
     left = wait_live_zero(site["admin"])
     assert left["member_connections"] <= 64
+
+
+@pytest.mark.parametrize("what", ["head", "body"])
+def test_h2_request_timeout_resets_a_stalled_stream(site, what):
+    """A header block never finished, or a body that stops: reset after
+    request_timeout (3 s here), counted as HTTP/1.1 counts its 408."""
+    before = scrape(site["admin"]).get(TIMEOUT_REQUEST, 0)
+    c = H2Raw(site["port"], h2ctx(site))
+    try:
+        flags = [] if what == "head" else ["END_HEADERS"]
+        c.send(HeadersFrame(1, data=encode(request_headers("/stall", "POST")),
+                            flags=flags).serialize())
+        t0 = time.monotonic()
+        c.io(t0 + 8, until=lambda: c.stream(1).done or c.closed)
+        assert c.stream(1).reset == 0x8, c.stream(1)            # CANCEL
+        assert 2.5 < time.monotonic() - t0 < 5
+    finally:
+        c.close()
+    assert scrape(site["admin"])[TIMEOUT_REQUEST] == before + 1
+    wait_live_zero(site["admin"])
