@@ -88,15 +88,18 @@ def cmd_version(args: argparse.Namespace) -> int:
         import httptools
         import uvloop
 
+        nghttp2 = "not loaded"
         try:
             import lbcore_ext.http1 as ext
+            import lbcore_ext.http2 as h2
 
             ext_desc = ext.__file__
+            nghttp2 = h2.NGHTTP2_VERSION
         except ImportError as exc:
             ext_desc = f"not built ({exc})"
         print(f"python {platform.python_version()} ({platform.python_implementation()})")
         print(f"uvloop {uvloop.__version__}, httptools {httptools.__version__}")
-        print(f"openssl {ssl.OPENSSL_VERSION}")
+        print(f"openssl {ssl.OPENSSL_VERSION}, libnghttp2 {nghttp2}")
         print(f"extension {ext_desc}")
     return 0
 

@@ -11,6 +11,7 @@ import httptools
 
 from cpython.bytes cimport PyBytes_FromFormat
 from lbcore_ext.bufs cimport put, put_ba, put_int
+from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
 from lbcore_ext.request cimport D_ANSWER, Client, Request, error_body, error_lines
@@ -140,7 +141,7 @@ cdef class HttpProtocol(Downstream):
         self._schedule(self.last_activity + self.lrt.request_timeout)
 
     def data_received(self, bytes data):
-        self.last_activity = self.loop.time()
+        self.last_activity = monotonic()
         if self.tunnel is not None:
             self.tunnel.tunnel_write(data)
             return
@@ -425,7 +426,7 @@ cdef class HttpProtocol(Downstream):
             self.reading_paused = False
             self.transport.resume_reading()
         if self.parsing is None:
-            self.last_activity = self.loop.time()
+            self.last_activity = monotonic()
             self._schedule(self.last_activity + self.lrt.idle_timeout)
         return 0
 
@@ -450,7 +451,7 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
-        self._emit_error(code, router_code, self.loop.time() - ex.t_start if ex is not None
+        self._emit_error(code, router_code, monotonic() - ex.t_start if ex is not None
                          else -1.0, ex is not None and ex.is_head_method)
         return 0
 

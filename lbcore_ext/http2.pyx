@@ -19,6 +19,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_response, inc
 from lbcore_ext.request cimport (D_ANSWER, Client, Request, error_body, error_lines,
                                  valid_field_value)
@@ -26,7 +27,6 @@ from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 import asyncio
-from collections import deque
 
 from lbcore_ext.counters import (CONN_ACTIVE, H2_GOAWAY, H2_GOAWAY_REASONS, TIMEOUT_REQUEST,
                                  W_LIVE_CLIENT_CONNS)
@@ -205,6 +205,9 @@ if nghttp2_version(0).version_num != NGHTTP2_VERSION_NUM:
     raise ImportError(
         f"libnghttp2 {nghttp2_version(0).version_str.decode()} is loaded but lbcore_ext.http2 "
         f"was built against 0x{NGHTTP2_VERSION_NUM:06x}: rebuild (make build)")
+
+# What `lbcore version -v` reports.
+NGHTTP2_VERSION = nghttp2_version(0).version_str.decode()
 
 cdef object get_running_loop = asyncio.get_running_loop
 # SETTINGS(MAX_CONCURRENT_STREAMS = H2_MAX_STREAMS): see H2Connection.connection_made.
@@ -699,7 +702,7 @@ cdef class H2Stream(Downstream):
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
         count_response(self.conn.lrt.counters, self.conn.lrt.cbase, code, True,
-                       self.conn.loop.time() - ex.t_start if ex is not None else -1.0)
+                       monotonic() - ex.t_start if ex is not None else -1.0)
         self.ex = None
         self.respond(code, error_lines(code, router_code), error_body(code),
                      ex is not None and ex.is_head_method)
@@ -769,8 +772,8 @@ cdef class H2Connection:
     cdef double tokens[N_BUDGETS]
     cdef double stamp[N_BUDGETS]
     cdef int32_t max_sid                # the highest stream the client opened
-    cdef object closed_ids              # recently closed streams, oldest first (bounded)
-    cdef set closed_set
+    cdef int32_t closed_ids[H2_MAX_STREAMS]   # the last streams closed (a ring)
+    cdef int closed_at                  # the ring's next slot
     cdef bint bad_stream_id             # HEADERS on a stream id it can't use
     cdef bint ack_pending               # the client's ACK of our first SETTINGS is due
     cdef Py_ssize_t preface_left        # client preface bytes not yet seen
@@ -785,8 +788,6 @@ cdef class H2Connection:
         self.lrt = client.lrt
         self.streams = {}
         self.starting = []
-        self.closed_ids = deque()
-        self.closed_set = set()
         self.goaway_reason = -1
         for k in range(N_BUDGETS):
             self.tokens[k] = BURST[k]
@@ -832,7 +833,7 @@ cdef class H2Connection:
         cdef H2Stream st
         if self.closed:
             return
-        self.now = self.last_activity = self.loop.time()
+        self.now = self.last_activity = monotonic()
         if self.ack_pending:
             data = self.take_first_ack(data)
         rv = nghttp2_session_mem_recv(self.session,
@@ -914,6 +915,15 @@ cdef class H2Connection:
         self.tokens[k] = t - 1.0
         return 0
 
+    cdef bint recently_closed(self, int32_t sid) noexcept:
+        """One of the last H2_MAX_STREAMS streams closed (nghttp2 remembers
+        about as many): looked up only for a HEADERS on an old stream id."""
+        cdef int k
+        for k in range(H2_MAX_STREAMS):
+            if self.closed_ids[k] == sid:
+                return True
+        return False
+
     cdef int refund_window(self) except -1:
         if self.tokens[B_WINDOW] < BURST[B_WINDOW]:
             self.tokens[B_WINDOW] += 1.0
@@ -936,7 +946,7 @@ cdef class H2Connection:
             self.cont_bytes = hd.length
             if (hd.stream_id & 1 and hd.stream_id <= self.max_sid
                     and hd.stream_id not in self.streams
-                    and hd.stream_id not in self.closed_set):
+                    and not self.recently_closed(hd.stream_id)):
                 # RFC 9113 5.1.1: a new stream's id must exceed every earlier
                 # one (nghttp2 would ignore the frame). Streams it knows as
                 # closed are left to it (STREAM_CLOSED).
@@ -1022,7 +1032,7 @@ cdef class H2Connection:
                 if req.add_target(v):
                     st.refused = True
             elif n == b":authority":
-                req.authority = v
+                req.set_authority(v)
             elif n == b":scheme":
                 req.scheme = v
             return 0
@@ -1100,10 +1110,8 @@ cdef class H2Connection:
         cdef H2Stream st = self.streams.pop(sid, None)
         if st is None:
             return 0
-        self.closed_ids.append(sid)
-        self.closed_set.add(sid)
-        if len(self.closed_ids) > H2_MAX_STREAMS:
-            self.closed_set.discard(self.closed_ids.popleft())
+        self.closed_ids[self.closed_at] = sid
+        self.closed_at = (self.closed_at + 1) % H2_MAX_STREAMS
         st.closed = True
         st.out = None
         if st.ex is not None:

@@ -74,6 +74,7 @@ cdef class Request:
     cdef Request new(Client client)
     cdef int add_target(self, bytes part) except -1
     cdef int field(self, bytes name, bytes lname, bytes value) except -1
+    cdef int set_authority(self, bytes value) except -1
     cdef int trailer(self, bytes name, bytes value) except -1
     cdef int head_complete(self) except -1
     cdef int body_bytes(self, Py_ssize_t n) except -1

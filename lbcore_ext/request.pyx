@@ -197,7 +197,11 @@ cdef class Request:
             if self.host is not None or not valid_host(value):
                 return self.refuse(400)
             self.host = value
-            put_header(self.hbuf, name, value)
+            if self.authority is None:
+                put_header(self.hbuf, name, value)
+            elif value.lower() != self.authority.lower():
+                # RFC 9113 8.3.1: Host, when sent too, names the same authority.
+                return self.refuse(400)
         elif a == A_XFF:
             if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
                 put_header(self.hbuf, name, value)
@@ -243,6 +247,14 @@ cdef class Request:
         # H_DROP: hop-by-hop or owned by lbcore: never forwarded.
         return 0
 
+    cdef int set_authority(self, bytes value) except -1:
+        """HTTP/2's :authority (the pseudo-fields come before every field):
+        the member gets it as the host line, first, where an HTTP/1.1
+        client's Host would be. Validated in head_complete."""
+        self.authority = value
+        put_header(self.hbuf, b"host", value)
+        return 0
+
     cdef int trailer(self, bytes name, bytes value) except -1:
         """A request trailer field (HTTP/2): forwarded in the chunked body's
         trailer section when the member gets a chunked body; fields that
@@ -271,15 +283,11 @@ cdef class Request:
         if self.scheme is not None and self.scheme != lrt.scheme:
             return self.refuse(400)
         if self.authority is not None:
-            # RFC 9113 8.3.1: Host, when sent too, names the same authority.
+            # (Its host line went first, where an HTTP/1.1 client's would be.)
             if not valid_host(self.authority):
                 return self.refuse(400)
             if self.host is None:
-                # First, where an HTTP/1.1 client's Host line would be.
                 self.host = self.authority
-                self.hbuf[0:0] = b"host: " + self.authority + b"\r\n"
-            elif self.host.lower() != self.authority.lower():
-                return self.refuse(400)
         if self.host is None and not self.http10:
             return self.refuse(400)
         if m == b"CONNECT":

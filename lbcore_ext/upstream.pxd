@@ -125,8 +125,11 @@ cdef class UpstreamConnection:
     cdef Member member
     cdef Counters counters              # the worker's, for the live-object counts
     cdef object parser
+    cdef object feed                    # parser.feed_data, bound once
+    cdef object write                   # transport.write, bound once
     cdef Exchange ex
     cdef bint closed
+    cdef bint read_paused               # pause_reading() is in force
     cdef bint reused
     cdef bint tunnel
     cdef double last_used

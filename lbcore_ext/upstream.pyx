@@ -13,6 +13,7 @@ from functools import partial
 import httptools
 
 from lbcore_ext.bufs cimport put_header
+from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
 from lbcore_ext.request cimport Request
@@ -155,7 +156,7 @@ cdef class Exchange:
         self.tried = []
         self.state = S_NEW
         self.resp_cl = -1
-        self.t_start = self.loop.time()
+        self.t_start = monotonic()
         add(lrt.counters, O_LIVE_EX, 1)
         return self
 
@@ -213,7 +214,7 @@ cdef class Exchange:
             if self.req_chunked:
                 self.conn.transport.write(self._last_chunk())
             self.state = S_WAITING
-            self.last_read = self.loop.time()
+            self.last_read = monotonic()
             self._arm(self.lrt.response_timeout)
         return 0
 
@@ -237,12 +238,14 @@ cdef class Exchange:
         return b"0\r\n\r\n"
 
     cdef int pause_upstream(self) except -1:
-        if self.conn is not None and not self.conn.closed:
+        if self.conn is not None and not self.conn.closed and not self.conn.read_paused:
+            self.conn.read_paused = True
             self.conn.transport.pause_reading()
         return 0
 
     cdef int resume_upstream(self) except -1:
-        if self.conn is not None and not self.conn.closed:
+        if self.conn is not None and not self.conn.closed and self.conn.read_paused:
+            self.conn.read_paused = False
             self.conn.transport.resume_reading()
         return 0
 
@@ -251,7 +254,7 @@ cdef class Exchange:
     cdef int _acquire(self) except -1:
         cdef Member m = self.member
         cdef UpstreamConnection c
-        cdef double now = self.loop.time()
+        cdef double now = monotonic()
         while m.idle:
             c = m.idle.pop()
             add(self.lrt.counters, O_LIVE_IDLE, -1)
@@ -292,8 +295,8 @@ cdef class Exchange:
     cdef int _attach(self, UpstreamConnection conn) except -1:
         conn.ex = self
         self.conn = conn
-        conn.transport.write(self.head)
-        self.t_sent = self.loop.time()
+        conn.write(self.head)
+        self.t_sent = monotonic()
         if self.body_buf:
             buf = self.body_buf
             self.body_buf = []
@@ -305,7 +308,7 @@ cdef class Exchange:
             if self.req_chunked:
                 conn.transport.write(self._last_chunk())
             self.state = S_WAITING
-            self.last_read = self.loop.time()
+            self.last_read = monotonic()
             self._arm(self.lrt.response_timeout)
         else:
             self.state = S_SENDING
@@ -325,7 +328,7 @@ cdef class Exchange:
     # path stamps times and arms nothing (DESIGN: timers on the loop, not per request).
 
     cdef int _arm(self, double delay) except -1:
-        cdef double now = self.loop.time()
+        cdef double now = monotonic()
         if self.state == S_CONNECTING:
             self.t_connect = now
         self.ds.ds_deadline(now + delay)
@@ -413,7 +416,7 @@ cdef class Exchange:
                     body = body.encode()
                 lines = b"".join([header_line(n, v) for n, v in headers or ()])
                 count_response(self.lrt.counters, self.lrt.cbase, status, True,
-                               self.loop.time() - self.t_start)
+                               monotonic() - self.t_start)
                 self.ds.ds_local(self, status, lines, bytes(body or b""))
                 self._log(status)
                 return
@@ -430,7 +433,7 @@ cdef class Exchange:
         if self.meta is not None:
             if self.member is not None:
                 self._try(b"%d" % status)
-            self.lrt.access_log.append((self.meta, status, self.loop.time() - self.t_start,
+            self.lrt.access_log.append((self.meta, status, monotonic() - self.t_start,
                                         self.tries))
         if self.lrt.hooks & K_LOGGING:
             self.lrt.phases.logging(self.view, status, self.member)
@@ -451,8 +454,10 @@ cdef class Exchange:
         self.conn = None
         c.ex = None
         if reusable and not c.closed and len(self.member.idle) < UPSTREAM_MAX_IDLE:
-            c.last_used = self.loop.time()
-            c.transport.resume_reading()
+            c.last_used = monotonic()
+            if c.read_paused:
+                c.read_paused = False
+                c.transport.resume_reading()
             self.member.idle.append(c)
             add(self.lrt.counters, O_LIVE_IDLE, 1)
         else:
@@ -462,7 +467,7 @@ cdef class Exchange:
     cdef int _finish(self, bint reusable) except -1:
         self.state = S_DONE
         count_response(self.lrt.counters, self.lrt.cbase, self.status, False,
-                       self.loop.time() - self.t_start)
+                       monotonic() - self.t_start)
         self._release(reusable)
         if self.lrt.hooks or self.meta is not None:
             self._log(self.status)
@@ -509,7 +514,7 @@ cdef class Exchange:
         self.status = status
         if status >= 200:
             observe(self.lrt.counters, self.lrt.cbase + O_UPSTREAM_HIST,
-                    self.loop.time() - self.t_sent)
+                    monotonic() - self.t_sent)
         if status < 200:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
             self.interim = True
@@ -636,6 +641,9 @@ cdef class UpstreamConnection:
         # connection_lost, so a connect cancelled half-way leaves no cycle.
         self.transport = transport
         self.parser = HttpResponseParser(self)
+        # Bound once: a method looked up by name costs a lookup per call.
+        self.feed = self.parser.feed_data
+        self.write = transport.write
 
     def data_received(self, bytes data):
         cdef Exchange ex = self.ex
@@ -643,14 +651,14 @@ cdef class UpstreamConnection:
             # Bytes from a backend while idle: the stream can't be trusted.
             self.close()
             return
-        ex.last_read = ex.loop.time()
+        ex.last_read = monotonic()
         if self.tunnel:
             ex.ds.ds_write(data)
             return
         cdef Downstream ds = ex.ds
         ds.ds_cork()
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except HttpParserUpgrade as exc:
             # The 101 head was parsed; what follows it is already tunnel data.
             ex = self.ex
@@ -681,6 +689,8 @@ cdef class UpstreamConnection:
         # holds it: drop both so reference counting frees it now, not the
         # cyclic GC later.
         self.parser = None
+        self.feed = None
+        self.write = None
         self.ex = None
         self.transport = None
 
