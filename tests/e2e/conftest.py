@@ -138,8 +138,12 @@ class Running:
         self.path.write_text(text)
         self.admin, self.port = admin, port
         self.lb = LbProcess(["run", "-c", str(self.path)])
-        wait_port(port, self.lb.proc)
-        self.wait(lambda s: s["ready"] and len(self.ready_workers(s)) == 2)
+        try:
+            wait_port(port, self.lb.proc)
+            self.wait(lambda s: s["ready"] and len(self.ready_workers(s)) == 2)
+        except BaseException:
+            self.lb.stop()          # a start that fails must not leave lbcore running
+            raise
 
     @property
     def pid(self) -> int:
