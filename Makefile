@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.deps: pyproject.toml | $(BIN)/python
+$(VENV)/.deps: pyproject.toml | $(BIN)/python deb-build-deps
 	$(BIN)/pip install -q "Cython>=3.1,<4" setuptools wheel
 	$(BIN)/pip install -q -e '.[test]' --no-build-isolation
 	touch $@
