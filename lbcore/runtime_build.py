@@ -126,6 +126,7 @@ def build_pool(name: str, pool) -> Pool:
         cookie_max_age=(sticky.timeout_minutes * 60) if sticky is not None else 0,
         slow_start=float(slow.duration) if slow is not None and slow.enabled else 0.0,
         fail_open=bool(getattr(pool, "fail_open", False)),
+        max_head=pool.max_response_header or 0,
     )
 
 

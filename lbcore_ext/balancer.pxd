@@ -23,6 +23,7 @@ cdef class Pool:
     cdef public int cookie_max_age      # seconds
     cdef public double slow_start       # seconds, 0 = off
     cdef public bint fail_open
+    cdef public Py_ssize_t max_head     # a member response head's limit; 0 = the listener's
     cdef public bytes set_cookie_suffix # "; Max-Age=..; Path=/; HttpOnly"
     cdef dict by_token
     cdef dict app_sessions              # app cookie value -> (Member, expiry)

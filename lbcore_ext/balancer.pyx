@@ -85,8 +85,9 @@ cdef class Member:
 cdef class Pool:
     def __init__(self, str name, members, int algorithm=ALG_WRR, int sticky=STICKY_NONE,
                  bytes cookie_name=None, int cookie_max_age=86400, double slow_start=0.0,
-                 bint fail_open=False, clock=None):
+                 bint fail_open=False, clock=None, Py_ssize_t max_head=0):
         self.name = name
+        self.max_head = max_head
         self.members = tuple(members)
         self.algorithm = algorithm
         self.sticky = sticky

@@ -20,4 +20,6 @@ cdef inline void add(Counters c, Py_ssize_t i, int64_t v) noexcept:
 cpdef void count_response(Counters c, Py_ssize_t base, int status, bint generated,
                           double seconds)
 
+cpdef void count_reason(Counters c, Py_ssize_t base, int status, int reason, double seconds)
+
 cpdef void observe(Counters c, Py_ssize_t at, double seconds)

@@ -90,8 +90,9 @@ GENERATED = 14            # one cell per GENERATED_CODES entry
 GENERATED_CODES = ((400, "malformed"), (405, "method_not_allowed"), (408, "request_timeout"),
                    (413, "body_too_large"), (414, "uri_too_long"), (421, "misdirected"),
                    (431, "header_too_large"), (501, "transfer_coding"), (502, "bad_gateway"),
-                   (503, "no_member"), (504, "gateway_timeout"))
-HIST = 25                 # bucket counts (not cumulative), then +Inf
+                   (503, "no_member"), (504, "gateway_timeout"),
+                   (502, "upstream_header_too_big"))     # a second reason: count_reason()
+HIST = GENERATED + len(GENERATED_CODES)    # bucket counts (not cumulative), then +Inf
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 1.2, 2.5, 5.0, 10.0)
 HIST_SUM_US = HIST + len(BUCKETS) + 1
 HIST_COUNT = HIST_SUM_US + 1
@@ -115,7 +116,10 @@ cdef int[600] _gen_index
 for _i in range(600):
     _gen_index[_i] = -1
 for _k, (_code, _reason) in enumerate(GENERATED_CODES):
-    _gen_index[_code] = GENERATED + _k
+    if _gen_index[_code] < 0:           # a code's first entry is its default reason
+        _gen_index[_code] = GENERATED + _k
+# GENERATED_CODES index of a reason other than its code's default.
+R_UPSTREAM_HEADER_TOO_BIG = [r for _, r in GENERATED_CODES].index("upstream_header_too_big")
 cdef double[13] _bounds
 for _k, _b in enumerate(BUCKETS):
     _bounds[_k] = _b
@@ -130,6 +134,17 @@ cpdef void count_response(Counters c, Py_ssize_t base, int status, bint generate
     c.row[base + RESP_CLASS + status // 100 - 1] += 1
     if generated and _gen_index[status] >= 0:
         c.row[base + _gen_index[status]] += 1
+    if seconds >= 0.0:
+        observe(c, base + HIST, seconds)
+
+
+cpdef void count_reason(Counters c, Py_ssize_t base, int status, int reason, double seconds):
+    """A generated error under `reason` (an index into GENERATED_CODES), not
+    its code's default reason."""
+    if c is None or base < 0 or status < 100 or status > 599:
+        return
+    c.row[base + RESP_CLASS + status // 100 - 1] += 1
+    c.row[base + GENERATED + reason] += 1
     if seconds >= 0.0:
         observe(c, base + HIST, seconds)
 

@@ -12,7 +12,7 @@ import httptools
 from cpython.bytes cimport PyBytes_FromFormat
 from lbcore_ext.bufs cimport put, put_ba, put_int
 from lbcore_ext.clock cimport monotonic
-from lbcore_ext.counters cimport add, count_response, inc
+from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
 from lbcore_ext.request cimport D_ANSWER, Client, Request, error_body, error_lines
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
@@ -451,8 +451,11 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
-        self._emit_error(code, router_code, monotonic() - ex.t_start if ex is not None
-                         else -1.0, ex is not None and ex.is_head_method)
+        cdef double seconds = monotonic() - ex.t_start if ex is not None else -1.0
+        if ex is not None and ex.gen_reason >= 0:
+            count_reason(self.lrt.counters, self.lrt.cbase, code, ex.gen_reason, seconds)
+            seconds = -2.0                  # counted
+        self._emit_error(code, router_code, seconds, ex is not None and ex.is_head_method)
         return 0
 
     cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1:

@@ -20,7 +20,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 from lbcore_ext.clock cimport monotonic
-from lbcore_ext.counters cimport add, count_response, inc
+from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.request cimport (D_ANSWER, Client, Request, error_body, error_lines,
                                  valid_field_value)
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
@@ -701,8 +701,12 @@ cdef class H2Stream(Downstream):
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
-        count_response(self.conn.lrt.counters, self.conn.lrt.cbase, code, True,
-                       monotonic() - ex.t_start if ex is not None else -1.0)
+        cdef double seconds = monotonic() - ex.t_start if ex is not None else -1.0
+        if ex is not None and ex.gen_reason >= 0:
+            count_reason(self.conn.lrt.counters, self.conn.lrt.cbase, code, ex.gen_reason,
+                         seconds)
+        else:
+            count_response(self.conn.lrt.counters, self.conn.lrt.cbase, code, True, seconds)
         self.ex = None
         self.respond(code, error_lines(code, router_code), error_body(code),
                      ex is not None and ex.is_head_method)

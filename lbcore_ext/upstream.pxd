@@ -79,6 +79,8 @@ cdef class Exchange:
     cdef public bytes cookie
     cdef bint sticky_bound
     cdef public bytes upgrade          # the request's Upgrade value, if an upgrade
+    cdef public int gen_reason         # GENERATED_CODES index of a non-default reason, or -1
+    cdef Py_ssize_t head_size          # bytes of the member's response heads so far
     cdef public object view            # RequestView when the listener has hooks
     cdef public tuple meta             # request facts for the access log, or None
     cdef list tries                    # [(member, outcome)] for the access log
@@ -118,6 +120,8 @@ cdef class Exchange:
     cdef int up_message_complete(self) except -1
     cdef int up_lost(self) except -1
     cdef int up_invalid(self) except -1
+    cdef int up_too_big(self) except -1
+    cdef Py_ssize_t head_limit(self)
 
 
 cdef class UpstreamConnection:
@@ -130,6 +134,7 @@ cdef class UpstreamConnection:
     cdef Exchange ex
     cdef bint closed
     cdef bint read_paused               # pause_reading() is in force
+    cdef Py_ssize_t head_bytes          # bytes read while the response head is incomplete
     cdef bint reused
     cdef bint tunnel
     cdef double last_used

@@ -18,7 +18,8 @@ from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
 from lbcore_ext.request cimport Request
 
-from lbcore_ext.counters import (RETRIES, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST,
+from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRIES, TIMEOUT_CONNECT,
+                                 TIMEOUT_RESPONSE, UPSTREAM_HIST,
                                  W_LIVE_EXCHANGES, W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
@@ -35,6 +36,7 @@ cdef Py_ssize_t O_RETRIES = RETRIES
 cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
 cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
+cdef int G_TOO_BIG = R_UPSTREAM_HEADER_TOO_BIG
 # Live objects, counted in the worker's cells (leak checks in the tests).
 cdef Py_ssize_t O_LIVE_EX = W_LIVE_EXCHANGES
 cdef Py_ssize_t O_LIVE_MC = W_LIVE_MEMBER_CONNS
@@ -45,7 +47,7 @@ cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
 cdef int K_FAIL_TO_PROXY = HOOK_FAIL_TO_PROXY
 cdef int K_LOGGING = HOOK_LOGGING
 cdef tuple FAILURE_NAMES = (None, "refused", "connect_timeout", "lost", "response_timeout",
-                            "invalid_response")
+                            "invalid_response", "header_too_big")
 
 # Exchange.state
 DEF S_NEW = 0
@@ -62,6 +64,7 @@ DEF F_CONNECT_TIMEOUT = 2
 DEF F_LOST = 3           # connection closed/reset before any response byte
 DEF F_RESPONSE_TIMEOUT = 4
 DEF F_INVALID = 5        # malformed response
+DEF F_TOO_BIG = 6        # response head (with its interim responses) over the limit
 
 # Response headers that are hop-by-hop (RFC 9110 7.6.1) or re-framed by us.
 cdef dict RESP_DROP = {
@@ -156,6 +159,7 @@ cdef class Exchange:
         self.tried = []
         self.state = S_NEW
         self.resp_cl = -1
+        self.gen_reason = -1
         self.t_start = monotonic()
         add(lrt.counters, O_LIVE_EX, 1)
         return self
@@ -294,6 +298,7 @@ cdef class Exchange:
 
     cdef int _attach(self, UpstreamConnection conn) except -1:
         conn.ex = self
+        conn.head_bytes = 0
         self.conn = conn
         conn.write(self.head)
         self.t_sent = monotonic()
@@ -385,7 +390,8 @@ cdef class Exchange:
             self._restart()
             self._connect()
             return 0
-        cdef bint can_retry = self.retries < MAX_RETRIES and kind != F_INVALID
+        cdef bint can_retry = (self.retries < MAX_RETRIES and kind != F_INVALID
+                               and kind != F_TOO_BIG)
         if sent and (not self.idempotent or (self.has_body and self.body_sent)):
             can_retry = False
         if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
@@ -441,6 +447,7 @@ cdef class Exchange:
 
     cdef _restart(self):
         self.status = 0
+        self.head_size = 0
         self.reason = None
         self.rhead = None
         self.resp_cl = -1
@@ -511,6 +518,14 @@ cdef class Exchange:
         return 0
 
     cdef int up_headers_complete(self, int status) except -1:
+        # The head's size as relayed (status line, fields), interim ones summed.
+        self.head_size += 17 + (len(self.reason) if self.reason is not None else 0) + (
+            len(self.rhead) if self.rhead is not None else 0)
+        if self.head_size > self.head_limit() and status != 101:
+            self.up_too_big()
+            if self.conn is not None:
+                self.conn.close()
+            return 0
         self.status = status
         if status >= 200:
             observe(self.lrt.counters, self.lrt.cbase + O_UPSTREAM_HIST,
@@ -614,6 +629,18 @@ cdef class Exchange:
             self.ds.ds_abort(self)
         return 0
 
+    cdef Py_ssize_t head_limit(self):
+        return self.pool.max_head if self.pool.max_head > 0 else self.lrt.max_header_block
+
+    cdef int up_too_big(self) except -1:
+        """The member's response head, interim responses included, passed
+        the limit: 502 (never retried), and the connection is closed."""
+        if self.state == S_DONE or self.resp_started:
+            return 0
+        self.gen_reason = G_TOO_BIG
+        self._fail(F_TOO_BIG)
+        return 0
+
     cdef int up_invalid(self) except -1:
         if self.state == S_DONE:
             return 0
@@ -659,6 +686,17 @@ cdef class UpstreamConnection:
         ds.ds_cork()
         try:
             self.feed(data)
+            ex = self.ex
+            if (ex is not None and not ex.resp_started
+                    and (ex.state == S_WAITING or ex.state == S_SENDING)):
+                # The head is still incomplete after this read: its bytes (and
+                # those of interim responses before it) count against the limit,
+                # so an endless header line costs one read past it, not the
+                # worker (parsing stays linear).
+                self.head_bytes += len(data)
+                if self.head_bytes > ex.head_limit():
+                    ex.up_too_big()
+                    self.close()
         except HttpParserUpgrade as exc:
             # The 101 head was parsed; what follows it is already tunnel data.
             ex = self.ex

@@ -316,6 +316,10 @@ class Pool(Model):
     sticky_session: StickySession | None = None
     slow_start: SlowStart = SlowStart()
     fail_open: bool = False
+    # Bytes a member's response head may take, its interim (1xx) responses
+    # included; over it: 502, reason upstream_header_too_big. Default: the
+    # max_header_block of the listener the request came in on.
+    max_response_header: Int(1024, 1 << 22) | None = None
     members: Annotated[tuple[Member, ...], Field(max_length=500)] = ()
     health_check: HealthCheck = HealthCheck()
 
