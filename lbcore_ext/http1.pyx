@@ -266,6 +266,11 @@ cdef class HttpProtocol(Downstream):
             req.version = "1.1"
         else:
             req.version = parser.get_http_version()
+            if req.version != "1.0" and req.version != "1.1":
+                # HTTP/0.9-style request lines ("GET /a" then fields), however
+                # the bytes arrived: never forwarded as HTTP/1.1.
+                self.error_code = 400
+                raise ValueError("no HTTP/1.x version")
         req.http10 = req.version == "1.0"
         req.method = parser.get_method()
         if req.upgrade is not None and not parser.should_upgrade():

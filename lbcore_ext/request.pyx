@@ -238,7 +238,11 @@ cdef class Request:
                 tok = tok.strip()
                 if tok == b"keep-alive":
                     self.keepalive_token = True
-                elif tok and tok not in KEEP_TOKENS:
+                elif tok and tok not in KEEP_TOKENS and lrt.header_actions.get(tok) is None:
+                    # A token naming a field lbcore frames, routes or owns (Host,
+                    # Content-Length, Transfer-Encoding, Cookie, X-Forwarded-For,
+                    # X-Real-IP...) is ignored, as nginx ignores them all: the
+                    # client can't strip what the member needs or what lbcore sets.
                     if self.conn_tokens is None:
                         self.conn_tokens = []
                     self.conn_tokens.append(tok)
@@ -320,6 +324,10 @@ cdef class Request:
         if lrt.sni_guard is not None and lrt.sni_guard.misdirected(self.client.sni_name,
                                                                    self.host):
             return self.refuse(421)
+        if self.upgrade is not None and self.has_body:
+            # An upgrade with a body: what is tunnel and what is body would be
+            # the member's guess (request smuggling across the switch).
+            return self.refuse(400)
         if self.upgrade is not None and self.upgrade.lower().find(b"h2c") >= 0:
             # No h2c (spec 9): a cleartext HTTP/2 tunnel would carry requests past
             # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
