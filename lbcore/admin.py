@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -27,14 +28,25 @@ class Admin:
         self.started = time.time()
         self.server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> None:
+    def bind(self) -> socket.socket:
+        """The listening socket, made before anything else starts: an admin
+        endpoint that can't bind is a start-up failure (exit 1), never a
+        proxy silently running without /metrics, /healthz and /readyz."""
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.server = await asyncio.start_server(self._handle, self.address, self.port)
-            log.info("admin endpoint on %s:%d", self.address, self.port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.address, self.port))
+            sock.listen(128)
         except OSError as exc:
-            # The proxy keeps serving without it: an admin port clash is no
-            # reason to drop traffic.
-            log.error("admin endpoint %s:%d unavailable: %s", self.address, self.port, exc)
+            sock.close()
+            raise OSError(f"admin endpoint {self.address}:{self.port} cannot listen: "
+                          f"{exc.strerror or exc}") from exc
+        return sock
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        self.server = await asyncio.start_server(self._handle, sock=sock or self.bind())
+        log.info("admin endpoint on %s:%d", self.address, self.port)
 
     def close(self) -> None:
         if self.server is not None:

@@ -165,16 +165,21 @@ class Master:
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
+        self.admin = Admin(self.first_cfg.load_balancer.admin, self._collector(), self.status)
+        try:
+            admin_sock = self.admin.bind()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
         try:
             self.current = await self._start_generation(self.first_cfg, self.first_text)
         except (StartFailed, OSError) as exc:
             log.error("cannot start: %s", exc)
             self._close_sockets(keep=set())
+            admin_sock.close()
             return 1
         self.first_text = ""
-        self.admin = Admin(self.current.cfg.load_balancer.admin, self._collector(),
-                           self.status)
-        await self.admin.start()
+        await self.admin.start(admin_sock)
         self.admin.ready = True
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         loop.add_signal_handler(signal.SIGTERM, self._on_stop, False)

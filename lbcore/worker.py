@@ -307,7 +307,13 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
                       LbcoreCollector(lambda: serving, counters,
                                       functools.partial(runtime_members, runtime)),
                       functools.partial(runtime_status, cfg, runtime))
-        await admin.start()
+        try:
+            await admin.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            for server in servers:
+                server.close()
+            return 1
         admin.ready = True
     else:
         link = MasterLink(cfg, runtime, inherited, stop.set)

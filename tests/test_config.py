@@ -143,6 +143,21 @@ def test_dangling_references_and_ports():
     assert "listeners[1].access_control.ip_group: no ip group named 'bad'" in joined
 
 
+def test_duplicate_member_names_and_admin_port_collision():
+    text = cfg_text(**{"pools.p.members": [
+        {"name": "a", "address": "127.0.0.1", "port": 9000},
+        {"name": "a", "address": "127.0.0.1", "port": 9001},
+        {"address": "127.0.0.1", "port": 9002}, {"address": "127.0.0.1", "port": 9002}],
+        "load_balancer": {"admin": {"port": 8080}}})
+    joined = "\n".join(errors_of(text))
+    assert "pools.p.members[1].name: 'a' is also the name of members[0]" in joined
+    assert "pools.p.members[3].name: '127.0.0.1:9002' is also the name of members[2]" in joined
+    assert ("load_balancer.admin.port: port 8080 is also the port of listeners[0] ('web')"
+            in joined)
+    # Every line is located in the file.
+    assert all(e.startswith("lb.yaml:") for e in errors_of(text))
+
+
 def test_ip_groups_normalised_and_deduplicated():
     cfg = load_config_text(cfg_text(**{"ip_groups": {"g": {"addresses": [
         "10.0.0.1", "10.0.0.1/32", "2001:DB8::/32", "2001:db8::/32", "192.0.2.0/24"]}}}))

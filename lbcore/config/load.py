@@ -14,8 +14,10 @@ from pydantic import BaseModel, ValidationError
 from lbcore.config.errors import ConfigError, ConfigIssue
 from lbcore.config.model import Config
 from lbcore.config.validate import (
+    check_admin,
     check_listeners,
     check_policies,
+    check_pools,
     load_certificates,
     normalise_ip_groups,
 )
@@ -57,6 +59,8 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     groups = normalise_ip_groups(cfg, problems, warnings)
     check_policies(cfg, problems)
     check_listeners(cfg, certs, problems, warnings)
+    check_pools(cfg, problems)
+    check_admin(cfg, problems)
     if problems:
         raise ConfigError([ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
                            for path, msg in problems], tuple(warnings))

@@ -87,6 +87,30 @@ def _overlap(a: str | None, b: str | None) -> bool:
     return a is None or b is None or a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::") or a == b
 
 
+def check_pools(cfg, problems: list[Problem]) -> None:
+    """Member names are unique within a pool: they label the per-member
+    metrics (`lbcore_member_up{pool,member}`), where two would collide."""
+    for pool_name, pool in cfg.pools.items():
+        seen: dict[str, int] = {}
+        for j, member in enumerate(pool.members):
+            if member.name in seen:
+                problems.append((("pools", pool_name, "members", j, "name"),
+                                 f"{member.name!r} is also the name of members[{seen[member.name]}]"
+                                 " (members without a name are named address:port)"))
+            seen.setdefault(member.name, j)
+
+
+def check_admin(cfg, problems: list[Problem]) -> None:
+    """The admin endpoint can't share a listener's port: one of them would
+    not start (and without the admin, no /metrics, /healthz or /readyz)."""
+    admin = cfg.load_balancer.admin
+    for i, lst in enumerate(cfg.listeners):
+        if lst.port == admin.port and _overlap(lst.address, admin.address):
+            problems.append((("load_balancer", "admin", "port"),
+                             f"port {admin.port} is also the port of listeners[{i}] "
+                             f"({lst.name!r})"))
+
+
 def check_listeners(cfg, certs, problems: list[Problem], warnings: list[str]) -> None:
     names: dict[str, int] = {}
     for i, lst in enumerate(cfg.listeners):
