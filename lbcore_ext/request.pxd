@@ -18,6 +18,7 @@ cdef class Client:
     cdef bytes _tls_lines               # X-Forwarded-TLS-* lines, built on first use
     cdef tuple _tls_info                # (version, cipher, sni) for the access log
     cdef bytes tls_lines(self)
+    cdef bytes local_authority(self)
     cdef tuple tls_info(self)
 
 

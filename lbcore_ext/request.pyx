@@ -139,6 +139,18 @@ cdef class Client:
             self._tls_lines = self.lrt.tls_lines(self.transport) if self.lrt.tls_fields else b""
         return self._tls_lines
 
+    cdef bytes local_authority(self):
+        """host:port of the listener address this connection reached."""
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if not sock:
+            return b"localhost"
+        host = sock[0]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{sock[1]}".encode()
+
     cdef tuple tls_info(self):
         if self._tls_info is None:
             sslobj = (self.transport.get_extra_info("ssl_object")
@@ -292,8 +304,14 @@ cdef class Request:
                 return self.refuse(400)
             if self.host is None:
                 self.host = self.authority
-        if self.host is None and not self.http10:
-            return self.refuse(400)
+        if self.host is None:
+            if not self.http10:
+                return self.refuse(400)
+            # HTTP/1.0 may omit Host; the member gets HTTP/1.1, which may not.
+            # It gets the address the client reached (the listener's), as
+            # nginx falls back to its server name.
+            self.host = self.client.local_authority()
+            put_header(self.hbuf, b"Host", self.host)
         if m == b"CONNECT":
             if self.target is None:
                 self.target = self.authority

@@ -5,7 +5,9 @@ backend that records the exact bytes it gets:
   can't strip Host or Content-Length, or a header lbcore sets;
 - HTTP/0.9-style request lines are refused (400) however the bytes arrive;
 - an Upgrade request with a body is refused (400): what is body and what is
-  tunnel would be the member's guess."""
+  tunnel would be the member's guess;
+- an HTTP/1.0 request without Host is forwarded (as HTTP/1.1, which needs
+  one) with the listener address the client reached as its Host."""
 
 from __future__ import annotations
 
@@ -84,3 +86,15 @@ def test_upgrade_with_a_body_is_refused(site):
     assert out.startswith(b"HTTP/1.1 400"), out
     time.sleep(0.1)
     assert rec.since(mark)[0] == []
+
+
+def test_http10_without_host_gets_the_listener_address_as_host(site):
+    port, rec = site
+    mark = rec.snapshot()
+    out = exchange(port, b"GET /old HTTP/1.0\r\nUser-Agent: old/1\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")
+    (got,), _ = rec.since(mark)
+    assert got.request_line == b"GET /old HTTP/1.1"
+    fields = [(n.lower(), v) for n, v in got.headers]
+    assert (b"host", b"127.0.0.1:%d" % port) in fields
+    assert (b"x-forwarded-host", b"127.0.0.1:%d" % port) in fields
