@@ -1,4 +1,6 @@
-cpdef bytes error_response(int code, bytes router_code=*, bint close=*)
+cpdef bytes error_response(int code, bytes router_code=*, bint close=*, bint head=*)
+cdef bytes error_lines(int code, bytes router_code)
+cdef bytes error_body(int code)
 cdef bytes chunk_header(Py_ssize_t n)
 cpdef bytes header_line(object name, object value)
 cpdef bytes reason_phrase(int status)

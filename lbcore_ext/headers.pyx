@@ -38,22 +38,33 @@ cpdef bytes header_line(object name, object value):
     return n + b": " + v + b"\r\n"
 
 
-cpdef bytes error_response(int code, bytes router_code=None, bint close=True):
-    """A complete, small response lbcore generates itself (spec 7.3). Built once
-    per (code, router code, close) and reused: errors must be cheap under attack."""
-    key = (code, router_code, close)
+cdef bytes error_lines(int code, bytes router_code):
+    """The fields of an error lbcore generates, before its Content-Length."""
+    if router_code is None:
+        return b"Content-Type: text/plain\r\n"
+    return b"Content-Type: text/plain\r\nx-router-code: " + router_code + b"\r\n"
+
+
+cdef bytes error_body(int code):
+    return b"%d %s\n" % (code, _REASONS.get(code, b"Error"))
+
+
+cpdef bytes error_response(int code, bytes router_code=None, bint close=True, bint head=False):
+    """A complete, small response lbcore generates itself (spec 7.3), in
+    HTTP/1.1; to HEAD without its body. Built once per (code, router code,
+    close, head) and reused: errors must be cheap under attack."""
+    key = (code, router_code, close, head)
     cdef bytes out = _cache.get(key)
     if out is not None:
         return out
-    reason = _REASONS.get(code, b"Error")
-    body = b"%d %s\n" % (code, reason)
-    out = (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-           % (code, reason, len(body)))
-    if router_code is not None:
-        out += b"x-router-code: " + router_code + b"\r\n"
+    body = error_body(code)
+    out = (b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"Error"))
+           + error_lines(code, router_code) + b"Content-Length: %d\r\n" % len(body))
     if close:
         out += b"Connection: close\r\n"
-    out += b"\r\n" + body
+    out += b"\r\n"
+    if not head:
+        out += body
     _cache[key] = out
     return out
 

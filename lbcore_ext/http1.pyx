@@ -14,7 +14,7 @@ from lbcore_ext.bufs cimport put, put_ba, put_int
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
-from lbcore_ext.request cimport D_ANSWER, Client, Request, error_body, error_lines
+from lbcore_ext.request cimport D_ANSWER, Client, Request
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
@@ -531,11 +531,7 @@ cdef class HttpProtocol(Downstream):
             self.parsing.abort()
         self.queue = []
         self.parsing = None
-        if head:
-            self._out(local_response(code, error_lines(code, router_code), error_body(code),
-                                     True))
-        else:
-            self._out(error_response(code, router_code, True))
+        self._out(error_response(code, router_code, True, head))
         if seconds >= -1.0:
             count_response(self.lrt.counters, self.lrt.cbase, code, True, seconds)
         self._close()

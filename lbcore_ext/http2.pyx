@@ -21,8 +21,8 @@ from libc.string cimport memcpy
 
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
-from lbcore_ext.request cimport (D_ANSWER, Client, Request, error_body, error_lines,
-                                 valid_field_value)
+from lbcore_ext.headers cimport error_body, error_lines
+from lbcore_ext.request cimport D_ANSWER, Client, Request, valid_field_value
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
@@ -539,17 +539,24 @@ cdef class H2Stream(Downstream):
 
     # ---- requests in ----------------------------------------------------------------
 
-    cdef int malformed(self, bint reset) except -1:
-        """RFC 9113 8.1.1: a malformed request is a stream error
-        (PROTOCOL_ERROR); nothing of it is forwarded. Counted and logged as
-        the 400 an HTTP/1.1 client would get."""
+    cdef int refused_as(self, int code) except -1:
+        """What every refusal of a stream shares, whatever its framing: later
+        fields ignored, nothing (more) forwarded, counted and logged once as
+        the `code` an HTTP/1.1 client would get."""
         self.refused = True
-        if not self.logged:
-            self.logged = True
-            self.req.refused(400)
         if self.ex is not None:
             self.ex.abort()
             self.ex = None
+        if not self.logged:
+            self.logged = True
+            self.req.refused(code)
+        return 0
+
+    cdef int malformed(self, bint reset) except -1:
+        """RFC 9113 8.1.1: a malformed request is a stream error
+        (PROTOCOL_ERROR); nothing of it is forwarded. `reset`: ours to send
+        (nghttp2 sends its own for the faults it finds)."""
+        self.refused_as(400)
         if reset and not self.responded:
             self.responded = True
             nghttp2_submit_rst_stream(self.conn.session, NGHTTP2_FLAG_NONE, self.sid,
@@ -561,13 +568,7 @@ cdef class H2Stream(Downstream):
         HTTP/1.1 counts its 408, and the stream is cancelled (a response
         could not follow a head still in CONTINUATION frames)."""
         inc(self.conn.lrt.counters, self.conn.lrt.cbase + O_TIMEOUT_REQUEST)
-        if self.ex is not None:
-            self.ex.abort()
-            self.ex = None
-        if not self.logged:
-            self.logged = True
-            self.req.refused(408)
-        self.refused = True
+        self.refused_as(408)
         self.responded = True
         nghttp2_submit_rst_stream(self.conn.session, NGHTTP2_FLAG_NONE, self.sid, NGHTTP2_CANCEL)
         return 0
@@ -577,10 +578,7 @@ cdef class H2Stream(Downstream):
         reset for a malformed request."""
         if code == 400:
             return self.malformed(True)
-        self.refused = True
-        if not self.logged:
-            self.logged = True
-            self.req.refused(code)
+        self.refused_as(code)
         self.respond(code, error_lines(code, None), error_body(code), self.req.is_head())
         return 0
 
@@ -1099,8 +1097,6 @@ cdef class H2Connection:
             if st.ex.resp_started:
                 st.ds_abort(st.ex)
             else:
-                st.ex.abort()
-                st.ex = None
                 st.refuse(413)
             return 0
         st.ex.feed_body(PyBytes_FromStringAndSize(<const char*>data, length))

@@ -90,7 +90,6 @@ cdef class Request:
     cdef int _count(self) except -1
 
 
+cdef tuple answer_parts(object answer)
 cdef bint valid_field_value(const unsigned char* p, Py_ssize_t n) noexcept
 cdef bint valid_token(const unsigned char* p, Py_ssize_t n) noexcept
-cdef bytes error_lines(int code, bytes router_code)
-cdef bytes error_body(int code)

@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
 from lbcore_ext.counters cimport count_response, inc
-from lbcore_ext.headers cimport header_line, reason_phrase
+from lbcore_ext.headers cimport header_line
 from lbcore_ext.runtime cimport ListenerRuntime
 
 from lbcore_ext.counters import REQUESTS
@@ -59,25 +59,25 @@ for _c in range(256):
         b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") else 0
 
 
-cdef bint valid_host(bytes value):
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
-    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(value)
-    if n == 0:
-        return False
-    for i in range(n):
-        if not HOST_OK[p[i]]:
-            return False
-    return True
-
-
-cdef bint valid_token(const unsigned char* p, Py_ssize_t n) noexcept:
+cdef inline bint all_in(const unsigned char* table, const unsigned char* p,
+                        Py_ssize_t n) noexcept:
+    """n > 0 bytes, each allowed by `table`."""
     cdef Py_ssize_t i
     if n == 0:
         return False
     for i in range(n):
-        if not TCHAR[p[i]]:
+        if not table[p[i]]:
             return False
     return True
+
+
+cdef bint valid_host(bytes value):
+    return all_in(HOST_OK, <const unsigned char*>PyBytes_AS_STRING(value),
+                  PyBytes_GET_SIZE(value))
+
+
+cdef bint valid_token(const unsigned char* p, Py_ssize_t n) noexcept:
+    return all_in(TCHAR, p, n)
 
 
 cdef bint valid_field_value(const unsigned char* p, Py_ssize_t n) noexcept:
@@ -123,14 +123,14 @@ cdef long long parse_length(bytes value):
     return v
 
 
-cdef bytes error_lines(int code, bytes router_code):
-    if router_code is None:
-        return b"Content-Type: text/plain\r\n"
-    return b"Content-Type: text/plain\r\nx-router-code: " + router_code + b"\r\n"
-
-
-cdef bytes error_body(int code):
-    return b"%d %s\n" % (code, reason_phrase(code))
+cdef tuple answer_parts(object answer):
+    """A hook's answer (status, [(name, value)], body) as (status, header
+    lines, body bytes), its fields checked once (header_line)."""
+    status, headers, body = answer
+    if isinstance(body, str):
+        body = body.encode()
+    return (int(status), b"".join([header_line(n, v) for n, v in headers or ()]),
+            bytes(body or b""))
 
 
 cdef class Client:
@@ -380,13 +380,7 @@ cdef class Request:
         return D_FORWARD
 
     def set_answer(self, answer):
-        """(status, [(name, value)], body) from a hook, checked here once."""
-        status, headers, body = answer
-        if isinstance(body, str):
-            body = body.encode()
-        self.answer_status = int(status)
-        self.answer_lines = b"".join([header_line(n, v) for n, v in headers or ()])
-        self.answer_body = bytes(body or b"")
+        self.answer_status, self.answer_lines, self.answer_body = answer_parts(answer)
 
     cdef bint is_head(self):
         return self.method == b"HEAD"
@@ -414,9 +408,8 @@ cdef class Request:
                     out += b"\r\n"
         if self.cookie is not None:
             put_header(out, self.cookie_name, self.cookie)
-        if self.lrt.access_log is not None and self.request_id is None:
-            if self.meta is None:
-                self._meta()
+        if lrt.access_log is not None and self.request_id is None:
+            self._meta()                # (decide() made it already: a no-op)
             put_header(out, b"X-Request-ID", self.meta[6])
         if self.upgrade is not None:
             put(out, b"Connection: upgrade\r\n")

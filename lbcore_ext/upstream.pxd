@@ -75,14 +75,9 @@ cdef class Exchange:
     cdef bint resp_close
     cdef bint interim
     cdef bint resp_started
-    cdef public bytes client_ip
-    cdef public bytes cookie
     cdef bint sticky_bound
-    cdef public bytes upgrade          # the request's Upgrade value, if an upgrade
     cdef public int gen_reason         # GENERATED_CODES index of a non-default reason, or -1
     cdef Py_ssize_t head_size          # bytes of the member's response heads so far
-    cdef public object view            # RequestView when the listener has hooks
-    cdef public tuple meta             # request facts for the access log, or None
     cdef list tries                    # [(member, outcome)] for the access log
     cdef int _log(self, int status) except -1
     cdef int _try(self, bytes outcome) except -1

@@ -16,7 +16,7 @@ from lbcore_ext.bufs cimport put_header
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
-from lbcore_ext.request cimport Request
+from lbcore_ext.request cimport Request, answer_parts
 
 from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRIES, TIMEOUT_CONNECT,
                                  TIMEOUT_RESPONSE, UPSTREAM_HIST,
@@ -151,11 +151,6 @@ cdef class Exchange:
         self.body_buf = []
         self.client_http10 = req.http10
         self.client_keep_alive = req.keep_alive
-        self.client_ip = req.client.peer_ip
-        self.cookie = req.cookie
-        self.upgrade = req.upgrade
-        self.view = req.view
-        self.meta = req.meta
         self.tried = []
         self.state = S_NEW
         self.resp_cl = -1
@@ -174,9 +169,9 @@ cdef class Exchange:
         cdef Pool pool = self.pool
         cdef Member m = None
         if self.lrt.hooks & K_UPSTREAM_PEER:
-            m = self.lrt.phases.upstream_peer(self.view, pool.members)
+            m = self.lrt.phases.upstream_peer(self.req.view, pool.members)
         if m is None:
-            m = pool.pick(self.tried, self.client_ip, self.cookie)
+            m = pool.pick(self.tried, self.req.client.peer_ip, self.req.cookie)
         if m is None:
             self.state = S_DONE
             router_code = b"40000" if not pool.members else b"50000"
@@ -184,8 +179,8 @@ cdef class Exchange:
             return 0
         if pool.sticky == STICKY_SOURCE_IP:
             self.sticky_bound = True
-        elif self.cookie is not None and pool.sticky:
-            self.sticky_bound = pool.sticky_member(self.cookie) is m
+        elif self.req.cookie is not None and pool.sticky:
+            self.sticky_bound = pool.sticky_member(self.req.cookie) is m
         self._assign(m)
         self._acquire()
         return 0
@@ -373,13 +368,13 @@ cdef class Exchange:
         """Nothing reached the client yet: retry where spec 7.2 allows, else answer."""
         cdef bint reused = self.conn is not None and self.conn.reused
         cdef bint sent = kind >= F_LOST
-        if self.meta is not None:
+        if self.req.meta is not None:
             self._try(FAILURE_NAMES[kind].encode())
         cdef int hooks = self.lrt.hooks
         if hooks & K_FAIL_TO_CONNECT and kind <= F_CONNECT_TIMEOUT:
-            self.lrt.phases.fail_to_connect(self.view, self.member, FAILURE_NAMES[kind])
+            self.lrt.phases.fail_to_connect(self.req.view, self.member, FAILURE_NAMES[kind])
         elif hooks & K_ERROR_WHILE_PROXY and kind > F_CONNECT_TIMEOUT:
-            self.lrt.phases.error_while_proxy(self.view, self.member, FAILURE_NAMES[kind])
+            self.lrt.phases.error_while_proxy(self.req.view, self.member, FAILURE_NAMES[kind])
         if self.conn is not None:
             self._release(False)
         # A reused keep-alive connection the backend closed under us: the
@@ -398,7 +393,7 @@ cdef class Exchange:
             can_retry = False       # spec 7.2: sticky sessions are not retried on time-out
         if can_retry:
             self.tried.append(self.member)
-            m = self.pool.pick(self.tried, self.client_ip, None)
+            m = self.pool.pick(self.tried, self.req.client.peer_ip, None)
             if m is not None:
                 self.retries += 1
                 inc(self.lrt.counters, self.lrt.cbase + O_RETRIES)
@@ -415,15 +410,12 @@ cdef class Exchange:
     cdef _error(self, int code, bytes router_code):
         """Answer with a generated error; fail_to_proxy may supply its own."""
         if self.lrt.hooks & K_FAIL_TO_PROXY:
-            custom = self.lrt.phases.fail_to_proxy(self.view, code)
+            custom = self.lrt.phases.fail_to_proxy(self.req.view, code)
             if custom is not None:
-                status, headers, body = custom
-                if isinstance(body, str):
-                    body = body.encode()
-                lines = b"".join([header_line(n, v) for n, v in headers or ()])
+                status, lines, body = answer_parts(custom)
                 count_response(self.lrt.counters, self.lrt.cbase, status, True,
                                monotonic() - self.t_start)
-                self.ds.ds_local(self, status, lines, bytes(body or b""))
+                self.ds.ds_local(self, status, lines, body)
                 self._log(status)
                 return
         self.ds.ds_error(self, code, router_code)
@@ -436,13 +428,13 @@ cdef class Exchange:
         return 0
 
     cdef int _log(self, int status) except -1:
-        if self.meta is not None:
+        if self.req.meta is not None:
             if self.member is not None:
                 self._try(b"%d" % status)
-            self.lrt.access_log.append((self.meta, status, monotonic() - self.t_start,
+            self.lrt.access_log.append((self.req.meta, status, monotonic() - self.t_start,
                                         self.tries))
         if self.lrt.hooks & K_LOGGING:
-            self.lrt.phases.logging(self.view, status, self.member)
+            self.lrt.phases.logging(self.req.view, status, self.member)
         return 0
 
     cdef _restart(self):
@@ -476,7 +468,7 @@ cdef class Exchange:
         count_response(self.lrt.counters, self.lrt.cbase, self.status, False,
                        monotonic() - self.t_start)
         self._release(reusable)
-        if self.lrt.hooks or self.meta is not None:
+        if self.lrt.hooks or self.req.meta is not None:
             self._log(self.status)
         self._assign(None)
         self.ds.ds_exchange_done(self, self.client_keep_alive)
@@ -522,9 +514,7 @@ cdef class Exchange:
         self.head_size += 17 + (len(self.reason) if self.reason is not None else 0) + (
             len(self.rhead) if self.rhead is not None else 0)
         if self.head_size > self.head_limit() and status != 101:
-            self.up_too_big()
-            if self.conn is not None:
-                self.conn.close()
+            self.up_too_big()           # (closes the member connection)
             return 0
         self.status = status
         if status >= 200:
@@ -534,7 +524,7 @@ cdef class Exchange:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
             self.interim = True
             if status == 101:
-                if self.upgrade is None or self.resp_upgrade is None:
+                if self.req.upgrade is None or self.resp_upgrade is None:
                     self.up_invalid()   # 101 to a request that asked for no upgrade
                     return 0
                 self._start_tunnel()
@@ -567,7 +557,7 @@ cdef class Exchange:
             if line:
                 name, _, value = line.partition(b":")
                 headers.append((name, value.strip()))
-        self.lrt.phases.response_filter(self.view, status, headers)
+        self.lrt.phases.response_filter(self.req.view, status, headers)
         self.rhead = bytearray(b"".join([header_line(n, v) for n, v in headers]))
 
     cdef _start_tunnel(self):
@@ -695,8 +685,7 @@ cdef class UpstreamConnection:
                 # worker (parsing stays linear).
                 self.head_bytes += len(data)
                 if self.head_bytes > ex.head_limit():
-                    ex.up_too_big()
-                    self.close()
+                    ex.up_too_big()     # (closes this connection)
         except HttpParserUpgrade as exc:
             # The 101 head was parsed; what follows it is already tunnel data.
             ex = self.ex
