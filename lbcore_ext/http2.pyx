@@ -1089,13 +1089,18 @@ cdef class H2Connection:
 
     cdef int on_data(self, int32_t sid, const uint8_t* data, size_t length) except -1:
         cdef H2Stream st = stream_of(self.session, sid)
+        cdef Exchange ex
         if st is None or st.ex is None:
             nghttp2_session_consume(self.session, sid, length)
             return 0
         if st.req.body_bytes(length):
             nghttp2_session_consume(self.session, sid, length)
             if st.ex.resp_started:
-                st.ds_abort(st.ex)
+                # Too late for a 413: the stream is reset, and its exchange
+                # (and member connection) ends now, not when the member does.
+                ex = st.ex
+                st.ds_abort(ex)
+                ex.abort()
             else:
                 st.refuse(413)
             return 0
