@@ -2,8 +2,8 @@
 # non-root, under tini (PID 1, forwards SIGHUP/SIGTERM to the master), logging
 # to stdout. Listens on 8080/8443, admin 9100.
 FROM python:3.11-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    libnghttp2-dev pkg-config && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+    libnghttp2-dev libre2-dev pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY lbcore ./lbcore
@@ -11,7 +11,7 @@ COPY lbcore_ext ./lbcore_ext
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends tini libnghttp2-14 \
+RUN apt-get update && apt-get install -y --no-install-recommends tini libnghttp2-14 libre2-9 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/lbcore --create-home lbcore
 COPY --from=build /wheels /wheels

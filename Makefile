@@ -18,11 +18,13 @@ $(VENV)/.deps: pyproject.toml | $(BIN)/python deb-build-deps
 	$(BIN)/pip install -q -e '.[test]' --no-build-isolation
 	touch $@
 
-# HTTP/2 framing is libnghttp2's: its headers (Debian libnghttp2-dev) at build time.
+# HTTP/2 framing is libnghttp2's, forwarding-policy regexes RE2's: their headers
+# (Debian libnghttp2-dev, libre2-dev) and a C++ compiler at build time.
 deb-build-deps:
-	@pkg-config --exists libnghttp2 2>/dev/null || \
-	  { echo "installing libnghttp2-dev (HTTP/2 framing) ..."; apt-get update -qq && \
-	    apt-get install -y -qq --no-install-recommends libnghttp2-dev pkg-config >/dev/null; }
+	@pkg-config --exists libnghttp2 re2 2>/dev/null && command -v g++ >/dev/null || \
+	  { echo "installing libnghttp2-dev libre2-dev g++ (HTTP/2 framing, policy regexes) ..."; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    libnghttp2-dev libre2-dev g++ pkg-config >/dev/null; }
 
 $(VENV)/.built: $(VENV)/.deps setup.py $(PYX) | deb-build-deps
 	$(BIN)/python setup.py -q build_ext --inplace

@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
 MODULES = ["counters", "runtime", "balancer", "headers", "phases", "request", "upstream",
-           "http2", "http1", "iptrie", "acceptor", "tlsctl", "logfmt"]
+           "http2", "http1", "iptrie", "acceptor", "tlsctl", "logfmt", "regex", "policy"]
 
 
 def pkg_config(package: str, debian: str) -> dict:
@@ -33,7 +33,9 @@ def pkg_config(package: str, debian: str) -> dict:
 
 
 # HTTP/2 framing is libnghttp2's (Debian libnghttp2-dev at build time).
-C_LIBS = {"http2": pkg_config("libnghttp2", "libnghttp2-dev")}
+# Forwarding-policy regexes are RE2's (Debian libre2-dev), matched in linear time.
+C_LIBS = {"http2": pkg_config("libnghttp2", "libnghttp2-dev"),
+          "regex": {**pkg_config("re2", "libre2-dev"), "language": "c++"}}
 
 extensions = [
     Extension(f"lbcore_ext.{name}", [f"lbcore_ext/{name}.pyx"],

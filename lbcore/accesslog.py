@@ -56,14 +56,14 @@ def to_json(entry) -> str:
     the writer uses (lbcore_ext.logfmt.json_line; tests hold them equal)."""
     meta, status, seconds, tries = entry
     (ts, ip, port, method, target, version, rid, ua, referer, xff, host, listener, pool,
-     tls) = meta
+     tls, policy) = meta
     ups = ",".join(f'{{"address":"{h}:{p}","result":{_j(r)}}}' for h, p, r in tries or ())
     line = (f'{{"time":"{_iso(ts)}","request_id":{_j(rid)},'
             f'"client":"{_s(ip)}:{_s(port)}","method":{_j(method)},"target":{_j(target)},'
             f'"protocol":{_j(f"HTTP/{version}" if version else None)},"host":{_j(host)},'
             f'"status":{status},"duration_s":{seconds:.6f},"upstream":[{ups}],'
             f'"user_agent":{_j(ua)},"referer":{_j(referer)},"x_forwarded_for":{_j(xff)},'
-            f'"listener":{_j(listener)},"pool":{_j(pool)}')
+            f'"listener":{_j(listener)},"pool":{_j(pool)},"policy":{_j(policy)}')
     if tls and tls[0]:
         line += f',"tls":{{"version":{_j(tls[0])},"cipher":{_j(tls[1])},"sni":{_j(tls[2])}}}'
     return line + "}"
@@ -72,10 +72,10 @@ def to_json(entry) -> str:
 def to_elb(entry) -> str:
     """ELB's field order: time, client, status, request line, bytes, request
     time, upstream status and address (all tries), user agent, referer, XFF,
-    listener, pool, TLS protocol, cipher, SNI."""
+    listener, pool, TLS protocol, cipher, SNI, request id, forwarding policy."""
     meta, status, seconds, tries = entry
     (ts, ip, port, method, target, version, rid, ua, referer, xff, host, listener, pool,
-     tls) = meta
+     tls, policy) = meta
     when = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("[%d/%b/%Y:%H:%M:%S +0000]")
     request = f"{_s(method) or '-'} {_s(target) or '-'} HTTP/{version or '-'}"
 
@@ -87,7 +87,8 @@ def to_elb(entry) -> str:
     tls = tls or (None, None, None)
     return " ".join([when, f"{_s(ip)}:{_s(port)}", str(status), q(request), "-",
                      f"{seconds:.3f}", ups, addrs, q(ua), q(referer), q(xff), listener, pool,
-                     tls[0] or "-", tls[1] or "-", _s(tls[2]) or "-", _s(rid) or "-"])
+                     tls[0] or "-", tls[1] or "-", _s(tls[2]) or "-", _s(rid) or "-",
+                     policy or "-"])
 
 
 def atomic_chunks(data: bytes, limit: int) -> list[bytes]:

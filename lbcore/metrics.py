@@ -16,6 +16,7 @@ from prometheus_client.core import (
 )
 
 from lbcore import __version__
+from lbcore.cells import CellMap, ListenerCells, apply_layout
 from lbcore_ext import counters as C
 
 TIMEOUT_KINDS = (("idle", C.TIMEOUT_IDLE), ("request", C.TIMEOUT_REQUEST),
@@ -23,22 +24,22 @@ TIMEOUT_KINDS = (("idle", C.TIMEOUT_IDLE), ("request", C.TIMEOUT_REQUEST),
 TLS_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
 
-def attach_counters(runtime) -> C.Counters:
-    """A process alone: one row, the worker cells, then a block per listener."""
-    block = C.Counters(C.WORKER_CELLS + C.BLOCK * max(1, len(runtime.listeners)), 1)
-    for i, lrt in enumerate(runtime.listeners):
-        lrt.counters = block
-        lrt.cbase = C.WORKER_CELLS + i * C.BLOCK
-    return block
+def attach_counters(cfg, runtime) -> tuple[C.Counters, list[ListenerCells]]:
+    """A process alone: one row, sized for its config (lbcore.cells)."""
+    cells = CellMap.sized_for(cfg)
+    layout = cells.layout(cfg)
+    block = C.Counters(cells.row, 1)
+    apply_layout(runtime, block, layout)
+    return block, layout
 
 
 @dataclass(frozen=True)
 class Serving:
-    """What a scrape describes: the config, the first counter cell of each of
-    its listeners, and when it was loaded."""
+    """What a scrape describes: the config, the cells of each of its
+    listeners, and when it was loaded."""
 
     cfg: object
-    bases: list[int]
+    layout: list[ListenerCells]
     loaded_at: float
 
 
@@ -78,6 +79,12 @@ class LbcoreCollector:
             "refused": CounterMetricFamily("lbcore_access_refused",
                                            "Connections refused by access control",
                                            labels=["listener"]),
+            "conn_refused": CounterMetricFamily("lbcore_connections_refused",
+                                                "Connections closed at accept by the "
+                                                "listener's limits", labels=["listener", "reason"]),
+            "matches": CounterMetricFamily("lbcore_forwarding_policy_matches",
+                                           "Requests a forwarding policy matched",
+                                           labels=["listener", "policy", "action"]),
             "tls": CounterMetricFamily("lbcore_tls_handshakes", "Completed TLS handshakes",
                                        labels=["listener", "version"]),
             "tls_fail": CounterMetricFamily("lbcore_tls_handshake_failures",
@@ -97,14 +104,26 @@ class LbcoreCollector:
         upstream = HistogramMetricFamily("lbcore_upstream_response_duration_seconds",
                                          "Time from sending the request to a member to its "
                                          "response header", labels=["listener", "pool"])
-        for lst, b in zip(now.cfg.listeners, now.bases, strict=True):
-            name, pool = lst.name, lst.default_pool
+        for lst, cells in zip(now.cfg.listeners, now.layout, strict=True):
+            name, b = lst.name, cells.base
             fam["conn"].add_metric([name], c.total(b + C.CONN_TOTAL))
             fam["active"].add_metric([name], c.total(b + C.CONN_ACTIVE))
             fam["req"].add_metric([name], c.total(b + C.REQUESTS))
-            for k in range(5):
-                fam["resp"].add_metric([name, pool, f"{k + 1}xx"], c.total(b + C.RESP_CLASS + k))
-            fam["retries"].add_metric([name, pool], c.total(b + C.RETRIES))
+            for k, reason in enumerate(C.CONN_REFUSED_REASONS):
+                fam["conn_refused"].add_metric([name, reason], c.total(b + C.CONN_REFUSED + k))
+            for fp in lst.forwarding_policies:
+                fam["matches"].add_metric([name, fp.name, fp.action.type],
+                                          c.total(cells.policies[fp.name][0]))
+            # The pool label is the pool the decision chose; "" for lbcore's
+            # own answers (refusals, redirects, fixed responses).
+            for pool, r in cells.routes.items():
+                for k in range(5):
+                    fam["resp"].add_metric([name, pool, f"{k + 1}xx"],
+                                           c.total(r + C.RESP_CLASS + k))
+                if pool:
+                    fam["retries"].add_metric([name, pool], c.total(r + C.RETRIES))
+                    _histogram(upstream, c, [name, pool], r + C.UPSTREAM_HIST)
+                _histogram(hist, c, [name, pool], r + C.HIST)
             for kind, off in TIMEOUT_KINDS:
                 fam["timeouts"].add_metric([name, kind], c.total(b + off))
             for k, (code, reason) in enumerate(C.GENERATED_CODES):
@@ -119,8 +138,6 @@ class LbcoreCollector:
                 if lst.http2:
                     for k, reason in enumerate(C.H2_GOAWAY_REASONS):
                         fam["goaway"].add_metric([name, reason], c.total(b + C.H2_GOAWAY + k))
-            _histogram(hist, c, [name, pool], b + C.HIST)
-            _histogram(upstream, c, [name, pool], b + C.UPSTREAM_HIST)
         yield from fam.values()
         yield hist
         yield upstream

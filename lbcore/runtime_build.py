@@ -24,6 +24,7 @@ from lbcore_ext.balancer import (
     Pool,
 )
 from lbcore_ext.iptrie import IpTrie
+from lbcore_ext.policy import CONN_RATE_BURST_NS, compile_table
 from lbcore_ext.runtime import (
     ACL_ALL,
     ACL_BLACKLIST,
@@ -35,7 +36,9 @@ from lbcore_ext.runtime import (
     H_DROP,
     H_HOST,
     H_LOGGED,
+    H_PASS,
     H_REQUEST_ID,
+    H_RULE_SLOT,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     H_XFF,
@@ -219,6 +222,12 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
         actions[b"user-agent"] = H_LOGGED
         actions[b"referer"] = H_LOGGED
     lrt.static_lines = static
+    lrt.pools = dict(pools)
+    lrt.policies = compile_table(listener.forwarding_policies, pools)
+    if lrt.policies is not None:
+        # The fields header rules read: their slot rides on the field's action.
+        for lname, slot in lrt.policies.slots.items():
+            actions[lname] = actions.get(lname, H_PASS) | ((slot + 1) * H_RULE_SLOT)
     lrt.header_actions = actions
     lrt.cert_id = (listener.server_certificate or "").encode()
 
@@ -232,6 +241,10 @@ def build_listener(cfg, listener, pools: Mapping[str, Pool]) -> ListenerRuntime:
     lrt.max_header_block = lim.max_header_block
     lrt.max_headers = lim.max_headers
     lrt.max_body = lim.max_body
+    lrt.max_connections = lim.max_connections
+    if lim.max_new_connections_per_second:
+        lrt.conn_interval_ns = 1_000_000_000 // lim.max_new_connections_per_second
+        lrt.conn_tolerance_ns = CONN_RATE_BURST_NS
     ac = listener.access_control
     if ac is not None and ac.mode != "all":
         lrt.acl_mode = ACL_WHITELIST if ac.mode == "whitelist" else ACL_BLACKLIST

@@ -36,6 +36,7 @@ import uvloop
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from lbcore.admin import Admin
+from lbcore.cells import CellMap, CellsExhausted, layout_from_json, layout_to_json
 from lbcore.config import ConfigError, load_config_text
 from lbcore.health import HealthChecker, Target, targets_from_config
 from lbcore.metrics import LbcoreCollector, Serving
@@ -49,7 +50,6 @@ log = logging.getLogger("lbcore.master")
 
 TICK = 0.2                       # seconds between looks at the workers
 START_TIMEOUT = 30.0             # a new worker must be ready within this
-MAX_LISTENER_BLOCKS = 256        # listener names ever seen by one master
 FAST_EXIT_WAIT = 2.0
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0              # a worker that lived this long resets its backoff
@@ -90,7 +90,7 @@ class Generation:
     number: int
     cfg: object
     text: str
-    bases: list[int]
+    layout: list                        # per listener: its ListenerCells
     sockets: list[list[socket.socket]]
     shared: SharedState
     config_fd: int
@@ -98,6 +98,10 @@ class Generation:
     loaded_at: float = field(default_factory=time.time)
     workers: list[Worker] = field(default_factory=list)
     checker: HealthChecker | None = None
+
+    @property
+    def bases(self) -> list[int]:
+        return [cells.base for cells in self.layout]
     targets: list[Target] = field(default_factory=list)
     backoff: dict[int, float] = field(default_factory=dict)   # position -> next delay
     restart_at: dict[int, float] = field(default_factory=dict)
@@ -126,15 +130,14 @@ class Master:
         self.nworkers = worker_count(cfg.load_balancer.workers)
         # Rows: 0 keeps what exited workers counted; room for three generations.
         self.slots = 4 * self.nworkers + 1
-        self.row = C.WORKER_CELLS + MAX_LISTENER_BLOCKS * C.BLOCK
+        self.cells = CellMap()
+        self.row = self.cells.row
         fd = os.memfd_create("lbcore-counters", 0)
         os.ftruncate(fd, self.row * self.slots * 8)
         self.counters_fd = fd
         self.counters = C.Counters(self.row, self.slots, fd)
         self.free_slots = list(range(self.slots - 1, 0, -1))
-        self.gauges = [*range(C.WORKER_CELLS)] + [
-            C.WORKER_CELLS + k * C.BLOCK + g for k in range(MAX_LISTENER_BLOCKS) for g in C.GAUGES]
-        self.blocks: dict[str, int] = {}
+        self.gauges = self.cells.gauges()
         self.sockets: dict[tuple[str | None, int], list[socket.socket]] = {}
         self.ticket_keys: tuple[bytes, bytes | None] = (os.urandom(TICKET_KEYS_LEN), None)
         self.ticket_rotated = time.monotonic()
@@ -259,7 +262,8 @@ class Master:
         spec = {
             "slot": slot, "config_fd": gen.config_fd, "config_path": str(self.path),
             "counters_fd": self.counters_fd, "row": self.row, "slots": self.slots,
-            "state_fd": gen.shared.fd, "members": gen.shared.members, "bases": gen.bases,
+            "state_fd": gen.shared.fd, "members": gen.shared.members,
+            "layout": layout_to_json(gen.layout),
             "sockets": [[s.fileno() for s in socks] for socks in gen.sockets],
             "master_pid": os.getpid(), "phases": self.phases,
         }
@@ -302,13 +306,11 @@ class Master:
 
     # ---- generations -------------------------------------------------------------------
 
-    def _bases(self, cfg) -> list[int]:
-        for lst in cfg.listeners:
-            if lst.name not in self.blocks:
-                if len(self.blocks) >= MAX_LISTENER_BLOCKS:
-                    raise StartFailed(f"more than {MAX_LISTENER_BLOCKS} listener names")
-                self.blocks[lst.name] = len(self.blocks)
-        return [C.WORKER_CELLS + self.blocks[lst.name] * C.BLOCK for lst in cfg.listeners]
+    def _layout(self, cfg) -> list:
+        try:
+            return self.cells.layout(cfg)
+        except CellsExhausted as exc:
+            raise StartFailed(str(exc)) from exc
 
     def _sockets_for(self, cfg) -> list[list[socket.socket]]:
         """The listening sockets, kept across reloads by (address, port)."""
@@ -335,14 +337,14 @@ class Master:
 
     async def _start_generation(self, cfg, text: str) -> Generation:
         self.number += 1
-        bases = self._bases(cfg)
+        layout = self._layout(cfg)
         sockets = self._sockets_for(cfg)
         index = {key: i for i, key in enumerate(member_order(cfg))}
         shared = SharedState(len(index))
         shared.set_ticket_keys(*self.ticket_keys)
         config_fd = os.memfd_create("lbcore-config", 0)
         os.write(config_fd, text.encode())
-        gen = Generation(self.number, cfg, text, bases, sockets, shared, config_fd, index)
+        gen = Generation(self.number, cfg, text, layout, sockets, shared, config_fd, index)
         initial = self._carry_health(gen)
         self.generations.append(gen)
         try:
@@ -499,7 +501,7 @@ class Master:
     def _collector(self) -> LbcoreCollector:
         def serving() -> Serving:
             gen = self.current
-            return Serving(gen.cfg, gen.bases, gen.loaded_at)
+            return Serving(gen.cfg, gen.layout, gen.loaded_at)
 
         return LbcoreCollector(serving, self.counters, self._members, extra=self._families)
 
@@ -590,6 +592,6 @@ def worker_main() -> int:
 
         phases = load_phases(spec["phases"])
     sockets = [[socket.socket(fileno=fd) for fd in fds] for fds in spec["sockets"]]
-    inherited = Inherited(spec["slot"], counters, spec["bases"], sockets,
+    inherited = Inherited(spec["slot"], counters, layout_from_json(spec["layout"]), sockets,
                           SharedState(spec["members"], spec["state_fd"]), spec["master_pid"])
     return serve(cfg, phases=phases, inherited=inherited)

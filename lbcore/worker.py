@@ -25,6 +25,7 @@ import uvloop
 
 from lbcore.accesslog import AccessLogWriter
 from lbcore.admin import Admin
+from lbcore.cells import apply_layout
 from lbcore.health import HealthChecker, targets_from_config
 from lbcore.metrics import LbcoreCollector, Serving, attach_counters
 from lbcore.runtime_build import Runtime, build_runtime
@@ -98,7 +99,7 @@ class Inherited:
 
     slot: int                           # its row of the shared counters
     counters: Counters
-    bases: list[int]                    # per listener: the first cell of its block
+    layout: list                        # per listener: its cells (lbcore.cells)
     sockets: list[list[socket.socket]]  # per listener: the master's bound sockets
     shared: SharedState                 # member health and ticket keys
     master_pid: int
@@ -146,7 +147,8 @@ async def open_listeners(cfg, runtime: Runtime, sockets: list | None = None) -> 
         socks = sockets[i] if sockets is not None else bind_listener(listener.address,
                                                                      listener.port)
         for sock in socks:
-            if lrt.acl_mode != ACL_ALL or lrt.ssl_ctx is not None:
+            if (lrt.acl_mode != ACL_ALL or lrt.ssl_ctx is not None or lrt.max_connections
+                    or lrt.conn_bucket >= 0):
                 acceptor = Acceptor(loop, sock, factory, lrt)
                 acceptor.start()
                 servers.append(acceptor)
@@ -274,12 +276,11 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
     try:
         runtime = build_runtime(cfg, ssl_for, phases)
         if inherited is None:
-            counters = attach_counters(runtime)
+            counters, layout = attach_counters(cfg, runtime)
         else:
-            counters = inherited.counters
+            counters, layout = inherited.counters, inherited.layout
             counters.use_slot(inherited.slot)
-            for lrt, base in zip(runtime.listeners, inherited.bases, strict=True):
-                lrt.counters, lrt.cbase = counters, base
+            apply_layout(runtime, counters, layout)
         for lrt in runtime.listeners:
             selector = selectors.get(lrt.name)
             if selector is not None:
@@ -302,7 +303,7 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
     checker = admin = link = None
     if inherited is None:
         checker = start_health_checks(cfg, runtime)
-        serving = Serving(cfg, [lrt.cbase for lrt in runtime.listeners], time.time())
+        serving = Serving(cfg, layout, time.time())
         admin = Admin(cfg.load_balancer.admin,
                       LbcoreCollector(lambda: serving, counters,
                                       functools.partial(runtime_members, runtime)),
@@ -369,7 +370,30 @@ def runtime_status(cfg, runtime: Runtime) -> dict:
 def listeners_status(cfg) -> list[dict]:
     return [{"name": lst.name, "protocol": lst.protocol, "port": lst.port,
              "address": lst.address, "default_pool": lst.default_pool,
-             "description": lst.description} for lst in cfg.listeners]
+             "description": lst.description,
+             "limits": {"max_connections": lst.limits.max_connections,
+                        "max_new_connections_per_second":
+                            lst.limits.max_new_connections_per_second},
+             "forwarding_policies": [policy_status(fp) for fp in sorted(
+                 lst.forwarding_policies, key=lambda fp: fp.priority)]}
+            for lst in cfg.listeners]
+
+
+def policy_status(fp) -> dict:
+    """A forwarding policy as /status shows it, in evaluation order."""
+    act = fp.action
+    out = {"name": fp.name, "priority": fp.priority, "action": act.type,
+           "rules": [r.model_dump(exclude_none=True) for r in fp.rules]}
+    if act.type == "forward":
+        out["pools"] = {act.pool: 100} if act.pool else dict(act.pools)
+    elif act.type == "redirect":
+        out["status"] = act.status
+        out["url"] = act.url.model_dump(exclude_none=True)
+    else:
+        out["status"] = act.status
+    if fp.qps_limit:
+        out["qps_limit"] = fp.qps_limit
+    return out
 
 
 def fix_mmap_threshold() -> None:

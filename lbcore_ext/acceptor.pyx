@@ -1,24 +1,32 @@
 # cython: language_level=3
-"""Accepting connections ourselves, for listeners with access control or TLS:
-the peer is checked against the IP group before any byte is read or any TLS
-byte written (spec 4), and a failed handshake is seen (and counted by reason),
-which the loop's own server would swallow. Plain HTTP listeners without access
-control use the loop's server."""
+"""Accepting connections ourselves, for listeners with access control, TLS or
+connection limits: the peer is checked against the IP group before any byte
+is read or any TLS byte written (spec 4), the listener's limits hold across
+all workers (spec 8: max_connections, max_new_connections_per_second), and a
+failed handshake is seen (and counted by reason), which the loop's own server
+would swallow. Plain HTTP listeners without any of these use the loop's
+server."""
 
 import socket
 import ssl
 from functools import partial
 
-from lbcore_ext.counters cimport inc
+from lbcore_ext.counters cimport add, inc, shared_cell, sum_cell
 from lbcore_ext.iptrie cimport IpTrie
+from lbcore_ext.ratelimit cimport take
 from lbcore_ext.runtime cimport ListenerRuntime
 
-from lbcore_ext.counters import REFUSED, TLS_FAIL, TLS_FAIL_REASONS
+from lbcore_ext.counters import (CONN_ACTIVE, CONN_HANDSHAKING, CONN_REFUSED, REFUSED,
+                                 TLS_FAIL, TLS_FAIL_REASONS)
 from lbcore_ext.runtime import ACL_ALL, ACL_WHITELIST
 
 cdef int C_WHITELIST = ACL_WHITELIST
 cdef int C_ALL = ACL_ALL
 cdef Py_ssize_t O_REFUSED = REFUSED
+cdef Py_ssize_t O_ACTIVE = CONN_ACTIVE
+cdef Py_ssize_t O_HANDSHAKING = CONN_HANDSHAKING
+cdef Py_ssize_t O_REFUSED_MAX = CONN_REFUSED            # CONN_REFUSED_REASONS order
+cdef Py_ssize_t O_REFUSED_RATE = CONN_REFUSED + 1
 # Connections taken per readiness event: bounded so one busy listener can't
 # starve the rest of the loop (nginx's multi_accept is unbounded; uvloop takes 1).
 DEF ACCEPT_BATCH = 64
@@ -72,17 +80,41 @@ cdef class Acceptor:
                 inc(lrt.counters, lrt.cbase + O_REFUSED)
                 conn.close()
                 continue
+            if lrt.counters is not None and not self._admit(lrt):
+                conn.close()
+                continue
             conn.setblocking(False)
             conn.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
             task = self.loop.create_task(self.loop.connect_accepted_socket(
                 self.factory, conn, ssl=self.ssl_ctx,
                 ssl_handshake_timeout=lrt.handshake_timeout if self.ssl_ctx is not None else None))
-            task.add_done_callback(partial(_handshake_done, lrt))
+            if self.ssl_ctx is not None:
+                add(lrt.counters, lrt.cbase + O_HANDSHAKING, 1)
+            task.add_done_callback(partial(_handshake_done, lrt, self.ssl_ctx is not None))
+
+    cdef bint _admit(self, ListenerRuntime lrt):
+        """The listener's limits, over every worker's connections: the open
+        ones and those in their TLS handshake (a gauge each worker keeps in
+        its row; summed here, a few cells). Two workers accepting at the same
+        instant may each let one through: the limit holds within one
+        connection per worker."""
+        if lrt.max_connections and (
+                sum_cell(lrt.counters, lrt.cbase + O_ACTIVE)
+                + sum_cell(lrt.counters, lrt.cbase + O_HANDSHAKING) >= lrt.max_connections):
+            inc(lrt.counters, lrt.cbase + O_REFUSED_MAX)
+            return False
+        if lrt.conn_bucket >= 0 and not take(shared_cell(lrt.counters, lrt.conn_bucket),
+                                             lrt.conn_interval_ns, lrt.conn_tolerance_ns):
+            inc(lrt.counters, lrt.cbase + O_REFUSED_RATE)
+            return False
+        return True
 
 
-def _handshake_done(ListenerRuntime lrt, task):
+def _handshake_done(ListenerRuntime lrt, bint tls, task):
     """A failed handshake is the client's problem: count it by reason (and
     retrieve it so asyncio does not log a never-retrieved exception)."""
+    if tls:
+        add(lrt.counters, lrt.cbase + O_HANDSHAKING, -1)
     if task.cancelled():
         return
     exc = task.exception()

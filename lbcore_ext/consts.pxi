@@ -16,6 +16,12 @@ DEF UPSTREAM_IDLE_EXPIRY = 4.0
 DEF BODY_BUFFER_HIGH = 262144
 # The most retries on other members (spec 7.2).
 DEF MAX_RETRIES = 4
+# A qps_limit's burst: what its bucket may lend ahead of the rate, in seconds
+# of the rate (nginx limit_req's burst; 0.1 s of 100 qps lets 11 through at
+# once). Small, so that over seconds the limit holds within a few percent.
+DEF QPS_BURST_SECONDS = 0.1
+# Connections a listener's max_new_connections_per_second lets through at once.
+DEF CONN_RATE_BURST_SECONDS = 0.1
 
 # ---- HTTP/2 (spec 9) -------------------------------------------------------------
 # SETTINGS_MAX_CONCURRENT_STREAMS: nginx's http2_max_concurrent_streams and

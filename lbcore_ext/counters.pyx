@@ -77,40 +77,51 @@ W_DRAINING = 3
 # Layout of one listener's block of cells (offsets from ListenerRuntime.cbase).
 # The control plane's exposition (lbcore/metrics.py) reads the same offsets.
 CONN_TOTAL = 0
-CONN_ACTIVE = 1
+CONN_ACTIVE = 1           # open connections (TLS: from the end of the handshake)
 REQUESTS = 2
-RESP_CLASS = 3            # 5 cells: 1xx .. 5xx
-RETRIES = 8
-TIMEOUT_IDLE = 9
-TIMEOUT_REQUEST = 10
-TIMEOUT_RESPONSE = 11
-TIMEOUT_CONNECT = 12
-REFUSED = 13
-GENERATED = 14            # one cell per GENERATED_CODES entry
+CONN_HANDSHAKING = 3      # accepted, TLS handshake not over (a gauge)
+CONN_REFUSED = 4          # one cell per CONN_REFUSED_REASONS entry
+# Why a connection was closed at accept: the listener's limits (spec 8).
+CONN_REFUSED_REASONS = ("max_connections", "max_new_connections_per_second")
+TIMEOUT_IDLE = CONN_REFUSED + len(CONN_REFUSED_REASONS)
+TIMEOUT_REQUEST = TIMEOUT_IDLE + 1
+TIMEOUT_RESPONSE = TIMEOUT_IDLE + 2
+TIMEOUT_CONNECT = TIMEOUT_IDLE + 3
+REFUSED = TIMEOUT_IDLE + 4
+GENERATED = REFUSED + 1   # one cell per GENERATED_CODES entry
 GENERATED_CODES = ((400, "malformed"), (405, "method_not_allowed"), (408, "request_timeout"),
                    (413, "body_too_large"), (414, "uri_too_long"), (421, "misdirected"),
                    (431, "header_too_large"), (501, "transfer_coding"), (502, "bad_gateway"),
                    (503, "no_member"), (504, "gateway_timeout"),
-                   (502, "upstream_header_too_big"))     # a second reason: count_reason()
-HIST = GENERATED + len(GENERATED_CODES)    # bucket counts (not cumulative), then +Inf
+                   # second reasons of a code: count_reason()
+                   (502, "upstream_header_too_big"), (503, "qps_limit"))
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 1.2, 2.5, 5.0, 10.0)
-HIST_SUM_US = HIST + len(BUCKETS) + 1
-HIST_COUNT = HIST_SUM_US + 1
-TLS_VERSIONS = HIST_COUNT + 1    # TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
+TLS_VERSIONS = GENERATED + len(GENERATED_CODES)    # TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
 TLS_FAIL = TLS_VERSIONS + 4      # one cell per TLS_FAIL_REASONS entry
 TLS_FAIL_REASONS = ("no_shared_cipher", "protocol_version", "no_client_certificate",
                     "client_certificate_expired", "client_certificate_revoked",
                     "client_certificate_invalid", "plain_http", "timeout", "closed", "other")
 SNI_UNMATCHED = TLS_FAIL + len(TLS_FAIL_REASONS)
-UPSTREAM_HIST = SNI_UNMATCHED + 1     # like HIST: buckets, +Inf, sum (us), count
-H2_GOAWAY = UPSTREAM_HIST + len(BUCKETS) + 3    # one cell per H2_GOAWAY_REASONS entry
+H2_GOAWAY = SNI_UNMATCHED + 1    # one cell per H2_GOAWAY_REASONS entry
 # Why an HTTP/2 connection got a GOAWAY: the abuse budgets (ENHANCE_YOUR_CALM),
 # then protocol errors, drain (shutdown, reload) and the idle time-out.
 H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_flood",
                      "window_update_flood", "empty_frames", "continuation_flood",
                      "header_flood", "output_flood", "protocol_error", "drain", "idle")
 BLOCK = H2_GOAWAY + len(H2_GOAWAY_REASONS)
-GAUGES = (CONN_ACTIVE,)               # per-listener cells that are not counters
+GAUGES = (CONN_ACTIVE, CONN_HANDSHAKING)   # per-listener cells that are not counters
+
+# Layout of one route block: the cells of the responses one listener sent for
+# one pool (offsets from Request.pbase), so the `pool` label is the pool the
+# decision chose; lbcore's own answers (refusals, redirects, fixed responses)
+# go to the listener's route with no pool.
+RESP_CLASS = 0            # 5 cells: 1xx .. 5xx
+RETRIES = 5
+HIST = 6                  # bucket counts (not cumulative), then +Inf, sum (us), count
+HIST_SUM_US = HIST + len(BUCKETS) + 1
+HIST_COUNT = HIST_SUM_US + 1
+UPSTREAM_HIST = HIST_COUNT + 1    # like HIST
+ROUTE_BLOCK = UPSTREAM_HIST + len(BUCKETS) + 3
 
 cdef int[600] _gen_index
 for _i in range(600):
@@ -120,33 +131,35 @@ for _k, (_code, _reason) in enumerate(GENERATED_CODES):
         _gen_index[_code] = GENERATED + _k
 # GENERATED_CODES index of a reason other than its code's default.
 R_UPSTREAM_HEADER_TOO_BIG = [r for _, r in GENERATED_CODES].index("upstream_header_too_big")
+R_QPS_LIMIT = [r for _, r in GENERATED_CODES].index("qps_limit")
 cdef double[13] _bounds
 for _k, _b in enumerate(BUCKETS):
     _bounds[_k] = _b
 
 
-cpdef void count_response(Counters c, Py_ssize_t base, int status, bint generated,
-                          double seconds):
-    """One response: its class, generated-error cell, duration bucket."""
-    cdef int k
-    if c is None or base < 0 or status < 100 or status > 599:
+cpdef void count_response(Counters c, Py_ssize_t base, Py_ssize_t pbase, int status,
+                          bint generated, double seconds):
+    """One response: its class and duration on its route (`pbase`), its
+    generated-error cell on its listener (`base`)."""
+    if c is None or base < 0 or pbase < 0 or status < 100 or status > 599:
         return
-    c.row[base + RESP_CLASS + status // 100 - 1] += 1
+    c.row[pbase + RESP_CLASS + status // 100 - 1] += 1
     if generated and _gen_index[status] >= 0:
         c.row[base + _gen_index[status]] += 1
     if seconds >= 0.0:
-        observe(c, base + HIST, seconds)
+        observe(c, pbase + HIST, seconds)
 
 
-cpdef void count_reason(Counters c, Py_ssize_t base, int status, int reason, double seconds):
+cpdef void count_reason(Counters c, Py_ssize_t base, Py_ssize_t pbase, int status, int reason,
+                        double seconds):
     """A generated error under `reason` (an index into GENERATED_CODES), not
     its code's default reason."""
-    if c is None or base < 0 or status < 100 or status > 599:
+    if c is None or base < 0 or pbase < 0 or status < 100 or status > 599:
         return
-    c.row[base + RESP_CLASS + status // 100 - 1] += 1
+    c.row[pbase + RESP_CLASS + status // 100 - 1] += 1
     c.row[base + GENERATED + reason] += 1
     if seconds >= 0.0:
-        observe(c, base + HIST, seconds)
+        observe(c, pbase + HIST, seconds)
 
 
 cpdef void observe(Counters c, Py_ssize_t at, double seconds):

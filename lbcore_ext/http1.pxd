@@ -27,8 +27,7 @@ cdef class HttpProtocol(Downstream):
     cdef int _out(self, object data) except -1
     cdef int _answer_directly(self, Request req) except -1
     cdef int _send_error(self, int code, bytes router_code) except -1
-    cdef int _emit_error(self, int code, bytes router_code, double seconds,
-                         bint head) except -1
+    cdef int _emit_error(self, int code, bytes router_code, bint head) except -1
     cdef int _schedule(self, double at) except -1
     cdef int _after_exchange(self) except -1
     cdef int _close(self) except -1

@@ -457,10 +457,12 @@ cdef class HttpProtocol(Downstream):
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
         cdef double seconds = monotonic() - ex.t_start if ex is not None else -1.0
+        cdef Py_ssize_t pbase = ex.pbase if ex is not None else self.lrt.pbase_local
         if ex is not None and ex.gen_reason >= 0:
-            count_reason(self.lrt.counters, self.lrt.cbase, code, ex.gen_reason, seconds)
-            seconds = -2.0                  # counted
-        self._emit_error(code, router_code, seconds, ex is not None and ex.is_head_method)
+            count_reason(self.lrt.counters, self.lrt.cbase, pbase, code, ex.gen_reason, seconds)
+        else:
+            count_response(self.lrt.counters, self.lrt.cbase, pbase, code, True, seconds)
+        self._emit_error(code, router_code, ex is not None and ex.is_head_method)
         return 0
 
     cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1:
@@ -516,13 +518,12 @@ cdef class HttpProtocol(Downstream):
             if version == "1.1" or version == "1.0":
                 req.version = version
         req.refused(code)
-        self._emit_error(code, router_code, -2.0, req.is_head())
+        self._emit_error(code, router_code, req.is_head())
         return 0
 
-    cdef int _emit_error(self, int code, bytes router_code, double seconds,
-                         bint head) except -1:
+    cdef int _emit_error(self, int code, bytes router_code, bint head) except -1:
         """A generated error ends the connection: after it the stream can't be
-        trusted. `seconds` < -1: already counted (by the request core)."""
+        trusted. Counted by the caller (or the request core)."""
         cdef Exchange ex
         self.stop_parsing = True
         for ex in self.queue:
@@ -532,8 +533,6 @@ cdef class HttpProtocol(Downstream):
         self.queue = []
         self.parsing = None
         self._out(error_response(code, router_code, True, head))
-        if seconds >= -1.0:
-            count_response(self.lrt.counters, self.lrt.cbase, code, True, seconds)
         self._close()
         return 0
 

@@ -700,11 +700,13 @@ cdef class H2Stream(Downstream):
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
         cdef double seconds = monotonic() - ex.t_start if ex is not None else -1.0
+        cdef Py_ssize_t pbase = ex.pbase if ex is not None else self.conn.lrt.pbase_local
         if ex is not None and ex.gen_reason >= 0:
-            count_reason(self.conn.lrt.counters, self.conn.lrt.cbase, code, ex.gen_reason,
-                         seconds)
+            count_reason(self.conn.lrt.counters, self.conn.lrt.cbase, pbase, code,
+                         ex.gen_reason, seconds)
         else:
-            count_response(self.conn.lrt.counters, self.conn.lrt.cbase, code, True, seconds)
+            count_response(self.conn.lrt.counters, self.conn.lrt.cbase, pbase, code, True,
+                           seconds)
         self.ex = None
         self.respond(code, error_lines(code, router_code), error_body(code),
                      ex is not None and ex.is_head_method)

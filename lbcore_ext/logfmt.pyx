@@ -105,7 +105,7 @@ cpdef bytes json_line(tuple entry):
     newline."""
     meta, status, seconds, tries = entry
     (ts, ip, port, method, target, version, rid, ua, referer, xff, host, listener, pool,
-     tls) = meta
+     tls, policy) = meta
     cdef bytearray out = bytearray(b'{"time":"')
     cdef char buf[64]
     cdef int n
@@ -153,6 +153,8 @@ cpdef bytes json_line(tuple entry):
     put_json(out, listener)
     put(out, b',"pool":')
     put_json(out, pool)
+    put(out, b',"policy":')
+    put_json(out, policy)
     if tls and tls[0]:
         put(out, b',"tls":{"version":')
         put_json(out, tls[0])

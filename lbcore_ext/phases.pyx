@@ -37,6 +37,8 @@ cdef class RequestView:
     cdef public str listener
     cdef public bytes raw_headers
     cdef public object ctx
+    cdef public str policy              # the forwarding policy that matched, or None
+    cdef public str pool                # the pool the decision chose
     cdef list _headers
 
     def __init__(self, bytes method, bytes target, str http_version, str client_ip,

@@ -1,4 +1,5 @@
 from lbcore_ext.balancer cimport Pool
+from lbcore_ext.policy cimport Facts, Policy
 from lbcore_ext.runtime cimport ListenerRuntime
 
 # Request.decide()
@@ -62,8 +63,13 @@ cdef class Request:
     cdef bytes trailers                 # request trailer lines to forward (chunked only)
     cdef int error                      # the first refusal's status, 0 while admitted
     cdef bint counted                   # counted in the listener's requests
+    cdef Facts facts                    # what forwarding policies read (listeners with any)
     # decided
+    cdef Policy policy                  # the forwarding policy that matched, or None
     cdef Pool pool
+    cdef Py_ssize_t pbase               # the route block its responses count in
+    cdef bytes extra_lines              # fields a policy inserts toward the member
+    cdef int gen_reason                 # a local answer's GENERATED_CODES reason + 1, or 0
     cdef object view                    # RequestView when the listener has hooks
     cdef tuple meta                     # access-log facts, or None when the log is off
     cdef int answer_status
@@ -74,12 +80,16 @@ cdef class Request:
     @staticmethod
     cdef Request new(Client client)
     cdef int add_target(self, bytes part) except -1
+    cdef int absolute_form(self) except -1
     cdef int field(self, bytes name, bytes lname, bytes value) except -1
     cdef int set_authority(self, bytes value) except -1
     cdef int trailer(self, bytes name, bytes value) except -1
     cdef int head_complete(self) except -1
     cdef int body_bytes(self, Py_ssize_t n) except -1
     cdef int decide(self) except -1
+    cdef int apply_policy(self, Policy p) except -1
+    cdef int _answer(self, int status, bytes lines, bytes body, int reason) except -1
+    cdef int _facts(self) except -1
     cdef bytes upstream_head(self)
     cdef bint is_head(self)
     cdef bint idempotent(self)
@@ -91,5 +101,6 @@ cdef class Request:
 
 
 cdef tuple answer_parts(object answer)
+cdef bytes normalise_path(bytes path)
 cdef bint valid_field_value(const unsigned char* p, Py_ssize_t n) noexcept
 cdef bint valid_token(const unsigned char* p, Py_ssize_t n) noexcept

@@ -16,16 +16,19 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
-from lbcore_ext.counters cimport count_response, inc
+from lbcore_ext.counters cimport count_reason, count_response, inc, shared_cell
 from lbcore_ext.headers cimport header_line
+from lbcore_ext.policy cimport A_FIXED, A_FORWARD, A_REDIRECT, Facts, Policy
+from lbcore_ext.ratelimit cimport take
 from lbcore_ext.runtime cimport ListenerRuntime
 
-from lbcore_ext.counters import REQUESTS
+from lbcore_ext.counters import R_QPS_LIMIT, REQUESTS
+from lbcore_ext.policy import ROUTER_CODE_QPS
 from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
 
 from lbcore_ext.runtime import (H_CONNECTION, H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_LOGGED,
-                                H_REQUEST_ID, H_TRANSFER_ENCODING, H_UPGRADE, H_XFF,
-                                XFF_APPEND, XFF_OFF, XFF_PRESERVE)
+                                H_PASS, H_REQUEST_ID, H_RULE_SLOT, H_TRANSFER_ENCODING,
+                                H_UPGRADE, H_XFF, XFF_APPEND, XFF_OFF, XFF_PRESERVE)
 
 cdef int A_XFF = H_XFF
 cdef int A_HOST = H_HOST
@@ -36,6 +39,10 @@ cdef int A_COOKIE = H_COOKIE
 cdef int A_UPGRADE = H_UPGRADE
 cdef int A_REQUEST_ID = H_REQUEST_ID
 cdef int A_LOGGED = H_LOGGED
+cdef int A_PASS = H_PASS
+cdef int A_RULE_SLOT = H_RULE_SLOT
+cdef int G_QPS_LIMIT = R_QPS_LIMIT
+cdef bytes QPS_LINES = b"Retry-After: 1\r\nx-router-code: " + ROUTER_CODE_QPS + b"\r\n"
 cdef int M_APPEND = XFF_APPEND
 cdef int M_PRESERVE = XFF_PRESERVE
 cdef int M_OFF = XFF_OFF
@@ -52,7 +59,15 @@ cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
 cdef unsigned char HOST_OK[256]
 # RFC 9110 5.6.2 tchar: methods and field names.
 cdef unsigned char TCHAR[256]
+# RFC 3986 2.3 unreserved: decoded where percent-encoded (6.2.2.2).
+cdef unsigned char UNRESERVED[256]
+cdef unsigned char HEXVAL[256]
+cdef bytes HEXDIGITS = b"0123456789ABCDEF"
 for _c in range(256):
+    UNRESERVED[_c] = 1 if bytes((_c,)) in (
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") else 0
+    HEXVAL[_c] = (b"0123456789abcdef".find(bytes((_c,)).lower())
+                  if bytes((_c,)).lower() in b"0123456789abcdef" else 255)
     HOST_OK[_c] = 1 if bytes((_c,)) in (
         b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]") else 0
     TCHAR[_c] = 1 if bytes((_c,)) in (
@@ -133,6 +148,67 @@ cdef tuple answer_parts(object answer):
             bytes(body or b""))
 
 
+cdef bytes normalise_path(bytes path):
+    """The path a forwarding policy matches and the member gets (spec 10),
+    so that no policy can be bypassed by spelling a path another way: what
+    RFC 3986 6.2.2 says is the same path is made the same bytes.
+    - percent-encoded unreserved characters are decoded (%41 -> A, %2E -> .),
+      other escapes kept with upper-case digits (%2f -> %2F: an encoded slash
+      stays data, never a separator);
+    - dot-segments are removed (5.2.4) and repeated slashes merged, as nginx
+      does before matching locations.
+    None (the request gets 400) for a bad escape, %00, or ".." above the root.
+    Without "%", "//" or "/." the path is returned as it is, at no cost."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(path)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(path)
+    cdef unsigned char c, v
+    for i in range(n):
+        c = p[i]
+        if c == 37 or (c == 47 and i + 1 < n and (p[i + 1] == 47 or p[i + 1] == 46)):
+            break
+    else:
+        return path
+    cdef bytearray buf = bytearray()
+    i = 0
+    while i < n:
+        c = p[i]
+        if c == 37:
+            if i + 2 >= n or HEXVAL[p[i + 1]] > 15 or HEXVAL[p[i + 2]] > 15:
+                return None
+            v = HEXVAL[p[i + 1]] * 16 + HEXVAL[p[i + 2]]
+            if v == 0:
+                return None
+            if UNRESERVED[v]:
+                buf.append(v)
+            else:
+                buf.append(37)
+                buf.append(HEXDIGITS[v >> 4])
+                buf.append(HEXDIGITS[v & 15])
+            i += 3
+        else:
+            buf.append(c)
+            i += 1
+    segs = bytes(buf).split(b"/")
+    cdef Py_ssize_t last = len(segs) - 1
+    out = []
+    for i in range(1, last + 1):
+        seg = segs[i]
+        if seg == b".":
+            pass
+        elif seg == b"..":
+            if not out:
+                return None
+            out.pop()
+        elif seg or i == last:
+            out.append(seg)
+            continue
+        else:
+            continue
+        if i == last:
+            out.append(b"")
+    return b"/" + b"/".join(out)
+
+
 cdef class Client:
     cdef bytes tls_lines(self):
         if self._tls_lines is None:
@@ -170,6 +246,7 @@ cdef class Request:
         self.lrt = client.lrt
         self.hbuf = bytearray()
         self.cl = -1
+        self.pbase = client.lrt.pbase_local
         return self
 
     # ---- admission --------------------------------------------------------------
@@ -187,6 +264,33 @@ cdef class Request:
             return self.refuse(414)
         return 0
 
+    cdef int absolute_form(self) except -1:
+        """An HTTP/1.1 absolute-form target (http://host/path, RFC 9112
+        3.2.2): its authority is the request's host, as HTTP/2's :authority
+        (so Host, if sent, must name the same), and the member gets the
+        origin-form path: never two hosts for one request."""
+        cdef bytes t = self.target
+        if self.authority is not None or t is None or PyBytes_GET_SIZE(t) == 0 or t[0] == 47:
+            return 0
+        cdef Py_ssize_t skip
+        if t[:7].lower() == b"http://":
+            skip = 7
+        elif t[:8].lower() == b"https://":
+            skip = 8
+        else:
+            return 0
+        cdef Py_ssize_t end = skip
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(t)
+        while end < n and t[end] != 47 and t[end] != 63:      # '/', '?'
+            end += 1
+        auth = t[skip:end]
+        if not auth or b"@" in auth:
+            return self.refuse(400)
+        rest = t[end:]
+        self.target = rest if rest[:1] == b"/" else b"/" + rest
+        self.set_authority(auth)
+        return 0
+
     cdef int field(self, bytes name, bytes lname, bytes value) except -1:
         """One header field; `lname` is its name in lower case. Returns 0, or
         the status of the refusal."""
@@ -199,12 +303,24 @@ cdef class Request:
         if (size > lrt.max_header_size or self.nheaders > lrt.max_headers
                 or self.block_size > lrt.max_header_block):
             return self.refuse(431)
+        if self.nheaders == 1 and not self.is_h2:
+            self.absolute_form()
         action = lrt.header_actions.get(lname)
         if action is None:
             put_header(self.hbuf, name, value)
             return 0
         cdef int a = action
         cdef long long n
+        if a >= A_RULE_SLOT:
+            # A field a header rule of a forwarding policy reads (and maybe
+            # one with an action of its own, in the low byte).
+            if self.facts is None:
+                self.facts = Facts.__new__(Facts)
+            self.facts.store((a >> 8) - 1, lrt.policies.nslots, value)
+            a &= 255
+            if a == A_PASS:
+                put_header(self.hbuf, name, value)
+                return 0
         if a == A_HOST:
             if self.host is not None or not valid_host(value):
                 return self.refuse(400)
@@ -288,6 +404,8 @@ cdef class Request:
         Returns 0, or the status of the refusal."""
         cdef ListenerRuntime lrt = self.lrt
         self._count()
+        if self.nheaders == 0 and not self.is_h2:
+            self.absolute_form()
         if self.error:
             return self.error
         cdef bytes m = self.method
@@ -350,6 +468,32 @@ cdef class Request:
             # No h2c (spec 9): a cleartext HTTP/2 tunnel would carry requests past
             # every rule of this proxy ("h2c smuggling"). Forwarded without Upgrade.
             self.upgrade = None
+        if lrt.policies is not None:
+            return self._facts()
+        return 0
+
+    cdef int _facts(self) except -1:
+        """What the listener's forwarding policies read; the path is
+        normalised here, and the member gets the same normalised path."""
+        cdef Facts f = self.facts
+        if f is None:
+            f = self.facts = Facts.__new__(Facts)
+        cdef bytes t = self.target
+        cdef Py_ssize_t q = t.find(b"?")
+        cdef bytes raw = t if q < 0 else t[:q]
+        f.query = None if q < 0 else t[q + 1:]
+        if raw == b"*":
+            f.path = raw
+        else:
+            f.path = normalise_path(raw)
+            if f.path is None:
+                return self.refuse(400)
+            if f.path is not raw:
+                self.target = f.path if q < 0 else f.path + b"?" + f.query
+        f.method = self.method
+        f.host = self.host
+        f.cookie = self.cookie
+        f.peer_ip = self.client.peer_ip
         return 0
 
     cdef int body_bytes(self, Py_ssize_t n) except -1:
@@ -362,22 +506,84 @@ cdef class Request:
     # ---- the decision ------------------------------------------------------------
 
     cdef int decide(self) except -1:
-        """Forward to a pool, or answer here. The home of routing: hooks
-        now; forwarding policies build on it."""
+        """Forward to a pool, or answer here: the listener's forwarding
+        policies first (spec 10), then the hooks. Without policies or hooks
+        this is the default pool and nothing else."""
         cdef ListenerRuntime lrt = self.lrt
+        cdef Policy p = None
         self.pool = lrt.pool
+        self.pbase = lrt.pbase
+        if lrt.policies is not None:
+            p = lrt.policies.route(self.facts)
+            if p is not None:
+                self.policy = p
+                inc(lrt.counters, p.match_cell)
+                if p.bucket >= 0 and lrt.counters is not None and not take(
+                        shared_cell(lrt.counters, p.bucket), p.interval_ns, p.tolerance_ns):
+                    return self._answer(503, QPS_LINES, b"", G_QPS_LIMIT + 1)
+                if p.action == A_REDIRECT:
+                    return self._answer(p.status, b"Location: " + p.location(
+                        lrt.scheme, self.facts) + b"\r\n", b"", 0)
+                if p.action == A_FIXED:
+                    return self._answer(p.status, p.lines, p.body, 0)
+                self.apply_policy(p)
         if lrt.access_log is not None:
             self._meta()
         if lrt.hooks:
             self.view = RequestView(self.method, self.target, self.version,
                                     self.client.peer_ip.decode(), int(self.client.peer_port),
                                     lrt.name, bytes(self.hbuf))
+            self.view.policy = p.name if p is not None else None
+            self.view.pool = self.pool.name
             if lrt.hooks & K_REQUEST_FILTER:
                 answer = lrt.phases.request_filter(self.view)
                 if answer is not None:
                     self.set_answer(answer)
+                    self.pbase = lrt.pbase_local
                     return D_ANSWER
         return D_FORWARD
+
+    cdef int _answer(self, int status, bytes lines, bytes body, int reason) except -1:
+        """A policy answers: redirect, fixed response, or its qps limit."""
+        self.answer_status = status
+        self.answer_lines = lines
+        self.answer_body = body
+        self.gen_reason = reason
+        self.pbase = self.lrt.pbase_local
+        if self.lrt.access_log is not None:
+            self._meta()
+        return D_ANSWER
+
+    cdef int apply_policy(self, Policy p) except -1:
+        """A forward: its pool (or one of its weighted pools), the fields it
+        inserts and removes, and its URL rewrite."""
+        cdef ListenerRuntime lrt = self.lrt
+        cdef Py_ssize_t i
+        cdef Facts f = self.facts
+        if p.pool is not None:
+            self.pool = p.pool
+            self.pbase = p.pbase
+        else:
+            i = p.choose(self.cookie)
+            if i >= 0:
+                self.pool = p.pools[i]
+                self.pbase = p.pbases[i]
+        if p.remove:
+            self.conn_tokens = p.remove if self.conn_tokens is None else self.conn_tokens + p.remove
+        if p.insert_lines:
+            self.extra_lines = p.insert_lines
+        if p.rw_host is not None:
+            host = p.rewrite(p.rw_host, f, None)
+            self.conn_tokens = [b"host"] if self.conn_tokens is None else self.conn_tokens + [b"host"]
+            line = b"Host: " + host + b"\r\n"
+            self.extra_lines = line if self.extra_lines is None else line + self.extra_lines
+        if p.rw_path is not None or p.rw_query is not None:
+            path = p.rewrite(p.rw_path, f, f.path)
+            query = p.rewrite(p.rw_query, f, f.query)
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            self.target = path + b"?" + query if query else path
+        return 0
 
     def set_answer(self, answer):
         self.answer_status, self.answer_lines, self.answer_body = answer_parts(answer)
@@ -408,6 +614,8 @@ cdef class Request:
                     out += b"\r\n"
         if self.cookie is not None:
             put_header(out, self.cookie_name, self.cookie)
+        if self.extra_lines is not None:
+            put(out, self.extra_lines)
         if lrt.access_log is not None and self.request_id is None:
             self._meta()                # (decide() made it already: a no-op)
             put_header(out, b"X-Request-ID", self.meta[6])
@@ -440,7 +648,8 @@ cdef class Request:
                      self.target, self.version, rid, self.user_agent, self.referer,
                      self.xff, self.host, lrt.name,
                      (self.pool if self.pool is not None else lrt.pool).name,
-                     self.client.tls_info())
+                     self.client.tls_info(),
+                     self.policy.name if self.policy is not None else None)
         return 0
 
     cdef int _count(self) except -1:
@@ -457,7 +666,10 @@ cdef class Request:
         """lbcore answered this request itself (refusal, hook answer)."""
         cdef ListenerRuntime lrt = self.lrt
         self._count()
-        count_response(lrt.counters, lrt.cbase, status, generated, -1.0)
+        if self.gen_reason:
+            count_reason(lrt.counters, lrt.cbase, self.pbase, status, self.gen_reason - 1, -1.0)
+        else:
+            count_response(lrt.counters, lrt.cbase, self.pbase, status, generated, -1.0)
         if lrt.access_log is not None:
             self._meta()
             lrt.access_log.append((self.meta, status, 0.0, None))

@@ -1,6 +1,9 @@
+from libc.stdint cimport int64_t
+
 from lbcore_ext.balancer cimport Pool
 from lbcore_ext.counters cimport Counters
 from lbcore_ext.iptrie cimport IpTrie
+from lbcore_ext.policy cimport PolicyTable
 
 cdef class ListenerRuntime:
     """One listener compiled for the data plane: plain values, no config objects."""
@@ -8,6 +11,16 @@ cdef class ListenerRuntime:
     cdef public bytes scheme            # b"https" / b"http"
     cdef public bytes port_bytes        # the listener's port as ASCII
     cdef public Pool pool               # default pool
+    cdef public PolicyTable policies    # forwarding policies, or None
+    cdef public dict pools              # every pool by name (hooks may choose one)
+    cdef public Py_ssize_t pbase        # route block of the default pool
+    cdef public Py_ssize_t pbase_local  # route block of lbcore's own answers (no pool)
+    cdef public dict pool_bases         # pool name -> route block
+    # Limits across all workers (spec 8): checked at accept.
+    cdef public long long max_connections       # 0 = none
+    cdef public Py_ssize_t conn_bucket          # max_new_connections_per_second; -1 = none
+    cdef public int64_t conn_interval_ns
+    cdef public int64_t conn_tolerance_ns
     cdef public dict header_actions     # lower-case header name -> H_* action
     cdef public int xff_mode            # XFF_APPEND / XFF_REMOVE / XFF_PRESERVE / XFF_OFF
     cdef public bint x_real_ip

@@ -24,6 +24,9 @@ H_COOKIE = 7        # Cookie: forwarded, and read for sticky sessions
 H_UPGRADE = 8       # Upgrade: forwarded only on an upgrade request (WebSocket)
 H_REQUEST_ID = 9    # X-Request-ID: honoured, else generated (access log on)
 H_LOGGED = 10       # User-Agent, Referer: forwarded and kept for the access log
+H_PASS = 11         # forwarded as it came (a field only a header rule reads)
+# A field a forwarding policy's header rule reads: action | (slot + 1) << 8.
+H_RULE_SLOT = 256
 
 XFF_APPEND = 0
 XFF_REMOVE = 1
@@ -60,6 +63,13 @@ cdef class ListenerRuntime:
     def __init__(self, name: str, pool):
         self.name = name
         self.pool = pool
+        self.policies = None
+        self.pools = {}
+        self.pbase = -1
+        self.pbase_local = -1
+        self.pool_bases = {}
+        self.max_connections = 0
+        self.conn_bucket = -1
         self.scheme = b"http"
         self.port_bytes = b"0"
         self.header_actions = {}

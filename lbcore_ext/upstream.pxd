@@ -44,6 +44,7 @@ cdef class Exchange:
     cdef Request req
     cdef ListenerRuntime lrt
     cdef Pool pool
+    cdef Py_ssize_t pbase               # the route block its responses count in
     cdef object loop
     cdef bytes head
     cdef bint is_head_method

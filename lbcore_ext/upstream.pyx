@@ -142,6 +142,7 @@ cdef class Exchange:
         self.req = req
         self.lrt = lrt
         self.pool = req.pool
+        self.pbase = req.pbase
         self.loop = ds.loop
         self.head = req.upstream_head()
         self.is_head_method = req.is_head()
@@ -169,12 +170,22 @@ cdef class Exchange:
         cdef Pool pool = self.pool
         cdef Member m = None
         if self.lrt.hooks & K_UPSTREAM_PEER:
-            m = self.lrt.phases.upstream_peer(self.req.view, pool.members)
+            choice = self.lrt.phases.upstream_peer(self.req.view, pool.members)
+            if isinstance(choice, str):
+                # The hook chose another pool: its algorithm picks the member.
+                pool = self.pool = self.lrt.pools[choice]
+                self.pbase = self.lrt.pool_bases.get(choice, self.pbase)
+                self.req.view.pool = choice
+            elif choice is not None:
+                m = choice
         if m is None:
             m = pool.pick(self.tried, self.req.client.peer_ip, self.req.cookie)
         if m is None:
             self.state = S_DONE
-            router_code = b"40000" if not pool.members else b"50000"
+            # ELB's x-router-code: 40000 the default pool is empty, 40001 the
+            # matched policy's pool is, 50000 no member is usable.
+            router_code = (b"50000" if pool.members else
+                           b"40001" if self.req.policy is not None else b"40000")
             self._error(503, router_code)
             return 0
         if pool.sticky == STICKY_SOURCE_IP:
@@ -396,7 +407,7 @@ cdef class Exchange:
             m = self.pool.pick(self.tried, self.req.client.peer_ip, None)
             if m is not None:
                 self.retries += 1
-                inc(self.lrt.counters, self.lrt.cbase + O_RETRIES)
+                inc(self.lrt.counters, self.pbase + O_RETRIES)
                 self._restart()
                 self._assign(m)
                 self._acquire()
@@ -413,7 +424,7 @@ cdef class Exchange:
             custom = self.lrt.phases.fail_to_proxy(self.req.view, code)
             if custom is not None:
                 status, lines, body = answer_parts(custom)
-                count_response(self.lrt.counters, self.lrt.cbase, status, True,
+                count_response(self.lrt.counters, self.lrt.cbase, self.pbase, status, True,
                                monotonic() - self.t_start)
                 self.ds.ds_local(self, status, lines, body)
                 self._log(status)
@@ -465,7 +476,7 @@ cdef class Exchange:
 
     cdef int _finish(self, bint reusable) except -1:
         self.state = S_DONE
-        count_response(self.lrt.counters, self.lrt.cbase, self.status, False,
+        count_response(self.lrt.counters, self.lrt.cbase, self.pbase, self.status, False,
                        monotonic() - self.t_start)
         self._release(reusable)
         if self.lrt.hooks or self.req.meta is not None:
@@ -518,7 +529,7 @@ cdef class Exchange:
             return 0
         self.status = status
         if status >= 200:
-            observe(self.lrt.counters, self.lrt.cbase + O_UPSTREAM_HIST,
+            observe(self.lrt.counters, self.pbase + O_UPSTREAM_HIST,
                     monotonic() - self.t_sent)
         if status < 200:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.

@@ -22,7 +22,7 @@ entries = st.tuples(
               st.sampled_from(["1.1", "1.0", "2", None, ""]), field, field, field, field, field,
               st.text(max_size=12), st.text(max_size=12),
               st.one_of(st.none(), st.tuples(st.sampled_from(["TLSv1.2", "TLSv1.3", None]),
-                                             text, text))),
+                                             text, text)), text),
     st.integers(100, 599), st.floats(0, 1000), st.one_of(st.none(), tries))
 
 
@@ -37,7 +37,8 @@ def test_c_formatter_matches_the_reference(entry):
 
 def test_escapes_like_json():
     meta = (1796000000.5, b"127.0.0.1", b"5000", b"GET", b'/a"b\\c\n\x00\x7f\xe9', "1.1",
-            b"rid", b"ua\tx", None, None, b"host", "web", "pool", ("TLSv1.3", "TLS_AES", "h"))
+            b"rid", b"ua\tx", None, None, b"host", "web", "pool", ("TLSv1.3", "TLS_AES", "h"),
+            "api")
     line = json_line((meta, 200, 0.25, [("10.0.0.1", 80, b"200")]))
     assert json.loads(line)["target"] == '/a"b\\c\n\x00\x7f\xe9'
     assert line == to_json((meta, 200, 0.25, [("10.0.0.1", 80, b"200")])).encode()

@@ -15,6 +15,7 @@ from lbcore.config.errors import ConfigError, ConfigIssue
 from lbcore.config.model import Config
 from lbcore.config.validate import (
     check_admin,
+    check_forwarding,
     check_listeners,
     check_policies,
     check_pools,
@@ -61,6 +62,7 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     check_listeners(cfg, certs, problems, warnings)
     check_pools(cfg, problems)
     check_admin(cfg, problems)
+    check_forwarding(cfg, problems)
     if problems:
         raise ConfigError([ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
                            for path, msg in problems], tuple(warnings))

@@ -157,28 +157,44 @@ class Limits(Model):
     max_new_connections_per_second: Int(0, 10_000_000) = 0
 
 
+HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
 class Rule(Model):
-    type: Literal["host", "path", "method", "header", "query", "source_ip"]
+    """One condition of a forwarding policy (spec 10). Values OR together;
+    the rules of one policy AND together."""
+
+    type: Literal["host", "path", "method", "header", "query", "cookie", "source_ip"]
+    # path rules only: exact, prefix (the default) or regex (RE2, a match anywhere)
     match: Literal["exact", "prefix", "regex"] | None = None
     name: str | None = None
-    values: Annotated[tuple[str, ...], Field(min_length=1)]
+    values: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=128)], ...],
+                      Field(min_length=1)]
 
     @model_validator(mode="after")
     def consistent(self):
-        if self.type in ("header", "query") and not self.name:
+        if self.type in ("header", "query", "cookie") and not self.name:
             raise ValueError(f"a {self.type} rule needs a name")
+        if self.type not in ("header", "query", "cookie") and self.name is not None:
+            raise ValueError(f"name applies to header, query and cookie rules, not {self.type}")
         if self.match is not None and self.type != "path":
             raise ValueError("match applies to path rules only")
-        if self.match == "regex":
-            for v in self.values:
-                try:
-                    re.compile(v)
-                except re.error as exc:
-                    raise ValueError(f"regex {v!r} does not compile: {exc}") from exc
+        if self.type == "header" and not HEADER_NAME.match(self.name):
+            raise ValueError(f"header name {self.name!r}: 1-40 of A-Z a-z 0-9 _ -")
+        for v in self.values:
+            if self.type == "path" and self.match != "regex" and not v.startswith("/"):
+                raise ValueError(f"path {v!r} must start with /")
+            if self.type == "method" and not re.fullmatch(r"[A-Z]{1,20}", v):
+                raise ValueError(f"method {v!r}: upper-case letters, e.g. GET")
+            if self.type == "host" and not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+", v):
+                raise ValueError(f"host {v!r}: a name, or *. then a name")
         return self
 
 
 class UrlSpec(Model):
+    """A redirect's target. Each part defaults to the request's own; host,
+    path and query may use ${protocol} ${host} ${port} ${path} ${query}."""
+
     protocol: Literal["HTTP", "HTTPS"] | None = None
     host: str | None = None
     port: Port | None = None
@@ -186,15 +202,36 @@ class UrlSpec(Model):
     query: str | None = None
 
 
+class UrlRewrite(Model):
+    """What a forward sends instead of the request's host, path or query;
+    each may use ${host} ${path} ${query}, and defaults to the original."""
+
+    host: str | None = None
+    path: str | None = None
+    query: str | None = None
+
+
+# ELB's: 1-128 printable ASCII, no space at either end.
+HeaderValue = Annotated[str, Field(min_length=1, max_length=128,
+                                   pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")]
+
+
 class ForwardAction(Model):
     type: Literal["forward"]
     pool: str | None = None
     pools: dict[str, Int(0, 100)] | None = None
+    # request headers added (name: value) or removed before forwarding;
+    # names lbcore owns are refused by check
+    insert_headers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")], HeaderValue] = {}
+    remove_headers: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")], ...] = ()
+    rewrite_url: UrlRewrite | None = None
 
     @model_validator(mode="after")
     def one_target(self):
         if (self.pool is None) == (self.pools is None):
             raise ValueError("forward needs exactly one of pool or pools")
+        if self.pools is not None and not any(self.pools.values()):
+            raise ValueError("pools: at least one weight above 0")
         return self
 
 
@@ -206,9 +243,16 @@ class RedirectAction(Model):
 
 class FixedResponseAction(Model):
     type: Literal["fixed_response"]
-    status: Int(100, 599) = 200
-    content_type: str = "text/plain"
+    status: Int(200, 599) = 200
+    content_type: Literal["text/plain", "text/css", "text/html", "application/javascript",
+                          "application/json"] = "text/plain"
     body: Annotated[str, Field(max_length=1024)] = ""
+
+    @model_validator(mode="after")
+    def final_status(self):
+        if 300 <= self.status < 400:
+            raise ValueError("fixed_response status: 2xx, 4xx or 5xx (use redirect for 3xx)")
+        return self
 
 
 Action = Annotated[ForwardAction | RedirectAction | FixedResponseAction,

@@ -135,27 +135,101 @@ def check_listeners(cfg, certs, problems: list[Problem], warnings: list[str]) ->
             problems.append((at + ("access_control", "ip_group"),
                              no_such("ip group", ac.ip_group, cfg.ip_groups)))
         _check_tls(cfg, certs, i, lst, problems, warnings)
+
+
+# ELB's limits (spec 10).
+MAX_POLICIES = 100
+MAX_RULES = 10
+# Request headers a forwarding policy may not insert or remove: those lbcore
+# frames, routes by or sets itself (ELB's reserved list, spec 10, and lbcore's
+# own); a policy that could would undo what the listener guarantees.
+RESERVED_HEADERS = frozenset((
+    "connection", "upgrade", "content-length", "transfer-encoding", "keep-alive", "te",
+    "trailer", "host", "cookie", "remoteip", "authority", "proxy-connection",
+    "proxy-authorization", "proxy-authenticate", "x-request-id",
+    "x-forwarded-host", "x-forwarded-for", "x-forwarded-for-port", "x-forwarded-port",
+    "x-forwarded-proto", "x-real-ip", "x-forwarded-elb-ip", "x-forwarded-elb-id",
+    "x-forwarded-elb-vip", "x-forwarded-tls-certificate-id", "x-forwarded-tls-protocol",
+    "x-forwarded-tls-cipher", "x-forwarded-tls-sni", "x-forwarded-alpn-protocol",
+))
+# Header rules on these would never see what the client sent: each has a rule
+# type of its own, or lbcore owns the field.
+NOT_HEADER_RULES = {"host": "use a host rule", "cookie": "use a cookie rule"}
+
+
+def _reserved(name: str) -> bool:
+    n = name.lower()
+    return n in RESERVED_HEADERS or n.startswith("x-forwarded-clientcert")
+
+
+def check_forwarding(cfg, problems: list[Problem]) -> None:
+    """Forwarding policies (spec 10): references, priorities, ELB's limits,
+    the headers they may touch, and every regex compiled by the engine that
+    will run it (RE2), so that what check accepts is what run serves."""
+    try:
+        from lbcore_ext.regex import glob_regex, regex_error
+    except ImportError:             # `check` without the extension: `run` compiles again
+        regex_error = glob_regex = None
+    for i, lst in enumerate(cfg.listeners):
+        at = ("listeners", i, "forwarding_policies")
+        if len(lst.forwarding_policies) > MAX_POLICIES:
+            problems.append((at, f"{len(lst.forwarding_policies)} policies; at most "
+                             f"{MAX_POLICIES} per listener"))
         prios: dict[int, str] = {}
+        names: dict[str, int] = {}
         for k, fp in enumerate(lst.forwarding_policies):
-            fat = at + ("forwarding_policies", k)
+            fat = at + (k,)
             if fp.priority in prios:
                 problems.append((fat + ("priority",), f"priority {fp.priority} is also used "
                                  f"by {prios[fp.priority]!r}"))
             prios.setdefault(fp.priority, fp.name)
+            if fp.name in names:
+                problems.append((fat + ("name",), f"{fp.name!r} is also the name of "
+                                 f"forwarding_policies[{names[fp.name]}]"))
+            names.setdefault(fp.name, k)
+            if len(fp.rules) > MAX_RULES:
+                problems.append((fat + ("rules",), f"{len(fp.rules)} rules; at most {MAX_RULES}"
+                                 " per policy"))
             act = fp.action
             if act.type == "forward":
                 for pool in ([act.pool] if act.pool else list(act.pools or {})):
                     if pool not in cfg.pools:
                         problems.append((fat + ("action", "pool" if act.pool else "pools"),
                                          no_such("pool", pool, cfg.pools)))
+                for name in act.insert_headers:
+                    if _reserved(name):
+                        problems.append((fat + ("action", "insert_headers", name),
+                                         f"{name} is a header lbcore owns; it can't be inserted"))
+                for h, name in enumerate(act.remove_headers):
+                    if _reserved(name):
+                        problems.append((fat + ("action", "remove_headers", h),
+                                         f"{name} is a header lbcore owns; it can't be removed"))
             for r, rule in enumerate(fp.rules):
-                if rule.type == "source_ip":
-                    for v, value in enumerate(rule.values):
+                rat = fat + ("rules", r)
+                if rule.type == "header" and rule.name.lower() in NOT_HEADER_RULES:
+                    problems.append((rat + ("name",), f"a header rule on {rule.name}: "
+                                     f"{NOT_HEADER_RULES[rule.name.lower()]}"))
+                elif rule.type == "header" and _reserved(rule.name) and \
+                        rule.name.lower() != "x-forwarded-for":
+                    problems.append((rat + ("name",), f"{rule.name} is set by lbcore, not the "
+                                     "client: a header rule on it would never match"))
+                for v, value in enumerate(rule.values):
+                    if rule.type == "source_ip":
                         try:
                             ipaddress.ip_network(value, strict=False)
                         except ValueError:
-                            problems.append((fat + ("rules", r, "values", v),
+                            problems.append((rat + ("values", v),
                                              f"{value!r} is not an IP address or CIDR block"))
+                    elif regex_error is not None and rule.type == "path" and \
+                            rule.match == "regex":
+                        err = regex_error(value)
+                        if err:
+                            problems.append((rat + ("values", v), f"regex {value!r}: {err} "
+                                             "(RE2 syntax: no lookaround, no backreference)"))
+                    elif regex_error is not None and rule.type in ("header", "query", "cookie"):
+                        err = regex_error(glob_regex(value))
+                        if err:
+                            problems.append((rat + ("values", v), f"{value!r}: {err}"))
 
 
 def _check_tls(cfg, certs, i, lst, problems: list[Problem], warnings: list[str]) -> None:

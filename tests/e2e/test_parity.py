@@ -86,6 +86,8 @@ class Want:
     header: tuple[str, str] | None = None   # a field the response must carry
     generated: str | None = ""              # reason counted in generated_errors; "" none;
     #                                         None: not pinned (both protocols must agree)
+    routed: bool | None = None              # counted under the pool (default: forwarded);
+    #                                         else under pool "" (lbcore's own answers)
 
     @property
     def log_status(self) -> int:
@@ -186,7 +188,8 @@ CASES = [
     same("hook_request_filter_451", "GET", "/hook/x",
          want=Want(P.FILTER_STATUS, body=P.FILTER_BODY, header=P.FILTER_HEADER)),
     same("hook_fail_to_proxy", "GET", "/down", listener="dead",
-         want=Want(P.FAIL_STATUS, body=P.FAIL_BODY, header=P.FAIL_HEADER, generated=None)),
+         want=Want(P.FAIL_STATUS, body=P.FAIL_BODY, header=P.FAIL_HEADER, generated=None,
+                   routed=True)),
     # ---- invalid: refused alike ----------------------------------------------------------
     both("host_with_quote", 'GET / HTTP/1.1\r\nHost: exa"mple.test\r\n\r\n',
          p(authority='exa"mple.test')),
@@ -589,7 +592,8 @@ def normalized(rec) -> tuple:
 
 
 def expected_counters(want: Want, listener: str) -> dict[tuple, float]:
-    pool = LISTENERS[listener]
+    routed = want.forwarded if want.routed is None else want.routed
+    pool = LISTENERS[listener] if routed else ""
     out = {("responses", listener, pool, f"{want.log_status // 100}xx"): 1.0}
     if want.generated:
         out[("generated_errors", listener, str(want.log_status), want.generated)] = 1.0
