@@ -16,7 +16,7 @@ from lbcore_ext.iptrie cimport IpTrie
 from lbcore_ext.ratelimit cimport take
 from lbcore_ext.runtime cimport ListenerRuntime
 
-from lbcore_ext.counters import (CONN_ACTIVE, CONN_HANDSHAKING, CONN_REFUSED, REFUSED,
+from lbcore_ext.counters import (CONN_ACTIVE, CONN_OPENING, CONN_REFUSED, REFUSED,
                                  TLS_FAIL, TLS_FAIL_REASONS)
 from lbcore_ext.runtime import ACL_ALL, ACL_WHITELIST
 
@@ -24,7 +24,7 @@ cdef int C_WHITELIST = ACL_WHITELIST
 cdef int C_ALL = ACL_ALL
 cdef Py_ssize_t O_REFUSED = REFUSED
 cdef Py_ssize_t O_ACTIVE = CONN_ACTIVE
-cdef Py_ssize_t O_HANDSHAKING = CONN_HANDSHAKING
+cdef Py_ssize_t O_OPENING = CONN_OPENING
 cdef Py_ssize_t O_REFUSED_MAX = CONN_REFUSED            # CONN_REFUSED_REASONS order
 cdef Py_ssize_t O_REFUSED_RATE = CONN_REFUSED + 1
 # Connections taken per readiness event: bounded so one busy listener can't
@@ -88,19 +88,21 @@ cdef class Acceptor:
             task = self.loop.create_task(self.loop.connect_accepted_socket(
                 self.factory, conn, ssl=self.ssl_ctx,
                 ssl_handshake_timeout=lrt.handshake_timeout if self.ssl_ctx is not None else None))
-            if self.ssl_ctx is not None:
-                add(lrt.counters, lrt.cbase + O_HANDSHAKING, 1)
-            task.add_done_callback(partial(_handshake_done, lrt, self.ssl_ctx is not None))
+            # Counted from accept: the protocol counts itself only once the
+            # task runs (after the TLS handshake), and the limit must see
+            # every connection of this batch.
+            add(lrt.counters, lrt.cbase + O_OPENING, 1)
+            task.add_done_callback(partial(_handshake_done, lrt))
 
     cdef bint _admit(self, ListenerRuntime lrt):
         """The listener's limits, over every worker's connections: the open
-        ones and those in their TLS handshake (a gauge each worker keeps in
-        its row; summed here, a few cells). Two workers accepting at the same
+        ones and those still opening (TLS handshake), gauges each worker
+        keeps in its row, summed here (a few cells). Two workers accepting at the same
         instant may each let one through: the limit holds within one
         connection per worker."""
         if lrt.max_connections and (
                 sum_cell(lrt.counters, lrt.cbase + O_ACTIVE)
-                + sum_cell(lrt.counters, lrt.cbase + O_HANDSHAKING) >= lrt.max_connections):
+                + sum_cell(lrt.counters, lrt.cbase + O_OPENING) >= lrt.max_connections):
             inc(lrt.counters, lrt.cbase + O_REFUSED_MAX)
             return False
         if lrt.conn_bucket >= 0 and not take(shared_cell(lrt.counters, lrt.conn_bucket),
@@ -110,11 +112,10 @@ cdef class Acceptor:
         return True
 
 
-def _handshake_done(ListenerRuntime lrt, bint tls, task):
+def _handshake_done(ListenerRuntime lrt, task):
     """A failed handshake is the client's problem: count it by reason (and
     retrieve it so asyncio does not log a never-retrieved exception)."""
-    if tls:
-        add(lrt.counters, lrt.cbase + O_HANDSHAKING, -1)
+    add(lrt.counters, lrt.cbase + O_OPENING, -1)
     if task.cancelled():
         return
     exc = task.exception()

@@ -79,7 +79,7 @@ W_DRAINING = 3
 CONN_TOTAL = 0
 CONN_ACTIVE = 1           # open connections (TLS: from the end of the handshake)
 REQUESTS = 2
-CONN_HANDSHAKING = 3      # accepted, TLS handshake not over (a gauge)
+CONN_OPENING = 3          # accepted, not yet its protocol's (TLS handshake...), a gauge
 CONN_REFUSED = 4          # one cell per CONN_REFUSED_REASONS entry
 # Why a connection was closed at accept: the listener's limits (spec 8).
 CONN_REFUSED_REASONS = ("max_connections", "max_new_connections_per_second")
@@ -109,7 +109,7 @@ H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_fl
                      "window_update_flood", "empty_frames", "continuation_flood",
                      "header_flood", "output_flood", "protocol_error", "drain", "idle")
 BLOCK = H2_GOAWAY + len(H2_GOAWAY_REASONS)
-GAUGES = (CONN_ACTIVE, CONN_HANDSHAKING)   # per-listener cells that are not counters
+GAUGES = (CONN_ACTIVE, CONN_OPENING)   # per-listener cells that are not counters
 
 # Layout of one route block: the cells of the responses one listener sent for
 # one pool (offsets from Request.pbase), so the `pool` label is the pool the

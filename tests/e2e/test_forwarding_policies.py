@@ -42,7 +42,8 @@ POLICIES = """\
       - {name: cookie, priority: 60, rules: [{type: cookie, name: beta, values: ["on"]}],
          action: {type: forward, pool: pb}}
       - {name: src-other, priority: 69,
-         rules: [{type: source_ip, values: ["10.0.0.0/8", "fd00::/8"]}, {type: path, values: [/src]}],
+         rules: [{type: source_ip, values: ["10.0.0.0/8", "fd00::/8"]},
+                 {type: path, values: [/src]}],
          action: {type: fixed_response, status: 403, body: "not you"}}
       - {name: src-local, priority: 70,
          rules: [{type: source_ip, values: ["127.0.0.0/8"]}, {type: path, values: [/src]}],
