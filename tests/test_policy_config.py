@@ -64,7 +64,8 @@ def test_elb_limits_100_policies_and_10_rules():
             for i in range(101)]
     assert any("101 policies; at most 100" in e for e in errors_of(policies(*many)))
     rules = ", ".join(f"{{type: header, name: X-{i}, values: [v]}}" for i in range(11))
-    text = policies(f"{{name: a, priority: 1, rules: [{rules}], action: {{type: forward, pool: q}}}}")
+    text = policies(f"{{name: a, priority: 1, rules: [{rules}], "
+                    "action: {type: forward, pool: q}}")
     assert any("11 rules; at most 10" in e for e in errors_of(text))
 
 
