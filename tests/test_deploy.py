@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -291,3 +292,41 @@ def test_configmap_lb_yaml_passes_lbcore_check(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lbcore", "check", "-c", str(lb_yaml)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_configmap_redirect_acts_as_written(tmp_path):
+    """The ConfigMap's http-80 listener (behind the Service's port 80)
+    redirects to HTTPS on the Service's port 443, path and query kept, and
+    forwards nothing in plaintext."""
+    from tests.support.lbproc import LbProcess, free_port, wait_port
+
+    cfg = yaml.safe_load(manifests()["ConfigMap"]["data"]["lb.yaml"])
+    ca = trustme.CA()
+    leaf = ca.issue_cert("www.example.com")
+    leaf.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    for c in cfg["certificates"].values():
+        for k in ("certificate", "private_key"):
+            c[k] = c[k].replace("/etc/lbcore/certs/", f"{tmp_path}/")
+    admin = free_port()
+    cfg["load_balancer"]["admin"] = {"address": "127.0.0.1", "port": admin}
+    cfg["load_balancer"]["workers"] = 1
+    ports = {}
+    for lst in cfg["listeners"]:
+        lst["address"], lst["port"] = "127.0.0.1", free_port()
+        ports[lst["name"]] = lst["port"]
+    dead = free_port()          # a plaintext forward would reach nothing and give 502
+    for pool in cfg["pools"].values():
+        pool["members"] = [{"address": "127.0.0.1", "port": dead}]
+        pool["health_check"] = {"enabled": False}
+    (tmp_path / "lb.yaml").write_text(yaml.safe_dump(cfg))
+    lb = LbProcess(["run", "-c", str(tmp_path / "lb.yaml")])
+    try:
+        wait_port(ports["http-80"], lb.proc)
+        with socket.create_connection(("127.0.0.1", ports["http-80"]), timeout=5) as s:
+            s.sendall(b"GET /shop/cart?id=7 HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+            head = s.recv(4096).decode()
+        assert head.startswith("HTTP/1.1 308 "), head
+        assert "\r\nLocation: https://www.example.com/shop/cart?id=7\r\n" in head, head
+    finally:
+        lb.stop()
