@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from bench import policies
 from bench.loadclients import client_context, one_request, percentile
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +55,7 @@ ORIGIN_PORT, HTTP_PORT, HTTPS_PORT = 19001, 19081, 19443
 RSA_PORT = 19444            # HTTPS with the RSA-2048 certificate (full-handshake scenario)
 H2_PORT = 19445             # HTTPS offering ALPN h2 (the ECDSA certificate)
 TLS13_PORT = 19446          # HTTPS with TLS 1.2 and 1.3 (the ECDSA certificate)
+POL_PORT = 19447            # HTTP with 100 routing rules (bench/policies.py)
 # TLS 1.3 suites alike on all three: OpenSSL's default order, which HAProxy
 # and nginx use; lbcore's custom policy lists them so (with the TLS 1.2 suite
 # the tls-1-2 listeners negotiate).
@@ -128,7 +130,7 @@ listeners:
   - {{name: t13, protocol: HTTPS, address: 127.0.0.1, port: {TLS13_PORT}, default_pool: o,
      server_certificate: c, security_policy: t13,
      idle_timeout: 120, insert_headers: {{x_real_ip: false, x_forwarded_host: false}}}}
-pools:
+{policies.lbcore_listener(POL_PORT, "o")}pools:
   o:
     health_check: {{enabled: false}}
     members: [{{address: 127.0.0.1, port: {ORIGIN_PORT}}}]
@@ -157,7 +159,7 @@ frontend fe
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
     default_backend be
-backend be
+{policies.haproxy_frontend(POL_PORT, "be")}backend be
     server origin 127.0.0.1:{ORIGIN_PORT}
 """)
     (d / "nginx.conf").write_text(f"""worker_processes 1; daemon off; pid {d}/nginx.pid;
@@ -186,7 +188,8 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
   server {{ listen 127.0.0.1:{TLS13_PORT} ssl backlog=4096;
            ssl_protocols TLSv1.2 TLSv1.3;
            ssl_certificate {d}/ecdsa.crt; ssl_certificate_key {d}/ecdsa.key;
-           location / {{ proxy_pass http://origin; }} }} }}
+           location / {{ proxy_pass http://origin; }} }}
+{policies.nginx_servers(POL_PORT, "origin")}}}
 """)
     lbcore = [sys.executable, "-m", "lbcore", "run", "-c", str(d / "lbcore.yaml")]
     return {"lbcore": lbcore,
@@ -274,9 +277,11 @@ def wait_port(port: int, timeout: float = 15, proc: subprocess.Popen | None = No
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def wrk(url: str, seconds: int, close: bool = False,
-        conns: int = 50) -> tuple[int, float, float, float, int]:
+def wrk(url: str, seconds: int, close: bool = False, conns: int = 50,
+        headers: tuple = ()) -> tuple[int, float, float, float, int]:
     extra = ["-H", "Connection: close"] if close else []
+    for name, value in headers:
+        extra += ["-H", f"{name}: {value}"]
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                           "--latency", *extra, url], capture_output=True, text=True,
                          check=True).stdout
@@ -309,10 +314,11 @@ class Scenario:
     rate: str = "req/s"
     rate_key: str = "rps"
     metric: str = "cpu_us_per_req"
+    headers: tuple = ()      # more request fields (wrk -H)
 
     @property
     def url(self) -> str:
-        scheme = "http" if self.port == HTTP_PORT else "https"
+        scheme = "http" if self.port in (HTTP_PORT, POL_PORT) else "https"
         return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
 
@@ -324,6 +330,8 @@ class Scenario:
 # ticket of its previous connection (the run fails under 90% resumed).
 # h2: HTTP/2 over TLS, h2load -c20 -m10 (ten streams in flight per connection).
 # large_1m: 1 MiB responses over HTTPS keep-alive, wrk -c10.
+# policies_100: http_ka through 100 routing rules, the request matching only
+# the last (bench/policies.py); against http_ka, the cost of the rules.
 # idle_10k: 10,000 idle HTTPS keep-alive connections (each served one request)
 # held open on a freshly started proxy: RSS growth per connection, and the time
 # a new connection's request takes meanwhile (bench/loadclients.py idle).
@@ -339,10 +347,12 @@ SCENARIOS = (Scenario("http_ka", "wrk", HTTP_PORT),
              Scenario("h2", "h2load", H2_PORT, conns=20),
              Scenario("large_1m", "wrk", HTTPS_PORT, path="/1m", conns=10, rate="MB/s",
                       rate_key="mb_s"),
+             Scenario("policies_100", "wrk", POL_PORT, path=policies.PATH,
+                      headers=policies.HEADERS),
              Scenario("idle_10k", "idle", HTTPS_PORT, unit="KiB/conn", rate="ms new req",
                       rate_key="new_req_ms", metric="kib_per_conn"))
 BY_NAME = {s.name: s for s in SCENARIOS}
-LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT, TLS13_PORT)
+LISTEN_PORTS = (HTTP_PORT, HTTPS_PORT, RSA_PORT, H2_PORT, TLS13_PORT, POL_PORT)
 
 
 def measure(sc: Scenario, seconds: int) -> dict:
@@ -353,7 +363,7 @@ def measure(sc: Scenario, seconds: int) -> dict:
         return handshakes(sc.port, seconds, resume=True)
     if sc.kind == "h2load":
         return h2load(sc.url, seconds, sc.conns)
-    reqs, rps, p50, p99, errors = wrk(sc.url, seconds, sc.close, sc.conns)
+    reqs, rps, p50, p99, errors = wrk(sc.url, seconds, sc.close, sc.conns, sc.headers)
     out = {"count": reqs, "rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
     if sc.rate_key == "mb_s":
         out["mb_s"] = round(rps * LARGE / 1e6, 1)
