@@ -235,7 +235,7 @@ class Listener(Model):
     sni: Sni = Sni()
     access_control: AccessControl = AccessControl()
     transfer_client_ip: bool = True
-    security_policy: str = "tls-1-2"
+    security_policy: str = "tls-1-2-fs-with-1-3"
     http2: bool = False
     transfer_eip: bool = False
     idle_timeout: Int(0, 4000) = 60
