@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 PYX     := $(wildcard lbcore_ext/*.pyx lbcore_ext/*.pxd lbcore_ext/*.pxi)
 CONFIG  ?=
 
-.PHONY: run test lint build bench clean deb-test-tools deb-build-deps h2spec
+.PHONY: run test lint build bench clean deb-test-tools deb-build-deps h2spec docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ test: build deb-test-tools
 # The HTTP/2 conformance suite alone (it also runs in `make test`).
 h2spec: build deb-test-tools
 	$(BIN)/python -m pytest -q tests/e2e/test_h2spec.py -s
+
+# docs/configuration.md and docs/security-policies.md from the config model and
+# the policy table (tests/test_docs.py fails when they are stale).
+docs: $(VENV)/.deps
+	$(BIN)/python -m lbcore.config.reference --write docs
 
 lint: build
 	$(BIN)/ruff check lbcore lbcore_ext tests bench

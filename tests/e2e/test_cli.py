@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -12,8 +11,6 @@ from pathlib import Path
 import httpx
 
 from tests.support.lbproc import LbProcess, free_port, wait_port
-
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "spec" / "lb.example.yaml"
 
 
 def lbcore(*args, timeout=30):
@@ -65,36 +62,6 @@ def test_version():
     out = lbcore("version", "-v")
     assert out.returncode == 0 and out.stdout.startswith("lbcore ")
     assert "uvloop" in out.stdout and "openssl" in out.stdout
-
-
-def test_example_config_is_accepted(tmp_path):
-    if not EXAMPLE.exists():
-        import pytest
-        pytest.skip(f"{EXAMPLE} not found")
-    import datetime as dt
-
-    import trustme
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    ca = trustme.CA()
-    for name, kt in (("www", trustme.KeyType.RSA), ("api-ecdsa", trustme.KeyType.ECDSA)):
-        c = ca.issue_cert(f"{name}.example.com", key_type=kt)
-        (certs / f"{name}.crt").write_bytes(b"".join(p.bytes() for p in c.cert_chain_pems))
-        (certs / f"{name}.key").write_bytes(c.private_key_pem.bytes())
-    clients = trustme.CA()
-    (certs / "clients-ca.crt").write_bytes(clients.cert_pem.bytes())
-    key = serialization.load_pem_private_key(clients.private_key_pem.bytes(), None)
-    issuer = x509.load_pem_x509_certificate(clients.cert_pem.bytes()).subject
-    now = dt.datetime.now(dt.timezone.utc)
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer).last_update(now)
-           .next_update(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    (certs / "clients-ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    shutil.copy(EXAMPLE, tmp_path / "lb.yaml")
-    out = lbcore("check", "-c", str(tmp_path / "lb.yaml"))
-    assert out.returncode == 0, out.stderr
 
 
 def test_demo_answers_from_both_backends(tmp_path):
