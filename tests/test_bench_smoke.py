@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,13 @@ def test_locust_nginx_origin_config_is_valid(tmp_path):
     run = subprocess.run([exe, "-t", "-c", str(conf)], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_chart_is_drawn_from_a_results_file(tmp_path):
+    pytest.importorskip("matplotlib", reason="the bench extra (make bench installs it)")
+    src = Path(harness.__file__).parent / "results" / "2026-12-01-0834.json"
+    shutil.copy(src, tmp_path / "run.json")
+    out = subprocess.run([sys.executable, "-m", "bench", "--chart", str(tmp_path / "run.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
