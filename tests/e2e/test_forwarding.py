@@ -28,7 +28,7 @@ def config(certs, port, members, extra_listener="", http_port=None, pool_extra="
     default_pool: web
 """ if http_port else ""
     return f"""\
-load_balancer: {{name: t, id: lb-123, eip: 203.0.113.10}}
+load_balancer: {{name: t, id: lb-123, eip: 203.0.113.10, admin: {{port: {free_port()}}}}}
 certificates:
   site: {{type: server, certificate: "{certs['crt']}", private_key: "{certs['key']}"}}
 listeners:

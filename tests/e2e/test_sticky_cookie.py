@@ -17,6 +17,7 @@ from tests.support.lbproc import free_port, run_config
 def config(certs, https_port: int, http_port: int, members: list[int], sticky: str) -> str:
     lines = "\n".join(f"      - {{address: 127.0.0.1, port: {p}}}" for p in members)
     return f"""\
+load_balancer: {{admin: {{port: {free_port()}}}}}
 certificates:
   site: {{type: server, certificate: "{certs['crt']}", private_key: "{certs['key']}"}}
 listeners:
