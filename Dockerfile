@@ -17,11 +17,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini libnghttp2
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER lbcore
-ENV LBCORE_STATE_DIR=/var/lib/lbcore PYTHONUNBUFFERED=1
+# LBCORE_ADMIN_PORT: where HEALTHCHECK finds the admin endpoint; set it to the
+# config's load_balancer.admin.port when that is not 9100 (`docker run -e`).
+ENV LBCORE_STATE_DIR=/var/lib/lbcore PYTHONUNBUFFERED=1 LBCORE_ADMIN_PORT=9100
 EXPOSE 8080 8443 9100
-# Liveness from the admin endpoint (127.0.0.1:9100 inside the container).
+# Liveness from the admin endpoint (on 127.0.0.1 inside the container).
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD python -c \
-    "import urllib.request as u; u.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"
+    "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' \
+    % os.environ['LBCORE_ADMIN_PORT'], timeout=2)"
 ENTRYPOINT ["tini", "--", "lbcore"]
 # The embedded demo by default; mount a config and run `run -c /etc/lbcore/lb.yaml`.
 CMD ["demo"]

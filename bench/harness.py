@@ -661,7 +661,7 @@ def chart(results: dict, path: Path) -> bool:
     try:
         import matplotlib
     except ImportError:
-        print("note: matplotlib is not installed (.venv/bin/pip install matplotlib): "
+        print("note: matplotlib is not installed (`make bench` installs the bench extra): "
               "no chart, the table is written all the same", file=sys.stderr)
         return False
     matplotlib.use("Agg")
@@ -699,8 +699,9 @@ def chart(results: dict, path: Path) -> bool:
             lowest = min((b.get_height() for c in ax.containers for b in c), default=1.0)
             ax.set_ylim(bottom=10 ** math.floor(math.log10(max(lowest, 1e-3))))
     axes[0][0].legend()
-    fig.suptitle("lbcore vs HAProxy vs nginx: one worker pinned to CPU 0, "
-                 "load and origin on CPU 1")
+    # Two lines: a run of few scenarios makes a narrow figure.
+    fig.suptitle("lbcore vs HAProxy vs nginx\none worker pinned to CPU 0, "
+                 "load and origin on CPU 1", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -742,7 +743,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lbcore-tree", type=Path, default=None,
                    help="run lbcore from this checkout (extension built in place) instead "
                         "of this one, e.g. an export of a commit while the tree is in flux")
+    p.add_argument("--chart", type=Path, metavar="RESULTS.json",
+                   help="run nothing: draw the PNG of an earlier run from its .json, next "
+                   "to it")
     args = p.parse_args(argv)
+    if args.chart is not None:
+        png = args.chart.with_suffix(".png")
+        if not chart(json.loads(args.chart.read_text())["results"], png):
+            return 1
+        print(f"written: {png}", file=sys.stderr)
+        return 0
     proxies = [n for n in args.proxies.split(",") if n]
     scenarios = [BY_NAME[n] for n in args.only.split(",")] if args.only else list(SCENARIOS)
     results = run(args.seconds, args.runs, proxies, scenarios, args.lbcore_tree,

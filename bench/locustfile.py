@@ -13,13 +13,16 @@ sent back and every response must come from the backend the user started on
     GET  /no-such-page/<n>           1   must be 404 (a 404 is a success here)
 
 Certificates are verified, against the CA file in LBCORE_CA (or --lbcore-ca),
-else against the system's trust store; verification is never turned off.
-`python -m bench.locust_target` serves this site behind lbcore with a test CA.
+else against the system's trust store; verification is never turned off, and
+a request that fails it is reported as "certificate verification failed",
+naming the CA it was checked against (bench/locust_checks.py).
+`python -m bench.locust_target` serves this site behind lbcore with a test CA,
+on free ports, with Python backends (or nginx, --origin nginx).
 
 Headless, bounded, with CSV and HTML reports:
 
     LBCORE_CA=.../ca.crt .venv/bin/locust -f bench/locustfile.py --headless \\
-        -H https://localhost:19543 -u 50 -r 10 -t 60s \\
+        -H https://localhost:PORT -u 50 -r 10 -t 60s \\
         --csv bench/results/locust --html bench/results/locust.html
 
 The gate, checked when locust quits (standalone or on the master): the exit
@@ -32,9 +35,15 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
+from pathlib import Path
 
 from locust import HttpUser, between, events, task
 from locust.runners import WorkerRunner
+
+# locust puts bench/ on sys.path, not the repository: bench.locust_checks needs it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.locust_checks import describe_error  # noqa: E402
 
 STATIC = (("/static/1k.txt", 6), ("/static/app-16k.css", 3), ("/static/app-256k.js", 2),
           ("/static/photo-1m.jpg", 1))
@@ -58,7 +67,8 @@ class Visitor(HttpUser):
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
-        self.client.verify = (opts.lbcore_ca if opts and opts.lbcore_ca else True)
+        self.ca = opts.lbcore_ca if opts and opts.lbcore_ca else ""
+        self.client.verify = self.ca or True
         self.sticky_cookie = opts.sticky_cookie if opts else "lbcore_sticky"
         self.backend = None
         with self.client.get("/", name="/ (first visit)", catch_response=True) as r:
@@ -68,6 +78,11 @@ class Visitor(HttpUser):
     def _check(self, r, expect: int = 200) -> None:
         """Status as expected, and still on the user's backend once the sticky
         cookie is set."""
+        if r.status_code == 0:
+            # No HTTP answer at all: name the cause (a certificate that does not
+            # verify, most likely) instead of "status 0".
+            r.failure(describe_error(getattr(r, "error", None), self.ca))
+            return
         if r.status_code != expect:
             r.failure(f"status {r.status_code}, expected {expect}")
             return

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import types
+
+import yaml
+
 from lbcore.tls.policies import resolve_policy
 
 
@@ -30,3 +34,20 @@ def summarize(cfg) -> str:
         check = f"{hc.protocol} every {hc.interval}s" if hc.enabled else "no health check"
         out.append(f"pool {name}: {pool.algorithm}, {check}; members {members}")
     return "\n".join(out)
+
+
+def effective(cfg) -> dict:
+    """The configuration as lbcore serves it: every key, defaults filled in
+    (member names too), in the shape a config file takes, so that the output
+    passes `lbcore check` itself."""
+    # The loader freezes its mappings; pydantic serialises only plain dicts.
+    plain = cfg.model_copy(update={k: dict(v) for k, v in cfg
+                                   if isinstance(v, types.MappingProxyType)})
+    return plain.model_dump(mode="json")
+
+
+def effective_yaml(cfg) -> str:
+    source = f" of {cfg.source}" if cfg.source else ""
+    head = (f"# lbcore: the effective configuration{source}, every default filled in.\n"
+            "# null: not set (docs/configuration.md says what lbcore does then).\n")
+    return head + yaml.safe_dump(effective(cfg), sort_keys=False, allow_unicode=True)

@@ -106,11 +106,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def demo_config_text(cert: Path, key: Path, backend_ports: list[int], https_port: int = 8443,
-                     http_port: int = 8080) -> str:
+                     http_port: int = 8080, admin_port: int = 9100) -> str:
     members = "\n".join(f"      - {{name: {name}, address: 127.0.0.1, port: {port}}}"
                         for name, port in zip(BACKENDS, backend_ports, strict=True))
     return f"""\
-load_balancer: {{name: lbcore-demo}}
+load_balancer: {{name: lbcore-demo, admin: {{port: {admin_port}}}}}
 certificates:
   demo: {{type: server, certificate: "{cert}", private_key: "{key}"}}
 listeners:
@@ -132,20 +132,23 @@ pools:
 """
 
 
-def run_demo(https_port: int = 8443, http_port: int = 8080) -> int:
+def run_demo(https_port: int = 8443, http_port: int = 8080, admin_port: int = 9100) -> int:
     from lbcore.worker import serve
 
     directory = state_dir()
     cert, key = ensure_self_signed(directory)
     ports = free_ports(len(BACKENDS))
-    cfg = load_config_text(demo_config_text(cert, key, ports, https_port, http_port),
+    cfg = load_config_text(demo_config_text(cert, key, ports, https_port, http_port,
+                                            admin_port),
                            filename="demo.yaml", base_dir=directory)
 
     async def start_backends(loop: asyncio.AbstractEventLoop) -> None:
         for name, port in zip(BACKENDS, ports, strict=True):
             await loop.create_server(lambda n=name: DemoBackend(n), "127.0.0.1", port)
 
-    print(f"lbcore demo: HTTPS on :{https_port} (self-signed certificate in {directory}), "
-          f"HTTP on :{http_port}, balancing across {', '.join(BACKENDS)}.\n"
+    policy = cfg.listeners[0].security_policy
+    print(f"lbcore demo: HTTPS on :{https_port} ({policy}, self-signed certificate in "
+          f"{directory}), HTTP on :{http_port}, balancing across {', '.join(BACKENDS)}; "
+          f"admin on 127.0.0.1:{admin_port}.\n"
           f"  try: curl -k https://localhost:{https_port}/", file=sys.stderr, flush=True)
     return serve(cfg, on_loop_started=start_backends)

@@ -16,6 +16,9 @@ from lbcore_ext.balancer import (
     ALG_SOURCE_IP_HASH,
     ALG_WLC,
     ALG_WRR,
+    COOKIE_SECURE_ALWAYS,
+    COOKIE_SECURE_AUTO,
+    COOKIE_SECURE_NEVER,
     STICKY_APP_COOKIE,
     STICKY_LB_COOKIE,
     STICKY_NONE,
@@ -130,7 +133,16 @@ def build_pool(name: str, pool) -> Pool:
         slow_start=float(slow.duration) if slow is not None and slow.enabled else 0.0,
         fail_open=bool(getattr(pool, "fail_open", False)),
         max_head=pool.max_response_header or 0,
+        **(_cookie_attributes(sticky) if sticky is not None else {}),
     )
+
+
+def _cookie_attributes(sticky) -> dict:
+    """The lb_cookie's Secure and SameSite, as balancer.Pool takes them."""
+    secure = {"auto": COOKIE_SECURE_AUTO, True: COOKIE_SECURE_ALWAYS,
+              False: COOKIE_SECURE_NEVER}[sticky.secure]
+    return {"cookie_secure": secure,
+            "cookie_same_site": sticky.same_site.encode() if sticky.same_site else None}
 
 
 def build_pools(cfg) -> dict[str, Pool]:

@@ -35,6 +35,7 @@ from pathlib import Path
 import uvloop
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from lbcore import pidfile
 from lbcore.admin import Admin
 from lbcore.cells import CellMap, CellsExhausted, layout_from_json, layout_to_json
 from lbcore.config import ConfigError, load_config_text
@@ -122,8 +123,9 @@ class StartFailed(Exception):
 
 class Master:
     def __init__(self, path: str, cfg, text: str, phases: str | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, pidfile: Path | None = None) -> None:
         self.path = Path(path)
+        self.pidfile = pidfile
         self.first_cfg, self.first_text = cfg, text
         self.phases = phases
         self.verbose = verbose
@@ -162,6 +164,8 @@ class Master:
         try:
             return loop.run_until_complete(self._main())
         finally:
+            if self.pidfile is not None:
+                pidfile.remove(self.pidfile)
             with contextlib.suppress(Exception):
                 loop.close()
 
@@ -189,6 +193,16 @@ class Master:
         loop.add_signal_handler(signal.SIGQUIT, self._on_stop, False)
         loop.add_signal_handler(signal.SIGINT, self._on_stop, True)
         loop.add_signal_handler(signal.SIGUSR1, self._signal_workers, signal.SIGUSR1)
+        if self.pidfile is not None:
+            # Only now: a SIGHUP before the handler above would have killed us.
+            try:
+                pidfile.write(self.pidfile)
+            except pidfile.PidfileError as exc:
+                log.error("cannot start: %s", exc)
+                self.pidfile = None        # not ours to remove
+                self._on_stop(True)
+                await self._shutdown()
+                return 1
         log.info("lbcore master ready: %d worker(s), config %s", self.nworkers, self.path)
         while not self.stop_event.is_set():
             self._tick()

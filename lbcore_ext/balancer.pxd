@@ -24,7 +24,8 @@ cdef class Pool:
     cdef public double slow_start       # seconds, 0 = off
     cdef public bint fail_open
     cdef public Py_ssize_t max_head     # a member response head's limit; 0 = the listener's
-    cdef public bytes set_cookie_suffix # "; Max-Age=..; Path=/; HttpOnly"
+    cdef public bytes set_cookie_suffix # "; Max-Age=..; Path=/; HttpOnly; SameSite=Lax"
+    cdef public bytes set_cookie_suffix_tls   # the same on HTTPS listeners ("; Secure")
     cdef dict by_token
     cdef dict app_sessions              # app cookie value -> (Member, expiry)
     cdef uint32_t* ring_hash

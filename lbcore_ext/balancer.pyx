@@ -16,6 +16,11 @@ STICKY_NONE = 0
 STICKY_LB_COOKIE = 1
 STICKY_APP_COOKIE = 2
 STICKY_SOURCE_IP = 3
+# When the lb_cookie carries Secure: on HTTPS listeners only (a browser drops a
+# Secure cookie set over plain HTTP), on every listener, or never.
+COOKIE_SECURE_AUTO = 0
+COOKIE_SECURE_ALWAYS = 1
+COOKIE_SECURE_NEVER = 2
 
 # Points on the consistent-hash ring per unit of relative weight: 160 points
 # for a member of the heaviest weight keeps remapping near 1/N (ketama uses 160).
@@ -85,7 +90,8 @@ cdef class Member:
 cdef class Pool:
     def __init__(self, str name, members, int algorithm=ALG_WRR, int sticky=STICKY_NONE,
                  bytes cookie_name=None, int cookie_max_age=86400, double slow_start=0.0,
-                 bint fail_open=False, clock=None, Py_ssize_t max_head=0):
+                 bint fail_open=False, clock=None, Py_ssize_t max_head=0,
+                 int cookie_secure=COOKIE_SECURE_AUTO, bytes cookie_same_site=b"Lax"):
         self.name = name
         self.max_head = max_head
         self.members = tuple(members)
@@ -95,7 +101,13 @@ cdef class Pool:
         self.cookie_max_age = cookie_max_age
         self.slow_start = slow_start
         self.fail_open = fail_open
-        self.set_cookie_suffix = b"; Max-Age=%d; Path=/; HttpOnly" % cookie_max_age
+        suffix = b"; Max-Age=%d; Path=/; HttpOnly" % cookie_max_age
+        if cookie_same_site:
+            suffix += b"; SameSite=" + cookie_same_site
+        self.set_cookie_suffix = suffix + (
+            b"; Secure" if cookie_secure == COOKIE_SECURE_ALWAYS else b"")
+        self.set_cookie_suffix_tls = suffix + (
+            b"" if cookie_secure == COOKIE_SECURE_NEVER else b"; Secure")
         self.clock = clock if clock is not None else time.monotonic
         self.by_token = {m.token: m for m in self.members}
         self.app_sessions = {}

@@ -1807,6 +1807,7 @@ struct __pyx_obj_10lbcore_ext_8balancer_Pool {
   int fail_open;
   Py_ssize_t max_head;
   PyObject *set_cookie_suffix;
+  PyObject *set_cookie_suffix_tls;
   PyObject *by_token;
   PyObject *app_sessions;
   uint32_t *ring_hash;

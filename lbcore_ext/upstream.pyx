@@ -550,7 +550,8 @@ cdef class Exchange:
             if self.rhead is None:
                 self.rhead = bytearray()
             self.rhead += b"Set-Cookie: " + self.pool.cookie_name + b"=" + self.member.token
-            self.rhead += self.pool.set_cookie_suffix + b"\r\n"
+            self.rhead += (self.pool.set_cookie_suffix if self.lrt.ssl_ctx is None
+                           else self.pool.set_cookie_suffix_tls) + b"\r\n"
         self.resp_started = True
         self.ds.ds_head(self, status, self.reason, self.rhead,
                         -1 if self.resp_chunked else self.resp_cl,

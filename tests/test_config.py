@@ -83,7 +83,7 @@ def test_defaults_follow_the_spec():
     cfg = load_config_text(cfg_text())
     lst = cfg.listeners[0]
     assert (lst.idle_timeout, lst.request_timeout, lst.response_timeout) == (60, 60, 60)
-    assert lst.connect_timeout == 5 and lst.security_policy == "tls-1-2"
+    assert lst.connect_timeout == 5 and lst.security_policy == "tls-1-2-fs-with-1-3"
     assert lst.insert_headers.x_forwarded_for == "append" and lst.transfer_client_ip
     assert lst.limits.max_body == 10737418240 and lst.limits.max_request_line == 8192
     pool = cfg.pools["p"]

@@ -31,13 +31,15 @@ METRICS = frozenset({
     "lbcore_tls_handshakes_total", "lbcore_tls_handshake_failures_total",
     "lbcore_certificate_expiry_timestamp_seconds", "lbcore_connections_active",
     "lbcore_access_refused_total", "lbcore_retries_total", "lbcore_reloads_total",
-    "lbcore_workers", "lbcore_worker_restarts_total",
+    "lbcore_workers", "lbcore_worker_restarts_total", "lbcore_build_info",
 })
+# Prometheus's own series an alert may use (lbcore down is `up == 0`).
+PROMETHEUS_SERIES = frozenset({"up"})
 METRIC = re.compile(r"lbcore_[a-z_]+")
 SUFFIX = re.compile(r"_(bucket|sum|count)$")
 # Grafana's variables, replaced so that promtool can parse the queries.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
-                "$listener": ".*"}
+                "$listener": ".*", "$job": ".*", "$instance": ".*", "$pool": ".*"}
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -86,8 +88,71 @@ def test_alert_rules_are_complete():
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-        used = metric_names(rule["expr"])
-        assert used and used <= METRICS, (rule["alert"], used - METRICS)
+        used = metric_names(rule["expr"]) | (PROMETHEUS_SERIES & set(re.findall(
+            r"\b[a-z_]+\b(?=\{)", rule["expr"])))
+        assert used and used <= METRICS | PROMETHEUS_SERIES, (rule["alert"], used - METRICS)
+
+
+def test_alerts_for_down_5xx_and_empty_pool():
+    alerts = {r["alert"]: r for r in alert_rules()}
+    assert {"LbcoreDown", "LbcoreHigh5xxRatio", "LbcorePoolNoHealthyMember"} <= set(alerts)
+    assert alerts["LbcoreDown"]["labels"]["severity"] == "critical"
+
+
+@needs_promtool
+def test_alerts_fire_on_series(tmp_path):
+    """promtool's rule unit tests: each new alert fires on the series it is
+    about, and not on a healthy instance."""
+    # promtool compares annotations too: the unit test is about expr, for and
+    # labels, so the copy it loads has none.
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    job = 'job="lbcore", instance="lb-1:9100"'
+    tests = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m",
+         "input_series": [
+             {"series": f'up{{{job}}}', "values": "1 1 0 0 0 0"},
+             {"series": 'up{job="lbcore", instance="lb-2:9100"}', "values": "1 1 1 1 1 1"},
+         ],
+         "alert_rule_test": [
+             {"eval_time": "5m", "alertname": "LbcoreDown", "exp_alerts": [
+                 {"exp_labels": {"severity": "critical", "job": "lbcore",
+                                 "instance": "lb-1:9100"}}]}]},
+        {"interval": "1m",
+         "input_series": [
+             {"series": f'lbcore_responses_total{{{job}, listener="web", pool="p", '
+                        'code="2xx"}', "values": "0+600x15"},
+             {"series": f'lbcore_responses_total{{{job}, listener="web", pool="p", '
+                        'code="5xx"}', "values": "0+120x15"},
+             {"series": f'lbcore_responses_total{{{job}, listener="ok", pool="p", '
+                        'code="2xx"}', "values": "0+600x15"},
+         ],
+         "alert_rule_test": [
+             {"eval_time": "12m", "alertname": "LbcoreHigh5xxRatio", "exp_alerts": [
+                 {"exp_labels": {"severity": "critical", "job": "lbcore",
+                                 "instance": "lb-1:9100", "listener": "web"}}]}]},
+        {"interval": "1m",
+         "input_series": [
+             {"series": f'lbcore_member_up{{{job}, pool="web", member="a"}}',
+              "values": "1 0 0 0 0"},
+             {"series": f'lbcore_member_up{{{job}, pool="web", member="b"}}',
+              "values": "0 0 0 0 0"},
+             {"series": f'lbcore_member_up{{{job}, pool="api", member="c"}}',
+              "values": "0 0 0 0 0"},
+             {"series": f'lbcore_member_up{{{job}, pool="api", member="d"}}',
+              "values": "1 1 1 1 1"},
+         ],
+         "alert_rule_test": [
+             {"eval_time": "4m", "alertname": "LbcorePoolNoHealthyMember", "exp_alerts": [
+                 {"exp_labels": {"severity": "critical", "job": "lbcore",
+                                 "instance": "lb-1:9100", "pool": "web"}}]}]},
+    ]}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    r = promtool("test", "rules", tmp_path / "alerts_test.yml")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def kubernetes_sd_supported(tmp_path: Path) -> bool:
@@ -150,8 +215,12 @@ def test_dashboard_shape():
     assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert list(variables) == ["DS_PROMETHEUS", "job", "instance", "listener", "pool"]
+    assert variables["job"]["definition"] == "label_values(lbcore_build_info, job)"
     assert variables["listener"]["definition"] == \
-        "label_values(lbcore_requests_total, listener)"
+        'label_values(lbcore_requests_total{job=~"$job", instance=~"$instance"}, listener)'
+    for name in ("job", "instance", "listener", "pool"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
     panels = dashboard_panels(dash)
     ids = [p["id"] for p in dash["panels"]] + \
         [q["id"] for p in dash["panels"] for q in p.get("panels", [])]
@@ -161,6 +230,16 @@ def test_dashboard_shape():
         assert p["targets"], p["title"]
         for t in p["targets"]:
             assert t["expr"].strip(), p["title"]
+
+
+def test_every_panel_follows_job_and_instance():
+    dash = json.loads(DASHBOARD.read_text())
+    for p in dashboard_panels(dash):
+        for t in p["targets"]:
+            for m in re.finditer(r"(lbcore_[a-z_]+)(\{[^}]*\})?", t["expr"]):
+                sel = m.group(2) or ""
+                assert 'job=~"$job"' in sel and 'instance=~"$instance"' in sel, \
+                    (p["title"], m.group(0))
 
 
 def test_dashboard_uses_only_lbcore_metrics():
@@ -330,3 +409,42 @@ def test_configmap_redirect_acts_as_written(tmp_path):
         assert "\r\nLocation: https://www.example.com/shop/cart?id=7\r\n" in head, head
     finally:
         lb.stop()
+
+
+# --- container and systemd --------------------------------------------------------------
+
+def test_dockerignore_keeps_the_build_context_small():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv", ".git", "build", "**/__pycache__", "bench/results"):
+        assert entry in ignored, entry
+
+
+def test_dockerfile_healthcheck_port_from_the_environment():
+    text = (ROOT / "Dockerfile").read_text()
+    health = text[text.index("\nHEALTHCHECK "):].split("\nENTRYPOINT")[0]
+    assert "9100" not in health and "LBCORE_ADMIN_PORT" in health
+    assert "ENV" in text and "LBCORE_ADMIN_PORT=9100" in text
+
+
+SYSTEMD = ROOT / "deploy" / "systemd" / "lbcore.service"
+
+
+def test_systemd_unit_drains_reloads_and_uses_the_pidfile(tmp_path):
+    unit = SYSTEMD.read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines()
+                    if "=" in line and not line.startswith("#"))
+    assert "--pidfile /run/lbcore/lbcore.pid" in settings["ExecStart"]
+    assert settings["PIDFile"] == "/run/lbcore/lbcore.pid"
+    assert settings["ExecReload"].split()[1:3] == ["reload", "-c"]
+    assert settings["KillMode"] == "mixed" and int(settings["TimeoutStopSec"]) > 30
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    lbcore = Path(sys.executable).with_name("lbcore")
+    if not lbcore.exists():
+        pytest.skip(f"{lbcore} not installed")
+    copy = tmp_path / "lbcore.service"
+    copy.write_text(unit.replace("/opt/lbcore/.venv/bin/lbcore", str(lbcore)))
+    r = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

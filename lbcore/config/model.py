@@ -279,7 +279,7 @@ class Listener(Model):
     sni: Sni = Sni()
     access_control: AccessControl = AccessControl()
     transfer_client_ip: bool = True
-    security_policy: str = "tls-1-2"
+    security_policy: str = "tls-1-2-fs-with-1-3"
     http2: bool = False
     transfer_eip: bool = False
     idle_timeout: Int(0, 4000) = 60
@@ -296,11 +296,21 @@ class StickySession(Model):
     type: Literal["lb_cookie", "app_cookie", "source_ip"]
     cookie_name: str | None = None
     timeout_minutes: Int(1, 1440) = 1440
+    # The lb_cookie's attributes. auto: Secure on HTTPS listeners only, since a
+    # browser drops a Secure cookie that arrives over plain HTTP. null: no SameSite.
+    secure: Literal["auto"] | bool = "auto"
+    same_site: Literal["Lax", "Strict", "None"] | None = "Lax"
 
     @model_validator(mode="after")
     def app_cookie_named(self):
         if self.type == "app_cookie" and not self.cookie_name:
             raise ValueError("app_cookie needs cookie_name (the application's cookie)")
+        if self.type != "lb_cookie" and {"secure", "same_site"} & self.model_fields_set:
+            raise ValueError("secure and same_site are the lb_cookie's: lbcore sets no "
+                             f"cookie for {self.type}")
+        if self.same_site == "None" and self.secure is False:
+            raise ValueError("same_site None needs Secure: browsers drop such a cookie "
+                             "without it")
         return self
 
 

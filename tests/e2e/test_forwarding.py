@@ -28,7 +28,7 @@ def config(certs, port, members, extra_listener="", http_port=None, pool_extra="
     default_pool: web
 """ if http_port else ""
     return f"""\
-load_balancer: {{name: t, id: lb-123, eip: 203.0.113.10}}
+load_balancer: {{name: t, id: lb-123, eip: 203.0.113.10, admin: {{port: {free_port()}}}}}
 certificates:
   site: {{type: server, certificate: "{certs['crt']}", private_key: "{certs['key']}"}}
 listeners:
@@ -224,7 +224,7 @@ def test_access_control_whitelist_refuses_before_tls(lb, backends, certs):
 
 
 def test_tls_policy_versions_and_tls13_suites(lb, backends, certs):
-    port, port13 = free_port(), free_port()
+    port, port13, port12 = free_port(), free_port(), free_port()
     (b,) = backends(1)
     second = f"""  - name: tls13
     protocol: HTTPS
@@ -233,11 +233,18 @@ def test_tls_policy_versions_and_tls13_suites(lb, backends, certs):
     server_certificate: site
     security_policy: only-aes128
     default_pool: web
+  - name: tls12
+    protocol: HTTPS
+    address: 127.0.0.1
+    port: {port12}
+    server_certificate: site
+    security_policy: tls-1-2
+    default_pool: web
 """
     text = config(certs, port, [(b, 1)], extra_listener=second).replace(
         "listeners:", "security_policies:\n  only-aes128:\n    protocols: [TLSv1.2, TLSv1.3]\n"
         "    ciphers: [ECDHE-ECDSA-AES128-GCM-SHA256, TLS_AES_128_GCM_SHA256]\nlisteners:")
-    lb(text, [port, port13])
+    lb(text, [port, port13, port12])
 
     def handshake(p, min_version, max_version=ssl.TLSVersion.TLSv1_3):
         ctx = ssl.create_default_context(cafile=str(certs["ca"]))
@@ -246,9 +253,12 @@ def test_tls_policy_versions_and_tls13_suites(lb, backends, certs):
                 ctx.wrap_socket(raw, server_hostname="localhost") as s:
             return s.version(), s.cipher()[0]
 
-    assert handshake(port, ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"     # tls-1-2: no 1.3
+    # The default, tls-1-2-fs-with-1-3: TLS 1.3, and TLS 1.2 with forward secrecy only.
+    assert handshake(port, ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.3"
+    assert handshake(port, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)[1].startswith("ECDHE-")
+    assert handshake(port12, ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"   # tls-1-2: no 1.3
     with pytest.raises(ssl.SSLError):
-        handshake(port, ssl.TLSVersion.TLSv1_3)
+        handshake(port12, ssl.TLSVersion.TLSv1_3)
     assert handshake(port13, ssl.TLSVersion.TLSv1_3) == ("TLSv1.3", "TLS_AES_128_GCM_SHA256")
     if shutil.which("openssl"):
         out = subprocess.run(

@@ -51,7 +51,9 @@ def scans(tmp_path_factory):
     sni: {{enabled: true, certificates: [ec, rsa]}}
     default_pool: p
 """ for p, port in ports.items())
+    # A free admin port: the default 9100 may be taken by another lbcore on the machine.
     text = f"""\
+load_balancer: {{admin: {{port: {free_port()}}}}}
 certificates:
   ec: {{type: server, certificate: "{tmp}/ec.crt", private_key: "{tmp}/ec.key"}}
   rsa: {{type: server, certificate: "{tmp}/rsa.crt", private_key: "{tmp}/rsa.key"}}
