@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from lbcore.config.errors import ConfigError, ConfigIssue
 from lbcore.config.model import Config
+from lbcore.config.salvage import salvage
 from lbcore.config.validate import (
     check_admin,
     check_listeners,
@@ -43,15 +44,25 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(filename, 1, "(top level)",
                                        "expected a mapping with listeners and pools")])
+    reserved = _reserved_keys(data)
     issues = [ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
-              for path, msg in _reserved_keys(data)]
+              for path, msg in reserved]
+    part = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         issues += _pydantic_issues(exc, data, lines, filename)
-        raise ConfigError(issues) from None
-    if issues:
-        raise ConfigError(issues)
+        # What passed the schema still gets its reference and file checks.
+        part = salvage(data, exc, [p for p, _ in reserved], _yaml_path)
+        if part is None:
+            raise ConfigError(issues) from None
+        cfg = part.cfg
+    else:
+        if reserved:
+            part = salvage(data, None, [p for p, _ in reserved], _yaml_path)
+            if part is None:
+                raise ConfigError(issues)
+            cfg = part.cfg
 
     problems: list = []
     warnings: list[str] = []
@@ -61,9 +72,13 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     check_listeners(cfg, certs, problems, warnings)
     check_pools(cfg, problems)
     check_admin(cfg, problems)
-    if problems:
-        raise ConfigError([ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
-                           for path, msg in problems], tuple(warnings))
+    if part is not None:
+        problems = [(part.file_path(path), part.file_message(path, msg))
+                    for path, msg in problems if not part.is_echo(msg)]
+    issues += [ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
+               for path, msg in problems]
+    if issues:
+        raise ConfigError(issues, tuple(warnings))
     return cfg.model_copy(update={
         "certificates": types.MappingProxyType(certs),
         "ip_groups": types.MappingProxyType(groups),
