@@ -11,6 +11,7 @@ cdef class Member:
     cdef public long active             # requests in flight
     cdef public list idle               # idle upstream connections, most recent last
     cdef public bytes token             # opaque id for the lb_cookie (never the address)
+    cdef public int config_index        # its member's position in the config's pool (-1: none)
     cdef long current_weight            # smooth WRR state
     cdef int eff_weight(self, double now, double slow_start)
 

@@ -63,6 +63,7 @@ cdef class Member:
         self.active = 0
         self.idle = []
         self.current_weight = 0
+        self.config_index = -1
         key = f"{host}:{port}".encode()
         self.token = b"%016x" % fnv1a(key, len(key))
 
@@ -228,6 +229,28 @@ cdef class Pool:
         return None
 
     # ---- Python entry points for tests and the control plane ----------------------
+
+    def set_members(self, members):
+        """A new member set (a member's host name answers other addresses
+        now). The tuple is swapped in one assignment; members that stay are
+        passed in as the same objects, so their in-flight counts, idle
+        connections and WRR state carry on. Requests that already picked a
+        member that left keep it until they finish."""
+        cdef Member m
+        new = tuple(members)
+        self.members = new
+        self.by_token = {m.token: m for m in new}
+        if self.app_sessions:
+            kept = set(new)
+            self.app_sessions = {k: v for k, v in self.app_sessions.items() if v[0] in kept}
+        self.rr_start = 0
+        if self.ring_hash != NULL or self.ring_member != NULL:
+            free(self.ring_hash)
+            free(self.ring_member)
+            self.ring_hash = NULL
+            self.ring_member = NULL
+            self.ring_len = 0
+            self._build_ring()
 
     def pick_for_test(self, tried=None, client_ip=None, cookie=None):
         return self.pick(tried, client_ip, cookie)

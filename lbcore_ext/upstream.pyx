@@ -755,3 +755,11 @@ cdef class UpstreamConnection:
     def on_message_complete(self):
         if self.ex is not None:
             self.ex.up_message_complete()
+
+
+def close_idle(Member m):
+    """A member that left its pool: its idle connections close now rather
+    than wait for their expiry (nothing will pick the member again)."""
+    cdef UpstreamConnection c
+    for c in list(m.idle):
+        c.close()

@@ -19,6 +19,7 @@ from lbcore.config.validate import (
     check_listeners,
     check_policies,
     check_pools,
+    check_resolution,
     load_certificates,
     normalise_ip_groups,
 )
@@ -35,7 +36,9 @@ def load_config(path: str | Path) -> Config:
 
 
 def load_config_text(text: str, filename: str = "<config>", base_dir: Path | None = None,
-                     source: Path | None = None) -> Config:
+                     source: Path | None = None, resolve: bool = True) -> Config:
+    """`resolve`: look member host names up (a worker, which gets its
+    addresses from the master, does not)."""
     base_dir = base_dir or Path.cwd()
     try:
         data, lines = load_with_lines(text)
@@ -72,6 +75,8 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     check_listeners(cfg, certs, problems, warnings)
     check_pools(cfg, problems)
     check_admin(cfg, problems)
+    if resolve:
+        check_resolution(cfg, problems)
     if part is not None:
         problems = [(part.file_path(path), part.file_message(path, msg))
                     for path, msg in problems if not part.is_echo(msg)]

@@ -322,6 +322,9 @@ class Pool(Model):
     max_response_header: Int(1024, 1 << 22) | None = None
     members: Annotated[tuple[Member, ...], Field(max_length=500)] = ()
     health_check: HealthCheck = HealthCheck()
+    # Seconds between the master's lookups of member host names (a changed
+    # answer swaps in the new member set); 0 = only when the config loads.
+    resolve_interval: Int(0, 86400) = 30
 
     @model_validator(mode="after")
     def slow_start_wrr_only(self):
