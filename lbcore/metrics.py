@@ -68,8 +68,12 @@ class LbcoreCollector:
                                        labels=["listener"]),
             "resp": CounterMetricFamily("lbcore_responses", "Responses sent by status class",
                                         labels=["listener", "pool", "code"]),
-            "retries": CounterMetricFamily("lbcore_retries", "Requests retried on another member",
-                                           labels=["listener", "pool"]),
+            "retries": CounterMetricFamily("lbcore_retries", "Retries on another member, by "
+                                           "the failure retried", labels=["listener", "pool",
+                                                                          "reason"]),
+            "budget": CounterMetricFamily("lbcore_retry_budget_exhausted",
+                                          "Retries not made because the pool's retry budget "
+                                          "was spent", labels=["listener", "pool"]),
             "timeouts": CounterMetricFamily("lbcore_timeouts", "Time-outs by kind",
                                             labels=["listener", "kind"]),
             "errors": CounterMetricFamily("lbcore_generated_errors",
@@ -104,7 +108,9 @@ class LbcoreCollector:
             fam["req"].add_metric([name], c.total(b + C.REQUESTS))
             for k in range(5):
                 fam["resp"].add_metric([name, pool, f"{k + 1}xx"], c.total(b + C.RESP_CLASS + k))
-            fam["retries"].add_metric([name, pool], c.total(b + C.RETRIES))
+            for k, reason in enumerate(C.RETRY_REASONS):
+                fam["retries"].add_metric([name, pool, reason], c.total(b + C.RETRY_REASON + k))
+            fam["budget"].add_metric([name, pool], c.total(b + C.RETRY_BUDGET_EXHAUSTED))
             for kind, off in TIMEOUT_KINDS:
                 fam["timeouts"].add_metric([name, kind], c.total(b + off))
             for k, (code, reason) in enumerate(C.GENERATED_CODES):

@@ -22,6 +22,7 @@ from lbcore_ext.balancer import (
     Member,
     Pool,
 )
+from lbcore_ext.counters import RETRY_REASONS
 from lbcore_ext.iptrie import IpTrie
 from lbcore_ext.runtime import (
     ACL_ALL,
@@ -109,7 +110,7 @@ def build_pool(name: str, pool, resolved: tuple[Resolved, ...]) -> Pool:
     cookie = None
     if sticky is not None and sticky.type in ("lb_cookie", "app_cookie"):
         cookie = (sticky.cookie_name or DEFAULT_LB_COOKIE).encode()
-    return Pool(
+    p = Pool(
         name, members,
         algorithm=ALGORITHMS[pool.algorithm],
         sticky=STICKY[sticky.type] if sticky is not None else STICKY_NONE,
@@ -119,6 +120,12 @@ def build_pool(name: str, pool, resolved: tuple[Resolved, ...]) -> Pool:
         fail_open=bool(getattr(pool, "fail_open", False)),
         max_head=pool.max_response_header or 0,
     )
+    retries = pool.retries
+    p.retry_on = sum(1 << RETRY_REASONS.index(reason) for reason in set(retries.retry_on))
+    p.max_retries = retries.max_retries
+    p.budget_percent = float(retries.budget.percent)
+    p.budget_min = retries.budget.min_concurrent
+    return p
 
 
 def build_pools(cfg, resolution: Resolution | None = None) -> dict[str, Pool]:

@@ -26,6 +26,16 @@ cdef class Pool:
     cdef public bint fail_open
     cdef public Py_ssize_t max_head     # a member response head's limit; 0 = the listener's
     cdef public bytes set_cookie_suffix # "; Max-Age=..; Path=/; HttpOnly"
+    # Retries (spec 7.2, a pool's `retries`): bit k of retry_on allows
+    # counters.RETRY_REASONS[k]; a request tries at most 1 + max_retries
+    # members; this worker's requests of the pool now on a retry stay below
+    # max(budget_min, budget_percent % of its active requests).
+    cdef public int retry_on
+    cdef public int max_retries
+    cdef public double budget_percent
+    cdef public long budget_min
+    cdef public long retrying
+    cdef bint retry_allowed(self, bint already)
     cdef dict by_token
     cdef dict app_sessions              # app cookie value -> (Member, expiry)
     cdef uint32_t* ring_hash

@@ -23,6 +23,16 @@ DEF RING_POINTS = 160
 # app_cookie sessions remembered per pool and worker before the oldest go.
 DEF APP_SESSIONS_MAX = 100000
 
+# Bits of Pool.retry_on, in the order of counters.RETRY_REASONS.
+RETRY_CONNECT_FAILURE = 1
+RETRY_RESET = 2
+RETRY_RESPONSE_TIMEOUT = 4
+RETRY_502 = 8
+RETRY_503 = 16
+# Spec 7.2's retries: a failed connect, a connection lost or timed out before
+# any response byte. A member's own 502/503 is relayed unless asked for.
+RETRY_DEFAULT = RETRY_CONNECT_FAILURE | RETRY_RESET | RETRY_RESPONSE_TIMEOUT
+
 
 cdef uint64_t fnv1a(const unsigned char* p, Py_ssize_t n):
     """FNV-1a 64: stable across processes and runs, unlike hash(); every worker
@@ -100,6 +110,11 @@ cdef class Pool:
         self.clock = clock if clock is not None else time.monotonic
         self.by_token = {m.token: m for m in self.members}
         self.app_sessions = {}
+        # Spec 7.2's "up to 4 retries"; the budget as Envoy's defaults it.
+        self.retry_on = RETRY_DEFAULT
+        self.max_retries = 4
+        self.budget_percent = 20.0
+        self.budget_min = 3
         if algorithm == ALG_SOURCE_IP_HASH or sticky == STICKY_SOURCE_IP:
             self._build_ring()
 
@@ -127,6 +142,23 @@ cdef class Pool:
         for i, (h, idx) in enumerate(points):
             self.ring_hash[i] = h
             self.ring_member[i] = idx
+
+    cdef bint retry_allowed(self, bint already):
+        """The retry budget: may one more request of this pool (or one already
+        counted, `already`) be on a retry now? Active requests are those that
+        picked a member and have not finished, this one included. Only the
+        retry path asks, so the sum over members costs the common path nothing."""
+        cdef Member m
+        cdef long active = 0
+        for m in self.members:
+            active += m.active
+        cdef long limit = <long>(self.budget_percent * active / 100.0)
+        if limit < self.budget_min:
+            limit = self.budget_min
+        return self.retrying - (1 if already else 0) < limit
+
+    def retry_allowed_for_test(self, already=False):
+        return self.retry_allowed(already)
 
     cdef bint eligible(self, Member m, list tried):
         if m.weight <= 0 or not (m.healthy or self.fail_open):

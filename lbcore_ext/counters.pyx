@@ -109,7 +109,12 @@ H2_GOAWAY = UPSTREAM_HIST + len(BUCKETS) + 3    # one cell per H2_GOAWAY_REASONS
 H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_flood",
                      "window_update_flood", "empty_frames", "continuation_flood",
                      "header_flood", "output_flood", "protocol_error", "drain", "idle")
-BLOCK = H2_GOAWAY + len(H2_GOAWAY_REASONS)
+# Retries by the failure that caused them (pool.retries.on), in the order of
+# the RETRY_* bits of a Pool's retry_on; then retries the budget refused.
+RETRY_REASONS = ("connect_failure", "reset", "response_timeout", "http_502", "http_503")
+RETRY_REASON = H2_GOAWAY + len(H2_GOAWAY_REASONS)
+RETRY_BUDGET_EXHAUSTED = RETRY_REASON + len(RETRY_REASONS)
+BLOCK = RETRY_BUDGET_EXHAUSTED + 1
 GAUGES = (CONN_ACTIVE,)               # per-listener cells that are not counters
 
 cdef int[600] _gen_index

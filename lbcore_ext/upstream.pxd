@@ -59,6 +59,7 @@ cdef class Exchange:
     cdef Member member
     cdef list tried
     cdef int retries
+    cdef bint retrying                 # counted in pool.retrying (the retry budget)
     cdef bint fresh_retry_used
     cdef UpstreamConnection conn
     cdef object connect_task
@@ -101,6 +102,8 @@ cdef class Exchange:
     cdef double deadline(self)
     cdef int expire(self) except -1
     cdef int _fail(self, int kind) except -1
+    cdef Member _retry_target(self, int kind)
+    cdef int _retry_on(self, Member m, int kind) except -1
     cdef int _release(self, bint reusable) except -1
     cdef int _finish(self, bint reusable) except -1
     cdef _restart(self)

@@ -18,12 +18,13 @@ from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts
 
-from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRIES, TIMEOUT_CONNECT,
-                                 TIMEOUT_RESPONSE, UPSTREAM_HIST,
+from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRIES, RETRY_BUDGET_EXHAUSTED,
+                                 RETRY_REASON, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST,
                                  W_LIVE_EXCHANGES, W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
-from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
+from lbcore_ext.balancer import (RETRY_502, RETRY_503, STICKY_APP_COOKIE, STICKY_LB_COOKIE,
+                                 STICKY_SOURCE_IP)
 from lbcore_ext.headers cimport chunk_header, header_line
 from lbcore_ext.runtime cimport ListenerRuntime
 
@@ -33,6 +34,10 @@ cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 
 cdef int K_UPSTREAM_PEER = HOOK_UPSTREAM_PEER
 cdef Py_ssize_t O_RETRIES = RETRIES
+cdef Py_ssize_t O_RETRY_REASON = RETRY_REASON
+cdef Py_ssize_t O_RETRY_BUDGET_EXHAUSTED = RETRY_BUDGET_EXHAUSTED
+cdef int B_RETRY_502 = RETRY_502
+cdef int B_RETRY_503 = RETRY_503
 cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
 cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
@@ -47,7 +52,7 @@ cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
 cdef int K_FAIL_TO_PROXY = HOOK_FAIL_TO_PROXY
 cdef int K_LOGGING = HOOK_LOGGING
 cdef tuple FAILURE_NAMES = (None, "refused", "connect_timeout", "lost", "response_timeout",
-                            "invalid_response", "header_too_big")
+                            "invalid_response", "header_too_big", "status_502", "status_503")
 
 # Exchange.state
 DEF S_NEW = 0
@@ -65,6 +70,24 @@ DEF F_LOST = 3           # connection closed/reset before any response byte
 DEF F_RESPONSE_TIMEOUT = 4
 DEF F_INVALID = 5        # malformed response
 DEF F_TOO_BIG = 6        # response head (with its interim responses) over the limit
+DEF F_STATUS_502 = 7     # the member answered 502 / 503 (retried only if the pool asks)
+DEF F_STATUS_503 = 8
+
+
+cdef inline int retry_reason(int kind):
+    """A failure's index in counters.RETRY_REASONS (bit of Pool.retry_on);
+    -1: never retried."""
+    if kind == F_REFUSED or kind == F_CONNECT_TIMEOUT:
+        return 0
+    if kind == F_LOST:
+        return 1
+    if kind == F_RESPONSE_TIMEOUT:
+        return 2
+    if kind == F_STATUS_502:
+        return 3
+    if kind == F_STATUS_503:
+        return 4
+    return -1
 
 # Response headers that are hop-by-hop (RFC 9110 7.6.1) or re-framed by us.
 cdef dict RESP_DROP = {
@@ -160,6 +183,8 @@ cdef class Exchange:
         return self
 
     def __dealloc__(self):
+        if self.retrying and self.pool is not None:
+            self.pool.retrying -= 1     # (every end releases it first: a backstop)
         if self.lrt is not None:
             add(self.lrt.counters, O_LIVE_EX, -1)
 
@@ -193,6 +218,9 @@ cdef class Exchange:
         self.member = m
         if m is not None:
             m.active += 1
+        elif self.retrying:             # the end of the request: out of the retry budget
+            self.retrying = False
+            self.pool.retrying -= 1
         return 0
 
     cdef int feed_body(self, object data) except -1:
@@ -385,26 +413,48 @@ cdef class Exchange:
             self._restart()
             self._connect()
             return 0
-        cdef bint can_retry = (self.retries < MAX_RETRIES and kind != F_INVALID
-                               and kind != F_TOO_BIG)
-        if sent and (not self.idempotent or (self.has_body and self.body_sent)):
-            can_retry = False
-        if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
-            can_retry = False       # spec 7.2: sticky sessions are not retried on time-out
-        if can_retry:
-            self.tried.append(self.member)
-            m = self.pool.pick(self.tried, self.req.client.peer_ip, None)
-            if m is not None:
-                self.retries += 1
-                inc(self.lrt.counters, self.lrt.cbase + O_RETRIES)
-                self._restart()
-                self._assign(m)
-                self._acquire()
-                return 0
+        cdef Member m = self._retry_target(kind)
+        if m is not None:
+            self._retry_on(m, kind)
+            return 0
         self.state = S_DONE
         self._assign(None)
         code = 504 if kind in (F_CONNECT_TIMEOUT, F_RESPONSE_TIMEOUT) else 502
         self._error(code, None)
+        return 0
+
+    cdef Member _retry_target(self, int kind):
+        """The member to retry on, or None: the pool's retries.on and
+        max_retries, spec 7.2's rules, another member to go to, the budget."""
+        cdef Pool pool = self.pool
+        cdef int reason = retry_reason(kind)
+        if reason < 0 or not (pool.retry_on >> reason) & 1 or self.retries >= pool.max_retries:
+            return None
+        # Once the request went out: idempotent methods only, and never a body
+        # already streamed (it isn't kept to send again).
+        if kind >= F_LOST and (not self.idempotent or (self.has_body and self.body_sent)):
+            return None
+        if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
+            return None             # spec 7.2: sticky sessions are not retried on time-out
+        self.tried.append(self.member)
+        cdef Member m = pool.pick(self.tried, self.req.client.peer_ip, None)
+        if m is None:
+            return None
+        if not pool.retry_allowed(self.retrying):
+            inc(self.lrt.counters, self.lrt.cbase + O_RETRY_BUDGET_EXHAUSTED)
+            return None
+        return m
+
+    cdef int _retry_on(self, Member m, int kind) except -1:
+        if not self.retrying:
+            self.retrying = True
+            self.pool.retrying += 1
+        self.retries += 1
+        inc(self.lrt.counters, self.lrt.cbase + O_RETRIES)
+        inc(self.lrt.counters, self.lrt.cbase + O_RETRY_REASON + retry_reason(kind))
+        self._restart()
+        self._assign(m)
+        self._acquire()
         return 0
 
     cdef _error(self, int code, bytes router_code):
@@ -520,6 +570,18 @@ cdef class Exchange:
         if status >= 200:
             observe(self.lrt.counters, self.lrt.cbase + O_UPSTREAM_HIST,
                     monotonic() - self.t_sent)
+        cdef Member m
+        if ((status == 502 and self.pool.retry_on & B_RETRY_502)
+                or (status == 503 and self.pool.retry_on & B_RETRY_503)):
+            # The member's own 502/503, asked to be retried: nothing of it has
+            # reached the client; its body is dropped with its connection.
+            m = self._retry_target(F_STATUS_502 if status == 502 else F_STATUS_503)
+            if m is not None:
+                if self.req.meta is not None:
+                    self._try(b"%d" % status)
+                self._release(False)
+                self._retry_on(m, F_STATUS_502 if status == 502 else F_STATUS_503)
+                return 0
         if status < 200:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
             self.interim = True
