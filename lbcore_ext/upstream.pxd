@@ -54,6 +54,10 @@ cdef class Exchange:
     cdef list body_buf
     cdef Py_ssize_t body_buf_len
     cdef bint body_sent
+    cdef bint body_dropped             # the member answered before the body ended: stop sending
+    cdef bint body_held                # the member sent bytes mid-body: wait for its head
+    cdef int _hold_body(self) except -1
+    cdef int _release_body(self) except -1
     cdef public bint client_http10
     cdef public bint client_keep_alive
     cdef Member member
@@ -136,4 +140,5 @@ cdef class UpstreamConnection:
     cdef bint reused
     cdef bint tunnel
     cdef double last_used
+    cdef int fd                         # the socket's, for a readability check mid-body
     cdef int close(self) except -1

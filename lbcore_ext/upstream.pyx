@@ -26,6 +26,34 @@ from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOO
 from lbcore_ext.balancer import (RETRY_502, RETRY_503, STICKY_APP_COOKIE, STICKY_LB_COOKIE,
                                  STICKY_SOURCE_IP)
 from lbcore_ext.headers cimport chunk_header, header_line
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    short POLLIN
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+
+from libc.errno cimport EAGAIN, EINTR, errno
+
+
+cdef inline bint readable(int fd):
+    """Bytes (or an end) wait on a member socket: one poll(), no wait."""
+    cdef pollfd p
+    if fd < 0:
+        return False
+    p.fd = fd
+    p.events = POLLIN
+    p.revents = 0
+    return poll(&p, 1, 0) > 0
 from lbcore_ext.runtime cimport ListenerRuntime
 
 cdef object HttpResponseParser = httptools.HttpResponseParser
@@ -224,11 +252,13 @@ cdef class Exchange:
         return 0
 
     cdef int feed_body(self, object data) except -1:
-        if self.state == S_DONE:
+        if self.state == S_DONE or self.body_dropped:
             return 0
-        if self.state == S_SENDING:
+        if self.state == S_SENDING and not self.body_held and not readable(self.conn.fd):
             self._write_body(data)
         else:
+            if self.state == S_SENDING and not self.body_held:
+                self._hold_body()
             self.body_buf.append(data)
             self.body_buf_len += len(data)
             if self.body_buf_len > BODY_BUFFER_HIGH:
@@ -237,6 +267,8 @@ cdef class Exchange:
 
     cdef int body_done(self) except -1:
         self.req_done = True
+        if self.body_dropped or self.body_held:
+            return 0
         if self.state == S_SENDING:
             if self.req_chunked:
                 self.conn.transport.write(self._last_chunk())
@@ -257,6 +289,32 @@ cdef class Exchange:
         if self.conn is not None:
             self._release(False)
         self._assign(None)
+        return 0
+
+    cdef int _hold_body(self) except -1:
+        """The member sent something while the body is still going to it:
+        most likely a final answer (a 413) before it closes, and a write now
+        could meet its reset and lose that answer. Hold the body (buffered,
+        the client paused past BODY_BUFFER_HIGH) until the head is read: a
+        final one drops the body, an interim one (100 Continue) releases it."""
+        self.body_held = True
+        return 0
+
+    cdef int _release_body(self) except -1:
+        self.body_held = False
+        if self.body_buf:
+            buf = self.body_buf
+            self.body_buf = []
+            self.body_buf_len = 0
+            for chunk in buf:
+                self._write_body(chunk)
+            self.ds.ds_resume_reading()
+        if self.req_done:
+            if self.req_chunked:
+                self.conn.transport.write(self._last_chunk())
+            self.state = S_WAITING
+            self.last_read = monotonic()
+            self._arm(self.lrt.response_timeout)
         return 0
 
     cdef bytes _last_chunk(self):
@@ -343,11 +401,30 @@ cdef class Exchange:
         return 0
 
     cdef int _write_body(self, object data) except -1:
+        cdef UpstreamConnection c = self.conn
+        cdef const unsigned char[:] view
+        cdef ssize_t n
         self.body_sent = True
         if self.req_chunked:
-            self.conn.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
-        else:
-            self.conn.transport.write(data)
+            data = b"".join((chunk_header(len(data)), data, b"\r\n"))
+        if c.fd < 0 or c.transport.get_write_buffer_size():
+            c.transport.write(data)     # (behind bytes the transport holds: keep order)
+            return 0
+        # Sent here, not by the transport, so that a member which answered and
+        # reset the connection (a 413 before reading the body) costs this
+        # write, not the transport and the answer waiting in its socket.
+        if not data:
+            return 0
+        view = data
+        n = send(c.fd, &view[0], len(view), MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:     # (EWOULDBLOCK is EAGAIN on Linux)
+                c.transport.write(data)
+            else:
+                self._hold_body()       # gone: its answer (or its end) is read next
+            return 0
+        if n < len(view):
+            c.transport.write(data[n:])
         return 0
 
     # ---- time-outs ----------------------------------------------------------------
@@ -594,7 +671,20 @@ cdef class Exchange:
             self.ds.ds_interim(self, status, self.reason, self.rhead)
             self.reason = None
             self.rhead = None
+            if self.body_held and self.state == S_SENDING:
+                self._release_body()
             return 0
+        if self.state == S_SENDING:
+            # A final response before the request body ended (a 413, a 401...):
+            # the member won't read the rest, so sending it would only earn a
+            # reset that loses this answer. The rest of the body is read from
+            # the client and dropped; the member connection closes at the end.
+            self.body_dropped = True
+            self.body_held = False
+            if self.body_buf:
+                self.body_buf = []
+                self.body_buf_len = 0
+                self.ds.ds_resume_reading()
         if self.lrt.hooks & K_RESPONSE_FILTER:
             self._response_filter(status)
         if self.pool.sticky == STICKY_LB_COOKIE and not self.sticky_bound:
@@ -655,7 +745,8 @@ cdef class Exchange:
             self.interim = False
             return 0
         self.ds.ds_end(self)
-        self._finish(self.req_done and not self.resp_close
+        # (a member that answered before the whole body reached it is not reused)
+        self._finish(self.req_done and not self.body_dropped and not self.resp_close
                      and self.conn.parser.should_keep_alive())
         return 0
 
@@ -708,6 +799,7 @@ cdef class Exchange:
 
 cdef class UpstreamConnection:
     def __cinit__(self, Member member, Counters counters=None):
+        self.fd = -1
         self.member = member
         self.counters = counters
         add(counters, O_LIVE_MC, 1)
@@ -719,6 +811,8 @@ cdef class UpstreamConnection:
         # The parser holds bound methods of this object: made here, dropped in
         # connection_lost, so a connect cancelled half-way leaves no cycle.
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self.parser = HttpResponseParser(self)
         # Bound once: a method looked up by name costs a lookup per call.
         self.feed = self.parser.feed_data
