@@ -51,26 +51,34 @@ def parse_expected(spec: str) -> frozenset[int]:
     return frozenset(codes)
 
 
+def target(cfg, pool_name: str, index: int, name: str, host: str, port: int) -> Target | None:
+    """The target for one runtime member, or None if its pool checks nothing.
+    `index` keys its state: the member's position (alone) or its shared
+    slot (the master)."""
+    hc = cfg.pools[pool_name].health_check
+    if hc is None or not hc.enabled:
+        return None
+    expected = getattr(hc, "expected_codes", "200")
+    if not isinstance(expected, (set, frozenset)):
+        expected = parse_expected(expected if isinstance(expected, str)
+                                  else ",".join(map(str, expected)))
+    return Target(
+        pool=pool_name, index=index, name=name, host=host,
+        port=hc.port or port, protocol=hc.protocol, method=hc.method,
+        path=hc.path, domain=hc.domain, interval=float(hc.interval),
+        timeout=float(hc.timeout), healthy_threshold=hc.healthy_threshold,
+        unhealthy_threshold=hc.unhealthy_threshold, expected=frozenset(expected))
+
+
 def targets_from_config(cfg, pools) -> list[Target]:
     """Targets for every member of every pool whose check is enabled; `pools`
     are the runtime pools, whose members carry the resolved addresses."""
     out = []
-    for pool_name, pool in cfg.pools.items():
-        hc = pool.health_check
-        if hc is None or not hc.enabled:
-            continue
-        expected = getattr(hc, "expected_codes", "200")
-        if not isinstance(expected, (set, frozenset)):
-            expected = parse_expected(expected if isinstance(expected, str)
-                                      else ",".join(map(str, expected)))
-        for i, m in enumerate(pool.members):
-            out.append(Target(
-                pool=pool_name, index=i, name=m.name,
-                host=pools[pool_name].members[i].host,
-                port=hc.port or m.port, protocol=hc.protocol, method=hc.method,
-                path=hc.path, domain=hc.domain, interval=float(hc.interval),
-                timeout=float(hc.timeout), healthy_threshold=hc.healthy_threshold,
-                unhealthy_threshold=hc.unhealthy_threshold, expected=frozenset(expected)))
+    for pool_name in cfg.pools:
+        for i, m in enumerate(pools[pool_name].members):
+            t = target(cfg, pool_name, i, m.name, m.host, m.port)
+            if t is not None:
+                out.append(t)
     return out
 
 
@@ -116,16 +124,32 @@ class HealthChecker:
         self.publish = publish
         self.on_result = on_result
         self.state: dict[tuple[str, int], bool | None] = dict(initial or {})
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: dict[tuple[str, int], asyncio.Task] = {}
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._loop(t)) for t in self.targets]
+        for t in self.targets:
+            self.add(t)
+
+    def add(self, t: Target, state: bool | None = None) -> None:
+        """Probe one more member (a name resolved to a new address); `state`
+        if already known (its address was in the pool under another slot)."""
+        key = (t.pool, t.index)
+        if state is not None:
+            self.state[key] = state
+        self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(t))
+
+    def remove(self, key: tuple[str, int]) -> None:
+        """Stop probing a member that left its pool."""
+        task = self.tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self.state.pop(key, None)
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        tasks = list(self.tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _loop(self, t: Target) -> None:
         key = (t.pool, t.index)

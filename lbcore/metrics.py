@@ -69,8 +69,12 @@ class LbcoreCollector:
                                        labels=["listener"]),
             "resp": CounterMetricFamily("lbcore_responses", "Responses sent by status class",
                                         labels=["listener", "pool", "code"]),
-            "retries": CounterMetricFamily("lbcore_retries", "Requests retried on another member",
-                                           labels=["listener", "pool"]),
+            "retries": CounterMetricFamily("lbcore_retries", "Retries on another member, by "
+                                           "the failure retried", labels=["listener", "pool",
+                                                                          "reason"]),
+            "budget": CounterMetricFamily("lbcore_retry_budget_exhausted",
+                                          "Retries not made because the pool's retry budget "
+                                          "was spent", labels=["listener", "pool"]),
             "timeouts": CounterMetricFamily("lbcore_timeouts", "Time-outs by kind",
                                             labels=["listener", "kind"]),
             "errors": CounterMetricFamily("lbcore_generated_errors",
@@ -121,7 +125,10 @@ class LbcoreCollector:
                     fam["resp"].add_metric([name, pool, f"{k + 1}xx"],
                                            c.total(r + C.RESP_CLASS + k))
                 if pool:
-                    fam["retries"].add_metric([name, pool], c.total(r + C.RETRIES))
+                    for k, reason in enumerate(C.RETRY_REASONS):
+                        fam["retries"].add_metric([name, pool, reason],
+                                                  c.total(r + C.RETRY_REASON + k))
+                    fam["budget"].add_metric([name, pool], c.total(r + C.RETRY_BUDGET_EXHAUSTED))
                     _histogram(upstream, c, [name, pool], r + C.UPSTREAM_HIST)
                 _histogram(hist, c, [name, pool], r + C.HIST)
             for kind, off in TIMEOUT_KINDS:

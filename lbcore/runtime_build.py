@@ -6,12 +6,11 @@ actions, time-outs as floats, resolved member addresses)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lbcore.dns import Resolution, Resolved, resolve_config
 from lbcore_ext.balancer import (
     ALG_SOURCE_IP_HASH,
     ALG_WLC,
@@ -26,6 +25,7 @@ from lbcore_ext.balancer import (
     Member,
     Pool,
 )
+from lbcore_ext.counters import RETRY_REASONS
 from lbcore_ext.iptrie import IpTrie
 from lbcore_ext.policy import CONN_RATE_BURST_NS, compile_table
 from lbcore_ext.runtime import (
@@ -92,23 +92,6 @@ OPTIONAL_HEADERS: Mapping[str, tuple[str, int]] = {
 XFF_MODES = {"append": XFF_APPEND, "remove": XFF_REMOVE, "preserve": XFF_PRESERVE}
 
 
-class ResolveError(Exception):
-    """A member's host name did not resolve at load time."""
-
-
-def resolve_host(host: str) -> str:
-    """Members are addressed by IP literal in the data plane: names resolve once, here."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ResolveError(f"member address {host!r} does not resolve: {exc}") from exc
-    return str(infos[0][4][0])
-
-
 ALGORITHMS = {"weighted_round_robin": ALG_WRR, "weighted_least_connections": ALG_WLC,
               "source_ip_hash": ALG_SOURCE_IP_HASH}
 STICKY = {"lb_cookie": STICKY_LB_COOKIE, "app_cookie": STICKY_APP_COOKIE,
@@ -117,14 +100,23 @@ STICKY = {"lb_cookie": STICKY_LB_COOKIE, "app_cookie": STICKY_APP_COOKIE,
 DEFAULT_LB_COOKIE = "lbcore_sticky"
 
 
-def build_pool(name: str, pool) -> Pool:
-    members = [Member(m.name, resolve_host(m.address), m.port, m.weight) for m in pool.members]
+def build_members(resolved: tuple[Resolved, ...]) -> list[Member]:
+    out = []
+    for r in resolved:
+        m = Member(r.name, r.host, r.port, r.weight)
+        m.config_index = r.member       # with the address: which member it is across lookups
+        out.append(m)
+    return out
+
+
+def build_pool(name: str, pool, resolved: tuple[Resolved, ...]) -> Pool:
+    members = build_members(resolved)
     sticky = pool.sticky_session
     slow = pool.slow_start
     cookie = None
     if sticky is not None and sticky.type in ("lb_cookie", "app_cookie"):
         cookie = (sticky.cookie_name or DEFAULT_LB_COOKIE).encode()
-    return Pool(
+    p = Pool(
         name, members,
         algorithm=ALGORITHMS[pool.algorithm],
         sticky=STICKY[sticky.type] if sticky is not None else STICKY_NONE,
@@ -135,6 +127,12 @@ def build_pool(name: str, pool) -> Pool:
         max_head=pool.max_response_header or 0,
         **(_cookie_attributes(sticky) if sticky is not None else {}),
     )
+    retries = pool.retries
+    p.retry_on = sum(1 << RETRY_REASONS.index(reason) for reason in set(retries.retry_on))
+    p.max_retries = retries.max_retries
+    p.budget_percent = float(retries.budget.percent)
+    p.budget_min = retries.budget.min_concurrent
+    return p
 
 
 def _cookie_attributes(sticky) -> dict:
@@ -145,8 +143,11 @@ def _cookie_attributes(sticky) -> dict:
             "cookie_same_site": sticky.same_site.encode() if sticky.same_site else None}
 
 
-def build_pools(cfg) -> dict[str, Pool]:
-    return {name: build_pool(name, pool) for name, pool in cfg.pools.items()}
+def build_pools(cfg, resolution: Resolution | None = None) -> dict[str, Pool]:
+    """`resolution`: the master's member sets; alone, the process resolves."""
+    if resolution is None:
+        resolution = resolve_config(cfg)
+    return {name: build_pool(name, pool, resolution[name]) for name, pool in cfg.pools.items()}
 
 
 def _header_name(ih, key: str) -> str:
@@ -274,12 +275,13 @@ class Runtime:
     listeners: tuple[ListenerRuntime, ...]
 
 
-def build_runtime(cfg, ssl_context_for=None, phases=None) -> Runtime:
+def build_runtime(cfg, ssl_context_for=None, phases=None,
+                  resolution: Resolution | None = None) -> Runtime:
     """`ssl_context_for(listener)` gives the listener's (SSLContext, SniSelector)
     ((None, None) for HTTP); `phases` is a lbcore.phases.Phases instance or None."""
     from lbcore.phases import hook_mask
 
-    pools = build_pools(cfg)
+    pools = build_pools(cfg, resolution)
     listeners = []
     hooks = hook_mask(phases)
     for listener in cfg.listeners:

@@ -10,6 +10,7 @@ Counters live elsewhere (lbcore_ext.counters): they are written per request.
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import struct
@@ -17,8 +18,11 @@ import struct
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN
 
 # Layout: ticket version, ticket keys (current, then previous), health
-# version, then one (state, up_since in microseconds of CLOCK_MONOTONIC) pair
-# per member.
+# version, one (state, up_since in microseconds of CLOCK_MONOTONIC) pair per
+# member slot, then the member sets: a version (odd while the master writes),
+# a length and that many bytes of JSON, {pool: [[config index, address,
+# slot], ...]}. A slot is one runtime member's health cell; it stays the same
+# while the member's address stays in its pool's DNS answer.
 _I64 = struct.Struct("<q")
 _MEMBER = struct.Struct("<qq")
 _TICKET_VERSION = 0
@@ -27,19 +31,17 @@ _HEALTH_VERSION = _TICKET_KEYS + ((2 * TICKET_KEYS_LEN + 7) // 8) * 8
 _MEMBERS = _HEALTH_VERSION + 8
 
 UNKNOWN, DOWN, UP = -1, 0, 1
-
-
-def member_order(cfg) -> list[tuple[str, int]]:
-    """(pool, index) of every member, in the order master and workers agree on."""
-    return [(pool_name, i) for pool_name, pool in cfg.pools.items()
-            for i in range(len(pool.members))]
+# Bytes of member-set JSON per slot: an IPv6 address, two indexes, the punctuation.
+_TABLE_PER_SLOT = 96
 
 
 class SharedState:
     def __init__(self, members: int, fd: int | None = None) -> None:
         """A new block (master) when `fd` is None, else the master's (worker)."""
         self.members = members
-        size = _MEMBERS + _MEMBER.size * max(members, 1)
+        self._table = _MEMBERS + _MEMBER.size * max(members, 1)
+        self._table_cap = 4096 + _TABLE_PER_SLOT * members
+        size = self._table + 16 + self._table_cap
         if fd is None:
             fd = os.memfd_create("lbcore-state", 0)
             os.ftruncate(fd, size)
@@ -93,3 +95,32 @@ class SharedState:
         """(UNKNOWN/DOWN/UP, monotonic time it came up)."""
         state, up_us = _MEMBER.unpack_from(self.mem, _MEMBERS + i * _MEMBER.size)
         return state, up_us / 1e6
+
+    # ---- member sets (DNS) -------------------------------------------------------------
+
+    @property
+    def members_version(self) -> int:
+        return self._get(self._table)
+
+    def set_member_sets(self, sets: dict[str, list[tuple[int, str, int]]]) -> None:
+        """{pool: [(config index, address, slot)]}: the runtime members."""
+        blob = json.dumps(sets, separators=(",", ":")).encode()
+        if len(blob) > self._table_cap:
+            raise ValueError(f"member sets of {len(blob)} bytes exceed {self._table_cap}")
+        version = self.members_version
+        _I64.pack_into(self.mem, self._table, version + 1)        # odd: being written
+        _I64.pack_into(self.mem, self._table + 8, len(blob))
+        self.mem[self._table + 16:self._table + 16 + len(blob)] = blob
+        _I64.pack_into(self.mem, self._table, version + 2)
+
+    def member_sets(self) -> tuple[int, dict[str, list[tuple[int, str, int]]] | None]:
+        """(version, sets), or (version, None) if the master is writing them."""
+        version = self.members_version
+        if version % 2:
+            return version, None
+        n = self._get(self._table + 8)
+        blob = bytes(self.mem[self._table + 16:self._table + 16 + n])
+        if self.members_version != version:
+            return version, None
+        sets = json.loads(blob) if blob else {}
+        return version, {pool: [tuple(e) for e in entries] for pool, entries in sets.items()}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -35,14 +36,13 @@ from pathlib import Path
 import uvloop
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from lbcore import pidfile
+from lbcore import dns, pidfile
 from lbcore.admin import Admin
 from lbcore.cells import CellMap, CellsExhausted, layout_from_json, layout_to_json
 from lbcore.config import ConfigError, load_config_text
-from lbcore.health import HealthChecker, Target, targets_from_config
+from lbcore.health import HealthChecker, Target, target
 from lbcore.metrics import LbcoreCollector, Serving
-from lbcore.runtime_build import build_pools
-from lbcore.shm import DOWN, UNKNOWN, UP, SharedState, member_order
+from lbcore.shm import DOWN, UNKNOWN, UP, SharedState
 from lbcore.worker import bind_listener, listeners_status
 from lbcore_ext import counters as C
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN
@@ -95,21 +95,35 @@ class Generation:
     sockets: list[list[socket.socket]]
     shared: SharedState
     config_fd: int
-    index: dict[tuple[str, int], int]   # (pool, member position) -> its shared cell
+    # Runtime members per pool (member host names resolved) and each one's
+    # shared health cell, by (pool, config index, address).
+    members: dict[str, tuple[dns.Resolved, ...]]
+    slots: dict[tuple[str, int, str], int]
+    free: list[int]
     loaded_at: float = field(default_factory=time.time)
     workers: list[Worker] = field(default_factory=list)
     checker: HealthChecker | None = None
 
-    @property
-    def bases(self) -> list[int]:
-        return [cells.base for cells in self.layout]
     targets: list[Target] = field(default_factory=list)
     backoff: dict[int, float] = field(default_factory=dict)   # position -> next delay
     restart_at: dict[int, float] = field(default_factory=dict)
 
-    def member(self, pool: str, position: int) -> tuple[int, float]:
+    @property
+    def bases(self) -> list[int]:
+        return [cells.base for cells in self.layout]
+
+    def slot(self, r: dns.Resolved) -> int:
+        return self.slots[(r.pool, r.member, r.host)]
+
+    def member(self, r: dns.Resolved) -> tuple[int, float]:
         """(UNKNOWN/DOWN/UP, up since) of a member, as the checks published it."""
-        return self.shared.member(self.index[(pool, position)])
+        return self.shared.member(self.slot(r))
+
+    def publish_members(self) -> None:
+        """The member sets, for the workers (they poll the version)."""
+        self.shared.set_member_sets({
+            pool: [(r.member, r.host, self.slot(r)) for r in members]
+            for pool, members in self.members.items()})
 
     def close(self) -> None:
         self.shared.close()
@@ -155,6 +169,9 @@ class Master:
         self.reload_task: asyncio.Task | None = None
         self.reload_again = False
         self.admin: Admin | None = None
+        self.dns_task: asyncio.Task | None = None
+        self.dns_due: dict[str, float] = {}             # pool -> next lookup (monotonic)
+        self.resolutions: Counter[tuple[str, str]] = Counter()   # (pool, result)
 
     # ---- the main loop ---------------------------------------------------------------
 
@@ -179,7 +196,9 @@ class Master:
             log.error("cannot start: %s", exc)
             return 1
         try:
-            self.current = await self._start_generation(self.first_cfg, self.first_text)
+            resolution = await self._resolve(self.first_cfg)
+            self.current = await self._start_generation(self.first_cfg, self.first_text,
+                                                        resolution)
         except (StartFailed, OSError) as exc:
             log.error("cannot start: %s", exc)
             self._close_sockets(keep=set())
@@ -203,6 +222,8 @@ class Master:
                 self._on_stop(True)
                 await self._shutdown()
                 return 1
+        self._schedule_dns(self.first_cfg)
+        self.dns_task = loop.create_task(self._dns_loop())
         log.info("lbcore master ready: %d worker(s), config %s", self.nworkers, self.path)
         while not self.stop_event.is_set():
             self._tick()
@@ -349,16 +370,39 @@ class Master:
             for s in self.sockets.pop(key):
                 s.close()
 
-    async def _start_generation(self, cfg, text: str) -> Generation:
+    async def _resolve(self, cfg) -> dict[str, tuple[dns.Resolved, ...]]:
+        """Every pool's members, names looked up off the loop; a name that
+        does not resolve fails the start or reload, naming it."""
+        try:
+            resolution = await asyncio.get_running_loop().run_in_executor(
+                None, dns.resolve_config, cfg)
+        except dns.ResolveError as exc:
+            raise StartFailed(f"member address: {exc}") from exc
+        return resolution
+
+    def _schedule_dns(self, cfg) -> None:
+        """Lookups for the serving config's pools that name hosts."""
+        now = time.monotonic()
+        self.dns_due = {name: now + pool.resolve_interval for name, pool in cfg.pools.items()
+                        if pool.resolve_interval and dns.has_names(pool)}
+
+    async def _start_generation(self, cfg, text: str,
+                                resolution: dict[str, tuple[dns.Resolved, ...]]) -> Generation:
         self.number += 1
         layout = self._layout(cfg)
         sockets = self._sockets_for(cfg)
-        index = {key: i for i, key in enumerate(member_order(cfg))}
-        shared = SharedState(len(index))
+        capacity = dns.capacity(cfg)
+        shared = SharedState(capacity)
         shared.set_ticket_keys(*self.ticket_keys)
         config_fd = os.memfd_create("lbcore-config", 0)
         os.write(config_fd, text.encode())
-        gen = Generation(self.number, cfg, text, layout, sockets, shared, config_fd, index)
+        slots: dict[tuple[str, int, str], int] = {}
+        for pool, members in resolution.items():
+            for r in members:
+                slots[(pool, r.member, r.host)] = len(slots)
+        gen = Generation(self.number, cfg, text, layout, sockets, shared, config_fd,
+                         dict(resolution), slots, list(range(capacity - 1, len(slots) - 1, -1)))
+        gen.publish_members()
         initial = self._carry_health(gen)
         self.generations.append(gen)
         try:
@@ -387,23 +431,26 @@ class Master:
         nor waits for new checks to trust a live one."""
         initial: dict[tuple[str, int], bool] = {}
         old = self.current
-        gen.targets = targets_from_config(gen.cfg, build_pools(gen.cfg))
+        gen.targets = [t for members in gen.members.values() for r in members
+                       if (t := target(gen.cfg, r.pool, gen.slot(r), r.name, r.host, r.port))]
         if old is None or old.checker is None:
             return initial
-        known = {(t.pool, t.name, t.host, t.port): (t.pool, t.index) for t in old.targets}
-        for t in gen.targets:
-            prev = known.get((t.pool, t.name, t.host, t.port))
-            state = old.checker.state.get(prev) if prev else None
-            if state is None:
-                continue
-            initial[(t.pool, t.index)] = state
-            _, up_since = old.member(*prev)
-            gen.shared.set_member(gen.index[(t.pool, t.index)], UP if state else DOWN, up_since)
+        known = {(r.pool, r.config_name, r.host, r.port): r
+                 for members in old.members.values() for r in members}
+        for members in gen.members.values():
+            for r in members:
+                prev = known.get((r.pool, r.config_name, r.host, r.port))
+                state = old.checker.state.get((prev.pool, old.slot(prev))) if prev else None
+                if state is None:
+                    continue
+                initial[(r.pool, gen.slot(r))] = state
+                _, up_since = old.member(prev)
+                gen.shared.set_member(gen.slot(r), UP if state else DOWN, up_since)
         return initial
 
     def _start_checks(self, gen: Generation, initial) -> None:
         def publish(t: Target, healthy: bool) -> None:
-            i = gen.index[(t.pool, t.index)]
+            i = t.index             # the member's shared slot
             state, up_since = gen.shared.member(i)
             if healthy and state != UP:
                 up_since = time.monotonic() if state == DOWN else 0.0  # slow start from here
@@ -414,6 +461,78 @@ class Master:
 
         gen.checker = HealthChecker(gen.targets, publish, on_result, initial)
         gen.checker.start()
+
+    # ---- DNS ---------------------------------------------------------------------------
+
+    async def _dns_loop(self) -> None:
+        """Pools with member host names look them up every resolve_interval;
+        a changed answer swaps in the new member set."""
+        while True:
+            await asyncio.sleep(min(1.0, TICK * 5))
+            gen = self.current
+            now = time.monotonic()
+            for name, due in list(self.dns_due.items()):
+                if now < due or gen is None or self.stopping or name not in gen.cfg.pools:
+                    continue
+                pool = gen.cfg.pools[name]
+                self.dns_due[name] = now + pool.resolve_interval
+                try:
+                    members = await asyncio.get_running_loop().run_in_executor(
+                        None, dns.resolve_pool, name, pool)
+                except dns.ResolveError as exc:
+                    self.resolutions[(name, "failure")] += 1
+                    log.warning("DNS: %s; keeping the last answer", exc)
+                    continue
+                self.resolutions[(name, "success")] += 1
+                if gen is self.current and not self.stopping:
+                    self._swap_members(gen, name, members)
+
+    def _swap_members(self, gen: Generation, pool: str,
+                      members: tuple[dns.Resolved, ...]) -> None:
+        """Apply a pool's new member set as health changes are applied:
+        through shared memory. Addresses that stay keep their slot, so their
+        health carries over; new ones start unknown and are probed; the
+        workers swap the set in on their next look."""
+        old = gen.members[pool]
+        before = {r.key for r in old}
+        after = {r.key for r in members}
+        if [r.key for r in old] == [r.key for r in members] and \
+                [r.name for r in old] == [r.name for r in members]:
+            return
+        for r in old:
+            if r.key not in after:
+                slot = gen.slots.pop((pool, r.member, r.host))
+                if gen.checker is not None:
+                    gen.checker.remove((pool, slot))
+                gen.shared.set_member(slot, UNKNOWN, 0.0)
+                gen.free.append(slot)
+        added = []
+        for r in members:
+            if r.key not in before:
+                slot = gen.free.pop()
+                gen.slots[(pool, r.member, r.host)] = slot
+                gen.shared.set_member(slot, UNKNOWN, 0.0)
+                added.append(r)
+        old_names = {r.key: r.name for r in old}
+        gen.members[pool] = members
+        gen.publish_members()
+        if gen.checker is not None:
+            for r in members:
+                state = None
+                if r.key in before:
+                    if old_names[r.key] == r.name:
+                        continue
+                    # Renamed (its name now stands for one address, or several):
+                    # the probe carries the new label and the known state.
+                    state = gen.checker.state.get((pool, gen.slot(r)))
+                    gen.checker.remove((pool, gen.slot(r)))
+                t = target(gen.cfg, pool, gen.slot(r), r.name, r.host, r.port)
+                if t is not None:
+                    gen.checker.add(t, state)
+        log.info("DNS: pool %s members now %s (added %s, removed %s)", pool,
+                 ", ".join(f"{r.host}:{r.port}" for r in members) or "none",
+                 ", ".join(r.host for r in added) or "none",
+                 ", ".join(r.host for r in old if r.key not in after) or "none")
 
     # ---- signals -----------------------------------------------------------------------
 
@@ -431,8 +550,10 @@ class Master:
         try:
             try:
                 text = self.path.read_text(encoding="utf-8")
-                cfg = load_config_text(text, filename=str(self.path),
-                                       base_dir=self.path.resolve().parent, source=self.path)
+                # Off the loop: checking resolves member names, which may wait on DNS.
+                cfg = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                    load_config_text, text, filename=str(self.path),
+                    base_dir=self.path.resolve().parent, source=self.path))
             except OSError as exc:
                 raise StartFailed(f"cannot read {self.path}: {exc}") from exc
             except ConfigError as exc:
@@ -440,7 +561,8 @@ class Master:
                                   ) from exc
             if worker_count(cfg.load_balancer.workers) != self.nworkers:
                 log.warning("workers: a new count takes a restart; keeping %d", self.nworkers)
-            gen = await self._start_generation(cfg, text)
+            resolution = await self._resolve(cfg)
+            gen = await self._start_generation(cfg, text, resolution)
         except StartFailed as exc:
             self.reloads["failure"] += 1
             log.error("reload failed: %s", exc)
@@ -455,6 +577,7 @@ class Master:
                     self.generations.remove(old)
                     old.close()
             self._close_sockets(keep={(lst.address, lst.port) for lst in cfg.listeners})
+            self._schedule_dns(cfg)
             self.reloads["success"] += 1
             ok = True
             log.info("reloaded: generation %d serving", gen.number)
@@ -473,6 +596,8 @@ class Master:
     async def _shutdown(self) -> int:
         fast = getattr(self, "fast", False)
         log.info("stopping (%s)", "now" if fast else "draining")
+        if self.dns_task is not None:
+            self.dns_task.cancel()
         # New connections are refused outright rather than queued for nobody.
         self._close_sockets(keep=set())
         for gen in self.generations:
@@ -508,9 +633,9 @@ class Master:
 
     def _members(self):
         gen = self.current
-        for pool_name, pool in gen.cfg.pools.items():
-            for i, m in enumerate(pool.members):
-                yield pool_name, m.name, gen.member(pool_name, i)[0] != DOWN
+        for pool_name, members in gen.members.items():
+            for r in members:
+                yield pool_name, r.name, gen.member(r)[0] != DOWN
 
     def _collector(self) -> LbcoreCollector:
         def serving() -> Serving:
@@ -543,6 +668,12 @@ class Master:
         for (pool, member, result), n in sorted(self.checks.items()):
             checks.add_metric([pool, member, result], n)
         yield checks
+        lookups = CounterMetricFamily("lbcore_dns_resolutions",
+                                      "Lookups of pools' member host names by result",
+                                      labels=["pool", "result"])
+        for (pool, result), n in sorted(self.resolutions.items()):
+            lookups.add_metric([pool, result], n)
+        yield lookups
 
     def status(self) -> dict:
         gen = self.current
@@ -555,9 +686,9 @@ class Master:
                     "ticket_key_age": round(time.monotonic() - self.ticket_rotated, 1)},
             "listeners": listeners_status(gen.cfg),
             "pools": {name: {"algorithm": pool.algorithm, "members": [
-                {"name": m.name, "address": m.address, "port": m.port, "weight": m.weight,
-                 "health": names[gen.member(name, i)[0]]}
-                for i, m in enumerate(pool.members)]} for name, pool in gen.cfg.pools.items()},
+                {"name": r.name, "address": pool.members[r.member].address, "ip": r.host,
+                 "port": r.port, "weight": r.weight, "health": names[gen.member(r)[0]]}
+                for r in gen.members[name]]} for name, pool in gen.cfg.pools.items()},
             "workers": [{"pid": w.proc.pid, "generation": g.number, "slot": w.slot,
                          "state": "draining" if w.draining else (
                              "ready" if self.counters.cell(w.slot, C.W_STATE) == C.W_READY
@@ -596,7 +727,7 @@ def worker_main() -> int:
     path = Path(spec["config_path"])
     try:
         cfg = load_config_text(text, filename=str(path), base_dir=path.resolve().parent,
-                               source=path)
+                               source=path, resolve=False)
     except ConfigError as exc:      # the files it names changed since the master read them
         log.error("worker: %s", exc)
         return 1

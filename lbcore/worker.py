@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 import uvloop
 
+from lbcore import dns
 from lbcore.accesslog import AccessLogWriter
 from lbcore.admin import Admin
 from lbcore.cells import apply_layout
 from lbcore.health import HealthChecker, targets_from_config
 from lbcore.metrics import LbcoreCollector, Serving, attach_counters
-from lbcore.runtime_build import Runtime, build_runtime
-from lbcore.shm import UNKNOWN, UP, SharedState, member_order
+from lbcore.runtime_build import Runtime, build_members, build_runtime
+from lbcore.shm import UNKNOWN, UP, SharedState
 from lbcore.tls.context import server_context
 from lbcore.tls.policies import resolve_policy
 from lbcore.tls.sni import SniSelector
@@ -45,6 +46,7 @@ from lbcore_ext.counters import (
 from lbcore_ext.http1 import HttpProtocol
 from lbcore_ext.runtime import ACL_ALL
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys, use_ticket_keys
+from lbcore_ext.upstream import close_idle
 
 log = logging.getLogger("lbcore")
 
@@ -175,20 +177,67 @@ def start_health_checks(cfg, runtime: Runtime) -> HealthChecker:
     return checker
 
 
+def shared_members(cfg, shared: SharedState):
+    """The master's member sets: (version, resolution, slots)."""
+    while True:
+        version, sets = shared.member_sets()
+        if sets is not None:
+            return (version, *dns.from_sets(cfg, sets))
+        time.sleep(0.001)           # the master is writing them: a moment
+
+
 class MasterLink:
-    """A worker's side of the shared state: heartbeat out; member health,
-    ticket keys and the master's liveness in, checked every tick."""
+    """A worker's side of the shared state: heartbeat out; member sets,
+    member health, ticket keys and the master's liveness in, checked every
+    tick."""
 
     TICK = 0.1
 
     def __init__(self, cfg, runtime: Runtime, inherited: Inherited,
-                 on_orphaned: Callable[[], None]) -> None:
+                 on_orphaned: Callable[[], None], members_version: int,
+                 slots: dict[tuple[str, int, str], int]) -> None:
+        self.cfg = cfg
         self.runtime = runtime
         self.inh = inherited
         self.on_orphaned = on_orphaned
-        self.order = member_order(cfg)
+        self.members_seen = members_version
+        self.cells = self._cells(slots)
         self.health_seen = self.ticket_seen = -1
         self.handle: asyncio.TimerHandle | None = None
+
+    def _cells(self, slots: dict[tuple[str, int, str], int]) -> list:
+        """(runtime member, its shared health cell) for every member."""
+        out = []
+        for pool_name, pool in self.runtime.pools.items():
+            for m in pool.members:
+                out.append((m, slots[(pool_name, m.config_index, m.host)]))
+        return out
+
+    def _swap_members(self) -> None:
+        """The master swapped in new member sets (DNS): each pool gets its
+        new tuple, keeping the Member objects of addresses that stay."""
+        version, sets = self.inh.shared.member_sets()
+        if sets is None:
+            return                      # being written: next tick
+        resolution, slots = dns.from_sets(self.cfg, sets)
+        for pool_name, pool in self.runtime.pools.items():
+            old = {(m.config_index, m.host): m for m in pool.members}
+            fresh = resolution[pool_name]
+            if [(r.member, r.host, r.name) for r in fresh] == \
+                    [(m.config_index, m.host, m.name) for m in pool.members]:
+                continue
+            members = []
+            for r in fresh:
+                m = old.pop(r.key, None)
+                if m is None or m.name != r.name:
+                    m = build_members((r,))[0]
+                members.append(m)
+            pool.set_members(members)
+            for gone in old.values():
+                close_idle(gone)
+        self.cells = self._cells(slots)
+        self.members_seen = version
+        self.health_seen = -1           # apply the new members' health now
 
     def start(self) -> None:
         self.tick()
@@ -200,12 +249,13 @@ class MasterLink:
     def tick(self) -> None:
         inh = self.inh
         inh.counters.set(W_HEARTBEAT_MS, int(time.monotonic() * 1000))
+        if inh.shared.members_version != self.members_seen:
+            self._swap_members()
         if inh.shared.health_version != self.health_seen:
             self.health_seen = inh.shared.health_version
-            for i, (pool, index) in enumerate(self.order):
-                state, up_since = inh.shared.member(i)
+            for member, cell in self.cells:
+                state, up_since = inh.shared.member(cell)
                 if state != UNKNOWN:
-                    member = self.runtime.pools[pool].members[index]
                     member.healthy = state == UP
                     member.up_since = up_since
         if inh.shared.ticket_version != self.ticket_seen:
@@ -273,8 +323,12 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
             selectors[listener.name] = selector
         return ctx, selector
 
+    resolution = slots = None
+    members_version = 0
+    if inherited is not None:
+        members_version, resolution, slots = shared_members(cfg, inherited.shared)
     try:
-        runtime = build_runtime(cfg, ssl_for, phases)
+        runtime = build_runtime(cfg, ssl_for, phases, resolution)
         if inherited is None:
             counters, layout = attach_counters(cfg, runtime)
         else:
@@ -317,7 +371,7 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
             return 1
         admin.ready = True
     else:
-        link = MasterLink(cfg, runtime, inherited, stop.set)
+        link = MasterLink(cfg, runtime, inherited, stop.set, members_version, slots)
         link.start()
     # Everything built so far lives as long as the process: keep it out of the
     # cyclic collector's scans, so per-connection collections stay short.

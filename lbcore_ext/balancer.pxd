@@ -11,6 +11,7 @@ cdef class Member:
     cdef public long active             # requests in flight
     cdef public list idle               # idle upstream connections, most recent last
     cdef public bytes token             # opaque id for the lb_cookie (never the address)
+    cdef public int config_index        # its member's position in the config's pool (-1: none)
     cdef long current_weight            # smooth WRR state
     cdef int eff_weight(self, double now, double slow_start)
 
@@ -26,6 +27,16 @@ cdef class Pool:
     cdef public Py_ssize_t max_head     # a member response head's limit; 0 = the listener's
     cdef public bytes set_cookie_suffix # "; Max-Age=..; Path=/; HttpOnly; SameSite=Lax"
     cdef public bytes set_cookie_suffix_tls   # the same on HTTPS listeners ("; Secure")
+    # Retries (spec 7.2, a pool's `retries`): bit k of retry_on allows
+    # counters.RETRY_REASONS[k]; a request tries at most 1 + max_retries
+    # members; this worker's requests of the pool now on a retry stay below
+    # max(budget_min, budget_percent % of its active requests).
+    cdef public int retry_on
+    cdef public int max_retries
+    cdef public double budget_percent
+    cdef public long budget_min
+    cdef public long retrying
+    cdef bint retry_allowed(self, bint already)
     cdef dict by_token
     cdef dict app_sessions              # app cookie value -> (Member, expiry)
     cdef uint32_t* ring_hash

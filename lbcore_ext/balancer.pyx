@@ -28,6 +28,16 @@ DEF RING_POINTS = 160
 # app_cookie sessions remembered per pool and worker before the oldest go.
 DEF APP_SESSIONS_MAX = 100000
 
+# Bits of Pool.retry_on, in the order of counters.RETRY_REASONS.
+RETRY_CONNECT_FAILURE = 1
+RETRY_RESET = 2
+RETRY_RESPONSE_TIMEOUT = 4
+RETRY_502 = 8
+RETRY_503 = 16
+# Spec 7.2's retries: a failed connect, a connection lost or timed out before
+# any response byte. A member's own 502/503 is relayed unless asked for.
+RETRY_DEFAULT = RETRY_CONNECT_FAILURE | RETRY_RESET | RETRY_RESPONSE_TIMEOUT
+
 
 cdef uint64_t fnv1a(const unsigned char* p, Py_ssize_t n):
     """FNV-1a 64: stable across processes and runs, unlike hash(); every worker
@@ -68,6 +78,7 @@ cdef class Member:
         self.active = 0
         self.idle = []
         self.current_weight = 0
+        self.config_index = -1
         key = f"{host}:{port}".encode()
         self.token = b"%016x" % fnv1a(key, len(key))
 
@@ -111,6 +122,11 @@ cdef class Pool:
         self.clock = clock if clock is not None else time.monotonic
         self.by_token = {m.token: m for m in self.members}
         self.app_sessions = {}
+        # Spec 7.2's "up to 4 retries"; the budget as Envoy's defaults it.
+        self.retry_on = RETRY_DEFAULT
+        self.max_retries = 4
+        self.budget_percent = 20.0
+        self.budget_min = 3
         if algorithm == ALG_SOURCE_IP_HASH or sticky == STICKY_SOURCE_IP:
             self._build_ring()
 
@@ -138,6 +154,23 @@ cdef class Pool:
         for i, (h, idx) in enumerate(points):
             self.ring_hash[i] = h
             self.ring_member[i] = idx
+
+    cdef bint retry_allowed(self, bint already):
+        """The retry budget: may one more request of this pool (or one already
+        counted, `already`) be on a retry now? Active requests are those that
+        picked a member and have not finished, this one included. Only the
+        retry path asks, so the sum over members costs the common path nothing."""
+        cdef Member m
+        cdef long active = 0
+        for m in self.members:
+            active += m.active
+        cdef long limit = <long>(self.budget_percent * active / 100.0)
+        if limit < self.budget_min:
+            limit = self.budget_min
+        return self.retrying - (1 if already else 0) < limit
+
+    def retry_allowed_for_test(self, already=False):
+        return self.retry_allowed(already)
 
     cdef bint eligible(self, Member m, list tried):
         if m.weight <= 0 or not (m.healthy or self.fail_open):
@@ -240,6 +273,28 @@ cdef class Pool:
         return None
 
     # ---- Python entry points for tests and the control plane ----------------------
+
+    def set_members(self, members):
+        """A new member set (a member's host name answers other addresses
+        now). The tuple is swapped in one assignment; members that stay are
+        passed in as the same objects, so their in-flight counts, idle
+        connections and WRR state carry on. Requests that already picked a
+        member that left keep it until they finish."""
+        cdef Member m
+        new = tuple(members)
+        self.members = new
+        self.by_token = {m.token: m for m in new}
+        if self.app_sessions:
+            kept = set(new)
+            self.app_sessions = {k: v for k, v in self.app_sessions.items() if v[0] in kept}
+        self.rr_start = 0
+        if self.ring_hash != NULL or self.ring_member != NULL:
+            free(self.ring_hash)
+            free(self.ring_member)
+            self.ring_hash = NULL
+            self.ring_member = NULL
+            self.ring_len = 0
+            self._build_ring()
 
     def pick_for_test(self, tried=None, client_ip=None, cookie=None):
         return self.pick(tried, client_ip, cookie)

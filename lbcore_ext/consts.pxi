@@ -14,8 +14,7 @@ DEF UPSTREAM_IDLE_EXPIRY = 4.0
 # Bytes of request body held for an exchange whose upstream connection is not
 # yet writable before reading from the client pauses (flow control).
 DEF BODY_BUFFER_HIGH = 262144
-# The most retries on other members (spec 7.2).
-DEF MAX_RETRIES = 4
+# (Retries on other members are a pool's setting: Pool.max_retries, spec 7.2's 4.)
 # A qps_limit's burst: what its bucket may lend ahead of the rate, in seconds
 # of the rate (nginx limit_req's burst; 0.1 s of 100 qps lets 11 through at
 # once). Small, so that over seconds the limit holds within a few percent.

@@ -116,8 +116,12 @@ GAUGES = (CONN_ACTIVE, CONN_OPENING)   # per-listener cells that are not counter
 # decision chose; lbcore's own answers (refusals, redirects, fixed responses)
 # go to the listener's route with no pool.
 RESP_CLASS = 0            # 5 cells: 1xx .. 5xx
-RETRIES = 5
-HIST = 6                  # bucket counts (not cumulative), then +Inf, sum (us), count
+# Retries by the failure that caused them (pool.retries.retry_on), in the
+# order of the RETRY_* bits of a Pool's retry_on; then retries the budget refused.
+RETRY_REASONS = ("connect_failure", "reset", "response_timeout", "http_502", "http_503")
+RETRY_REASON = 5
+RETRY_BUDGET_EXHAUSTED = RETRY_REASON + len(RETRY_REASONS)
+HIST = RETRY_BUDGET_EXHAUSTED + 1   # bucket counts (not cumulative), then +Inf, sum (us), count
 HIST_SUM_US = HIST + len(BUCKETS) + 1
 HIST_COUNT = HIST_SUM_US + 1
 UPSTREAM_HIST = HIST_COUNT + 1    # like HIST

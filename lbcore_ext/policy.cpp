@@ -1783,11 +1783,12 @@ struct __pyx_obj_10lbcore_ext_8balancer_Member {
   long active;
   PyObject *idle;
   PyObject *token;
+  int config_index;
   long current_weight;
 };
 
 
-/* "lbcore_ext/balancer.pxd":17
+/* "lbcore_ext/balancer.pxd":18
  *     cdef int eff_weight(self, double now, double slow_start)
  * 
  * cdef class Pool:             # <<<<<<<<<<<<<<
@@ -1808,6 +1809,11 @@ struct __pyx_obj_10lbcore_ext_8balancer_Pool {
   Py_ssize_t max_head;
   PyObject *set_cookie_suffix;
   PyObject *set_cookie_suffix_tls;
+  int retry_on;
+  int max_retries;
+  double budget_percent;
+  long budget_min;
+  long retrying;
   PyObject *by_token;
   PyObject *app_sessions;
   uint32_t *ring_hash;
@@ -2247,7 +2253,7 @@ struct __pyx_vtabstruct_10lbcore_ext_8balancer_Member {
 static struct __pyx_vtabstruct_10lbcore_ext_8balancer_Member *__pyx_vtabptr_10lbcore_ext_8balancer_Member;
 
 
-/* "lbcore_ext/balancer.pxd":17
+/* "lbcore_ext/balancer.pxd":18
  *     cdef int eff_weight(self, double now, double slow_start)
  * 
  * cdef class Pool:             # <<<<<<<<<<<<<<
@@ -2256,6 +2262,7 @@ static struct __pyx_vtabstruct_10lbcore_ext_8balancer_Member *__pyx_vtabptr_10lb
 */
 
 struct __pyx_vtabstruct_10lbcore_ext_8balancer_Pool {
+  int (*retry_allowed)(struct __pyx_obj_10lbcore_ext_8balancer_Pool *, int);
   struct __pyx_obj_10lbcore_ext_8balancer_Member *(*pick)(struct __pyx_obj_10lbcore_ext_8balancer_Pool *, PyObject *, PyObject *, PyObject *);
   struct __pyx_obj_10lbcore_ext_8balancer_Member *(*_wrr)(struct __pyx_obj_10lbcore_ext_8balancer_Pool *, PyObject *, double);
   struct __pyx_obj_10lbcore_ext_8balancer_Member *(*_wlc)(struct __pyx_obj_10lbcore_ext_8balancer_Pool *, PyObject *, double);
@@ -27989,8 +27996,8 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_10lbcore_ext_8balancer_Pool), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_10lbcore_ext_8balancer_Pool),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool) __PYX_ERR(3, 17, __pyx_L1_error)
-  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool, (void**)&__pyx_vtabptr_10lbcore_ext_8balancer_Pool) != 1)) __PYX_ERR(3, 17, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool) __PYX_ERR(3, 18, __pyx_L1_error)
+  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool, (void**)&__pyx_vtabptr_10lbcore_ext_8balancer_Pool) != 1)) __PYX_ERR(3, 18, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_1 = PyImport_ImportModule("lbcore_ext.iptrie"); if (unlikely(!__pyx_t_1)) __PYX_ERR(4, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);

@@ -55,11 +55,16 @@ cdef class Exchange:
     cdef list body_buf
     cdef Py_ssize_t body_buf_len
     cdef bint body_sent
+    cdef bint body_dropped             # the member answered before the body ended: stop sending
+    cdef bint body_held                # the member sent bytes mid-body: wait for its head
+    cdef int _hold_body(self) except -1
+    cdef int _release_body(self) except -1
     cdef public bint client_http10
     cdef public bint client_keep_alive
     cdef Member member
     cdef list tried
     cdef int retries
+    cdef bint retrying                 # counted in pool.retrying (the retry budget)
     cdef bint fresh_retry_used
     cdef UpstreamConnection conn
     cdef object connect_task
@@ -102,6 +107,8 @@ cdef class Exchange:
     cdef double deadline(self)
     cdef int expire(self) except -1
     cdef int _fail(self, int kind) except -1
+    cdef Member _retry_target(self, int kind)
+    cdef int _retry_on(self, Member m, int kind) except -1
     cdef int _release(self, bint reusable) except -1
     cdef int _finish(self, bint reusable) except -1
     cdef _restart(self)
@@ -134,4 +141,5 @@ cdef class UpstreamConnection:
     cdef bint reused
     cdef bint tunnel
     cdef double last_used
+    cdef int fd                         # the socket's, for a readability check mid-body
     cdef int close(self) except -1

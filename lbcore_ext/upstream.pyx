@@ -18,13 +18,42 @@ from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts
 
-from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRIES, TIMEOUT_CONNECT,
-                                 TIMEOUT_RESPONSE, UPSTREAM_HIST,
+from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRY_BUDGET_EXHAUSTED,
+                                 RETRY_REASON, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST,
                                  W_LIVE_EXCHANGES, W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
-from lbcore_ext.balancer import STICKY_APP_COOKIE, STICKY_LB_COOKIE, STICKY_SOURCE_IP
+from lbcore_ext.balancer import (RETRY_502, RETRY_503, STICKY_APP_COOKIE, STICKY_LB_COOKIE,
+                                 STICKY_SOURCE_IP)
 from lbcore_ext.headers cimport chunk_header, header_line
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    short POLLIN
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+
+from libc.errno cimport EAGAIN, EINTR, errno
+
+
+cdef inline bint readable(int fd):
+    """Bytes (or an end) wait on a member socket: one poll(), no wait."""
+    cdef pollfd p
+    if fd < 0:
+        return False
+    p.fd = fd
+    p.events = POLLIN
+    p.revents = 0
+    return poll(&p, 1, 0) > 0
 from lbcore_ext.runtime cimport ListenerRuntime
 
 cdef object HttpResponseParser = httptools.HttpResponseParser
@@ -32,7 +61,10 @@ cdef object HttpParserError = httptools.HttpParserError
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 
 cdef int K_UPSTREAM_PEER = HOOK_UPSTREAM_PEER
-cdef Py_ssize_t O_RETRIES = RETRIES
+cdef Py_ssize_t O_RETRY_REASON = RETRY_REASON
+cdef Py_ssize_t O_RETRY_BUDGET_EXHAUSTED = RETRY_BUDGET_EXHAUSTED
+cdef int B_RETRY_502 = RETRY_502
+cdef int B_RETRY_503 = RETRY_503
 cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
 cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
@@ -47,7 +79,7 @@ cdef int K_ERROR_WHILE_PROXY = HOOK_ERROR_WHILE_PROXY
 cdef int K_FAIL_TO_PROXY = HOOK_FAIL_TO_PROXY
 cdef int K_LOGGING = HOOK_LOGGING
 cdef tuple FAILURE_NAMES = (None, "refused", "connect_timeout", "lost", "response_timeout",
-                            "invalid_response", "header_too_big")
+                            "invalid_response", "header_too_big", "status_502", "status_503")
 
 # Exchange.state
 DEF S_NEW = 0
@@ -65,6 +97,24 @@ DEF F_LOST = 3           # connection closed/reset before any response byte
 DEF F_RESPONSE_TIMEOUT = 4
 DEF F_INVALID = 5        # malformed response
 DEF F_TOO_BIG = 6        # response head (with its interim responses) over the limit
+DEF F_STATUS_502 = 7     # the member answered 502 / 503 (retried only if the pool asks)
+DEF F_STATUS_503 = 8
+
+
+cdef inline int retry_reason(int kind):
+    """A failure's index in counters.RETRY_REASONS (bit of Pool.retry_on);
+    -1: never retried."""
+    if kind == F_REFUSED or kind == F_CONNECT_TIMEOUT:
+        return 0
+    if kind == F_LOST:
+        return 1
+    if kind == F_RESPONSE_TIMEOUT:
+        return 2
+    if kind == F_STATUS_502:
+        return 3
+    if kind == F_STATUS_503:
+        return 4
+    return -1
 
 # Response headers that are hop-by-hop (RFC 9110 7.6.1) or re-framed by us.
 cdef dict RESP_DROP = {
@@ -161,6 +211,8 @@ cdef class Exchange:
         return self
 
     def __dealloc__(self):
+        if self.retrying and self.pool is not None:
+            self.pool.retrying -= 1     # (every end releases it first: a backstop)
         if self.lrt is not None:
             add(self.lrt.counters, O_LIVE_EX, -1)
 
@@ -204,14 +256,19 @@ cdef class Exchange:
         self.member = m
         if m is not None:
             m.active += 1
+        elif self.retrying:             # the end of the request: out of the retry budget
+            self.retrying = False
+            self.pool.retrying -= 1
         return 0
 
     cdef int feed_body(self, object data) except -1:
-        if self.state == S_DONE:
+        if self.state == S_DONE or self.body_dropped:
             return 0
-        if self.state == S_SENDING:
+        if self.state == S_SENDING and not self.body_held and not readable(self.conn.fd):
             self._write_body(data)
         else:
+            if self.state == S_SENDING and not self.body_held:
+                self._hold_body()
             self.body_buf.append(data)
             self.body_buf_len += len(data)
             if self.body_buf_len > BODY_BUFFER_HIGH:
@@ -220,6 +277,8 @@ cdef class Exchange:
 
     cdef int body_done(self) except -1:
         self.req_done = True
+        if self.body_dropped or self.body_held:
+            return 0
         if self.state == S_SENDING:
             if self.req_chunked:
                 self.conn.transport.write(self._last_chunk())
@@ -240,6 +299,32 @@ cdef class Exchange:
         if self.conn is not None:
             self._release(False)
         self._assign(None)
+        return 0
+
+    cdef int _hold_body(self) except -1:
+        """The member sent something while the body is still going to it:
+        most likely a final answer (a 413) before it closes, and a write now
+        could meet its reset and lose that answer. Hold the body (buffered,
+        the client paused past BODY_BUFFER_HIGH) until the head is read: a
+        final one drops the body, an interim one (100 Continue) releases it."""
+        self.body_held = True
+        return 0
+
+    cdef int _release_body(self) except -1:
+        self.body_held = False
+        if self.body_buf:
+            buf = self.body_buf
+            self.body_buf = []
+            self.body_buf_len = 0
+            for chunk in buf:
+                self._write_body(chunk)
+            self.ds.ds_resume_reading()
+        if self.req_done:
+            if self.req_chunked:
+                self.conn.transport.write(self._last_chunk())
+            self.state = S_WAITING
+            self.last_read = monotonic()
+            self._arm(self.lrt.response_timeout)
         return 0
 
     cdef bytes _last_chunk(self):
@@ -326,11 +411,30 @@ cdef class Exchange:
         return 0
 
     cdef int _write_body(self, object data) except -1:
+        cdef UpstreamConnection c = self.conn
+        cdef const unsigned char[:] view
+        cdef ssize_t n
         self.body_sent = True
         if self.req_chunked:
-            self.conn.transport.writelines((chunk_header(len(data)), data, b"\r\n"))
-        else:
-            self.conn.transport.write(data)
+            data = b"".join((chunk_header(len(data)), data, b"\r\n"))
+        if c.fd < 0 or c.transport.get_write_buffer_size():
+            c.transport.write(data)     # (behind bytes the transport holds: keep order)
+            return 0
+        # Sent here, not by the transport, so that a member which answered and
+        # reset the connection (a 413 before reading the body) costs this
+        # write, not the transport and the answer waiting in its socket.
+        if not data:
+            return 0
+        view = data
+        n = send(c.fd, &view[0], len(view), MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:     # (EWOULDBLOCK is EAGAIN on Linux)
+                c.transport.write(data)
+            else:
+                self._hold_body()       # gone: its answer (or its end) is read next
+            return 0
+        if n < len(view):
+            c.transport.write(data[n:])
         return 0
 
     # ---- time-outs ----------------------------------------------------------------
@@ -396,26 +500,47 @@ cdef class Exchange:
             self._restart()
             self._connect()
             return 0
-        cdef bint can_retry = (self.retries < MAX_RETRIES and kind != F_INVALID
-                               and kind != F_TOO_BIG)
-        if sent and (not self.idempotent or (self.has_body and self.body_sent)):
-            can_retry = False
-        if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
-            can_retry = False       # spec 7.2: sticky sessions are not retried on time-out
-        if can_retry:
-            self.tried.append(self.member)
-            m = self.pool.pick(self.tried, self.req.client.peer_ip, None)
-            if m is not None:
-                self.retries += 1
-                inc(self.lrt.counters, self.pbase + O_RETRIES)
-                self._restart()
-                self._assign(m)
-                self._acquire()
-                return 0
+        cdef Member m = self._retry_target(kind)
+        if m is not None:
+            self._retry_on(m, kind)
+            return 0
         self.state = S_DONE
         self._assign(None)
         code = 504 if kind in (F_CONNECT_TIMEOUT, F_RESPONSE_TIMEOUT) else 502
         self._error(code, None)
+        return 0
+
+    cdef Member _retry_target(self, int kind):
+        """The member to retry on, or None: the pool's retries.on and
+        max_retries, spec 7.2's rules, another member to go to, the budget."""
+        cdef Pool pool = self.pool
+        cdef int reason = retry_reason(kind)
+        if reason < 0 or not (pool.retry_on >> reason) & 1 or self.retries >= pool.max_retries:
+            return None
+        # Once the request went out: idempotent methods only, and never a body
+        # already streamed (it isn't kept to send again).
+        if kind >= F_LOST and (not self.idempotent or (self.has_body and self.body_sent)):
+            return None
+        if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
+            return None             # spec 7.2: sticky sessions are not retried on time-out
+        self.tried.append(self.member)
+        cdef Member m = pool.pick(self.tried, self.req.client.peer_ip, None)
+        if m is None:
+            return None
+        if not pool.retry_allowed(self.retrying):
+            inc(self.lrt.counters, self.pbase + O_RETRY_BUDGET_EXHAUSTED)
+            return None
+        return m
+
+    cdef int _retry_on(self, Member m, int kind) except -1:
+        if not self.retrying:
+            self.retrying = True
+            self.pool.retrying += 1
+        self.retries += 1
+        inc(self.lrt.counters, self.pbase + O_RETRY_REASON + retry_reason(kind))
+        self._restart()
+        self._assign(m)
+        self._acquire()
         return 0
 
     cdef _error(self, int code, bytes router_code):
@@ -531,6 +656,18 @@ cdef class Exchange:
         if status >= 200:
             observe(self.lrt.counters, self.pbase + O_UPSTREAM_HIST,
                     monotonic() - self.t_sent)
+        cdef Member m
+        if ((status == 502 and self.pool.retry_on & B_RETRY_502)
+                or (status == 503 and self.pool.retry_on & B_RETRY_503)):
+            # The member's own 502/503, asked to be retried: nothing of it has
+            # reached the client; its body is dropped with its connection.
+            m = self._retry_target(F_STATUS_502 if status == 502 else F_STATUS_503)
+            if m is not None:
+                if self.req.meta is not None:
+                    self._try(b"%d" % status)
+                self._release(False)
+                self._retry_on(m, F_STATUS_502 if status == 502 else F_STATUS_503)
+                return 0
         if status < 200:
             # Interim response: relay 100/103 to HTTP/1.1 clients, drop the rest.
             self.interim = True
@@ -543,7 +680,20 @@ cdef class Exchange:
             self.ds.ds_interim(self, status, self.reason, self.rhead)
             self.reason = None
             self.rhead = None
+            if self.body_held and self.state == S_SENDING:
+                self._release_body()
             return 0
+        if self.state == S_SENDING:
+            # A final response before the request body ended (a 413, a 401...):
+            # the member won't read the rest, so sending it would only earn a
+            # reset that loses this answer. The rest of the body is read from
+            # the client and dropped; the member connection closes at the end.
+            self.body_dropped = True
+            self.body_held = False
+            if self.body_buf:
+                self.body_buf = []
+                self.body_buf_len = 0
+                self.ds.ds_resume_reading()
         if self.lrt.hooks & K_RESPONSE_FILTER:
             self._response_filter(status)
         if self.pool.sticky == STICKY_LB_COOKIE and not self.sticky_bound:
@@ -605,7 +755,8 @@ cdef class Exchange:
             self.interim = False
             return 0
         self.ds.ds_end(self)
-        self._finish(self.req_done and not self.resp_close
+        # (a member that answered before the whole body reached it is not reused)
+        self._finish(self.req_done and not self.body_dropped and not self.resp_close
                      and self.conn.parser.should_keep_alive())
         return 0
 
@@ -658,6 +809,7 @@ cdef class Exchange:
 
 cdef class UpstreamConnection:
     def __cinit__(self, Member member, Counters counters=None):
+        self.fd = -1
         self.member = member
         self.counters = counters
         add(counters, O_LIVE_MC, 1)
@@ -669,6 +821,8 @@ cdef class UpstreamConnection:
         # The parser holds bound methods of this object: made here, dropped in
         # connection_lost, so a connect cancelled half-way leaves no cycle.
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self.parser = HttpResponseParser(self)
         # Bound once: a method looked up by name costs a lookup per call.
         self.feed = self.parser.feed_data
@@ -767,3 +921,11 @@ cdef class UpstreamConnection:
     def on_message_complete(self):
         if self.ex is not None:
             self.ex.up_message_complete()
+
+
+def close_idle(Member m):
+    """A member that left its pool: its idle connections close now rather
+    than wait for their expiry (nothing will pick the member again)."""
+    cdef UpstreamConnection c
+    for c in list(m.idle):
+        c.close()

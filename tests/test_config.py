@@ -251,3 +251,35 @@ def test_load_config_reads_file(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "absent.yaml")
     assert "cannot read" in str(exc.value)
+
+
+def test_schema_errors_do_not_hide_the_rest():
+    """References are checked on what passed the schema; indexes of removed
+    items are mapped back, and an entry that failed the schema is not
+    reported again as missing where it is referenced."""
+    text = """\
+listeners:
+  - {name: a, protocol: HTTP, port: 70000, default_pool: p}
+  - {name: b, protocol: HTTP, port: 8081, default_pool: nope}
+  - {name: b, protocol: HTTP, port: 8082, default_pool: q}
+  - {name: c, protocol: HTTP, port: 8083, default_pool: r}
+pools:
+  p:
+    members:
+      - {address: 127.0.0.1, port: 0}
+      - {address: 127.0.0.1, port: 9001}
+      - {address: 127.0.0.1, port: 9001}
+  q: {algorithm: fastest}
+  r: {algorithm: source_ip_hash, slow_start: {enabled: true}}
+"""
+    assert errors_of(text) == [
+        "lb.yaml:2: listeners[0].port: 70000 is outside 1-65535",
+        "lb.yaml:3: listeners[1].default_pool: no pool named 'nope'",
+        "lb.yaml:4: listeners[2].name: 'b' is also the name of listeners[1]",
+        "lb.yaml:9: pools.p.members[0].port: 0 is outside 1-65535",
+        "lb.yaml:11: pools.p.members[2].name: '127.0.0.1:9001' is also the name of "
+        "members[1] (members without a name are named address:port)",
+        "lb.yaml:12: pools.q.algorithm: 'fastest' is not one of 'weighted_round_robin', "
+        "'weighted_least_connections' or 'source_ip_hash'",
+        "lb.yaml:13: pools.r: slow_start works with weighted_round_robin only",
+    ]

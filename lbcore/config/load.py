@@ -13,12 +13,14 @@ from pydantic import BaseModel, ValidationError
 
 from lbcore.config.errors import ConfigError, ConfigIssue
 from lbcore.config.model import Config
+from lbcore.config.salvage import salvage
 from lbcore.config.validate import (
     check_admin,
     check_forwarding,
     check_listeners,
     check_policies,
     check_pools,
+    check_resolution,
     load_certificates,
     normalise_ip_groups,
 )
@@ -35,7 +37,9 @@ def load_config(path: str | Path) -> Config:
 
 
 def load_config_text(text: str, filename: str = "<config>", base_dir: Path | None = None,
-                     source: Path | None = None) -> Config:
+                     source: Path | None = None, resolve: bool = True) -> Config:
+    """`resolve`: look member host names up (a worker, which gets its
+    addresses from the master, does not)."""
     base_dir = base_dir or Path.cwd()
     try:
         data, lines = load_with_lines(text)
@@ -44,15 +48,25 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(filename, 1, "(top level)",
                                        "expected a mapping with listeners and pools")])
+    reserved = _reserved_keys(data)
     issues = [ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
-              for path, msg in _reserved_keys(data)]
+              for path, msg in reserved]
+    part = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         issues += _pydantic_issues(exc, data, lines, filename)
-        raise ConfigError(issues) from None
-    if issues:
-        raise ConfigError(issues)
+        # What passed the schema still gets its reference and file checks.
+        part = salvage(data, exc, [p for p, _ in reserved], _yaml_path)
+        if part is None:
+            raise ConfigError(issues) from None
+        cfg = part.cfg
+    else:
+        if reserved:
+            part = salvage(data, None, [p for p, _ in reserved], _yaml_path)
+            if part is None:
+                raise ConfigError(issues)
+            cfg = part.cfg
 
     problems: list = []
     warnings: list[str] = []
@@ -63,9 +77,15 @@ def load_config_text(text: str, filename: str = "<config>", base_dir: Path | Non
     check_pools(cfg, problems)
     check_admin(cfg, problems)
     check_forwarding(cfg, problems)
-    if problems:
-        raise ConfigError([ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
-                           for path, msg in problems], tuple(warnings))
+    if resolve:
+        check_resolution(cfg, problems)
+    if part is not None:
+        problems = [(part.file_path(path), part.file_message(path, msg))
+                    for path, msg in problems if not part.is_echo(msg)]
+    issues += [ConfigIssue(filename, line_of(lines, path), fmt_path(path), msg)
+               for path, msg in problems]
+    if issues:
+        raise ConfigError(issues, tuple(warnings))
     return cfg.model_copy(update={
         "certificates": types.MappingProxyType(certs),
         "ip_groups": types.MappingProxyType(groups),

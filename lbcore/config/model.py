@@ -362,6 +362,29 @@ class HealthCheck(Model):
     expected_codes: Annotated[str, BeforeValidator(check_codes)] = "200"
 
 
+RetryOn = Literal["connect_failure", "reset", "response_timeout", "http_502", "http_503"]
+
+
+class RetryBudget(Model):
+    """Envoy's retry budget: a worker's requests of the pool that are on a
+    retry stay below `percent` of its active requests, or `min_concurrent`
+    when that is more. percent: 100 leaves only max_retries as a limit."""
+
+    percent: Annotated[float, BeforeValidator(no_bool), in_range(0, 100)] = 20.0
+    min_concurrent: Int(0, 1_000_000) = 3
+
+
+class Retries(Model):
+    """Which failures are retried on another member (spec 7.2 by default: a
+    failed connect, a connection lost before any response byte, the response
+    time-out; a member's own 502 or 503 only when listed), how many times."""
+
+    # (not `on`: YAML 1.1 reads that key as true)
+    retry_on: tuple[RetryOn, ...] = ("connect_failure", "reset", "response_timeout")
+    max_retries: Int(0, 10) = 4
+    budget: RetryBudget = RetryBudget()
+
+
 class Pool(Model):
     description: str = ""
     protocol: Literal["HTTP"] = "HTTP"
@@ -376,6 +399,10 @@ class Pool(Model):
     max_response_header: Int(1024, 1 << 22) | None = None
     members: Annotated[tuple[Member, ...], Field(max_length=500)] = ()
     health_check: HealthCheck = HealthCheck()
+    # Seconds between the master's lookups of member host names (a changed
+    # answer swaps in the new member set); 0 = only when the config loads.
+    resolve_interval: Int(0, 86400) = 30
+    retries: Retries = Retries()
 
     @model_validator(mode="after")
     def slow_start_wrr_only(self):

@@ -266,6 +266,19 @@ MEANINGS: dict[str, str] = {
                                "(weighted_round_robin only)",
     "pools.<name>.fail_open": "when every member is unhealthy, send to all of them instead of "
                               "503 (`x-router-code: 50000`)",
+    "pools.<name>.resolve_interval": "seconds between re-resolutions of member host names "
+                                     "(the master's; every address a name resolves to is a "
+                                     "member); 0: resolved at load only",
+    "pools.<name>.retries": "which failures are retried on another member, and how often",
+    "pools.<name>.retries.retry_on": "`connect_failure`, `reset`, `response_timeout` (spec "
+                                     "7.2's default), `http_502`, `http_503`; only idempotent "
+                                     "requests before a response byte",
+    "pools.<name>.retries.max_retries": "other members tried at most, after the first",
+    "pools.<name>.retries.budget": "Envoy's retry budget: retries in flight per worker and pool",
+    "pools.<name>.retries.budget.percent": "retries in flight at most this share of the pool's "
+                                           "active requests",
+    "pools.<name>.retries.budget.min_concurrent": "retries always allowed in flight, whatever "
+                                                  "the share",
     "pools.<name>.max_response_header": "bytes of a member's response head, 1xx included; "
                                         "over it: 502. null: the listener's "
                                         "limits.max_header_block",

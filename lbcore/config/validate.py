@@ -312,3 +312,22 @@ def _check_openssl(cfg, certs, lst, at, problems: list[Problem]) -> None:
                 problems.append((at + ("security_policy",),
                                  f"{lst.security_policy}: TLS 1.3 suite {suite} is not "
                                  "available in the local OpenSSL"))
+
+
+def check_resolution(cfg, problems: list[Problem]) -> None:
+    """Member host names must resolve now, as HAProxy's default init-addr
+    wants: a name that doesn't would make `run` fail, or a reload."""
+    from lbcore.dns import ResolveError, resolve_addresses
+
+    seen: dict[str, str | None] = {}
+    for pool_name, pool in cfg.pools.items():
+        for j, member in enumerate(pool.members):
+            if member.address not in seen:
+                try:
+                    resolve_addresses(member.address)
+                    seen[member.address] = None
+                except ResolveError as exc:
+                    seen[member.address] = str(exc)
+            if seen[member.address] is not None:
+                problems.append((("pools", pool_name, "members", j, "address"),
+                                 seen[member.address]))

@@ -282,7 +282,7 @@ def test_http_to_https_redirect_keeps_path_and_query(site):
     got = h1_raw(site["plain"], b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
     assert got.header("location") == f"https://www.example.test:{site['port']}/"
     r = httpx.get(f"http://127.0.0.1:{site['plain']}/p?q=1", follow_redirects=True,
-                  verify=site["ca"])
+                  verify=ssl.create_default_context(cafile=site["ca"]))
     assert r.status_code == 200 and r.json()["name"] == "a" and r.json()["path"] == "/p?q=1"
 
 
