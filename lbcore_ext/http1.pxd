@@ -24,6 +24,7 @@ cdef class HttpProtocol(Downstream):
     cdef Exchange tunnel                # set once a 101 switched this connection
     cdef bytes tunnel_pending           # client bytes after an upgrade request's head
     cdef int error_code
+    cdef Request pending_answer         # a local answer behind pipelined requests
     cdef int _out(self, object data) except -1
     cdef int _answer_directly(self, Request req) except -1
     cdef int _send_error(self, int code, bytes router_code) except -1

@@ -55,9 +55,9 @@ DEF R_CLOSE = 2       # delimited by closing the connection (HTTP/1.0 client)
 DEF DRAIN_IDLE_GRACE = 1.0
 
 
-cdef bytes local_response(int status, bytes lines, bytes body, bint head):
-    """A complete answer of lbcore's own, closing the connection; no body
-    to HEAD (the Content-Length still says what GET would get)."""
+cdef bytes local_response(int status, bytes lines, bytes body, bint head, bint close=True):
+    """A complete answer of lbcore's own; no body to HEAD (the
+    Content-Length still says what GET would get)."""
     cdef bytearray out = bytearray(b"HTTP/1.1 ")
     put_int(out, status)
     put(out, b" ")
@@ -66,7 +66,7 @@ cdef bytes local_response(int status, bytes lines, bytes body, bint head):
     put(out, lines)
     put(out, b"Content-Length: ")
     put_int(out, len(body))
-    put(out, b"\r\nConnection: close\r\n\r\n")
+    put(out, b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n")
     if not head:
         put(out, body)
     return bytes(out)
@@ -316,13 +316,28 @@ cdef class HttpProtocol(Downstream):
     # ---- answers of our own -------------------------------------------------------
 
     cdef int _answer_directly(self, Request req) except -1:
-        """decide() answered (a hook's page). The request body, if any, is
-        not read, so the connection closes after."""
-        self.stop_parsing = True
+        """decide() answered (a forwarding policy's redirect or fixed
+        response, a hook's page). Without a body, and with keep-alive, the
+        connection carries on (a redirect or a health page costs no new
+        connection); a body is not read, so the connection closes after.
+        Behind pipelined requests still in flight, the answer waits its turn."""
+        cdef bint keep = req.keep_alive and not req.has_body and not self.queue
+        if self.queue:
+            self.stop_parsing = True
+            self.pending_answer = req
+            if not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            return 0
+        if not keep:
+            self.stop_parsing = True
         self._out(local_response(req.answer_status, req.answer_lines, req.answer_body,
-                                 req.is_head()))
+                                 req.is_head(), not keep))
         req.answered(req.answer_status, False)
-        self._close()
+        if keep:
+            self._after_exchange()
+        else:
+            self._close()
         return 0
 
     # ---- what the Exchange calls --------------------------------------------------
@@ -418,11 +433,19 @@ cdef class HttpProtocol(Downstream):
 
     cdef int _after_exchange(self) except -1:
         cdef Exchange nxt
+        cdef Request req
         if self.closed:
             return 0
         if self.queue:
             nxt = self.queue[0]
             nxt.start()
+            return 0
+        if self.pending_answer is not None:
+            req, self.pending_answer = self.pending_answer, None
+            self._out(local_response(req.answer_status, req.answer_lines, req.answer_body,
+                                     req.is_head()))
+            req.answered(req.answer_status, False)
+            self._close()
             return 0
         if self.stop_parsing or self.lrt.draining:
             self._close()

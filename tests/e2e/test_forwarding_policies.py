@@ -274,12 +274,13 @@ def test_paths_that_cannot_be_normalised_are_refused(site, proto):
 
 def test_http_to_https_redirect_keeps_path_and_query(site):
     got = h1_raw(site["plain"], f"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: 127.0.0.1:{site['plain']}"
-                 "\r\n\r\n".encode())
+                 "\r\nConnection: close\r\n\r\n".encode())
     assert got.status == 308 and got.backend is None
     assert got.header("location") == f"https://127.0.0.1:{site['port']}/a/b?x=1&y=%20"
-    got = h1_raw(site["plain"], b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+    got = h1_raw(site["plain"], b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n")
     assert got.header("location") == f"https://[::1]:{site['port']}/"
-    got = h1_raw(site["plain"], b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+    got = h1_raw(site["plain"], b"GET / HTTP/1.1\r\nHost: www.example.test\r\n"
+                 b"Connection: close\r\n\r\n")
     assert got.header("location") == f"https://www.example.test:{site['port']}/"
     r = httpx.get(f"http://127.0.0.1:{site['plain']}/p?q=1", follow_redirects=True,
                   verify=ssl.create_default_context(cafile=site["ca"]))
@@ -322,3 +323,25 @@ def test_metrics_and_access_log_name_the_policy(site):
     status = httpx.get(f"http://127.0.0.1:{site['admin']}/status").json()
     web = next(x for x in status["listeners"] if x["name"] == "web")
     assert [p["name"] for p in web["forwarding_policies"]][:2] == ["host-exact", "host-wild"]
+
+
+def test_local_answers_keep_the_connection_and_pipelining_order(site):
+    """A redirect or fixed response to a request without a body keeps the
+    HTTP/1.1 connection; behind a pipelined request still in flight it waits
+    its turn."""
+    with socket.create_connection(("127.0.0.1", site["plain"]), timeout=5) as s:
+        for _ in range(3):
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 308 ") and b"Connection: close" not in head
+    with _tls(site, "http/1.1") as s:
+        s.sendall(b"GET /exact HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /fixed HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        deadline = time.monotonic() + 5
+        while data.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+            data += s.recv(65536)
+        first, second = data.index(b"HTTP/1.1 200"), data.index(b"HTTP/1.1 418")
+        assert first < second, data[:300]
