@@ -1,4 +1,4 @@
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 from lbcore_ext.balancer cimport Pool
 from lbcore_ext.iptrie cimport IpTrie
@@ -74,12 +74,30 @@ cdef class Policy:
     cdef bytes rewrite(self, tuple template, Facts f, bytes original)
 
 
+# Candidate sets: bit i = the listener's i-th policy in priority order.
+cdef enum:
+    MASK_WORDS = 2                      # 128 policies; check allows 100
+
+
 cdef class PolicyTable:
-    """A listener's policies, in priority order, with an index by exact host:
-    a request only walks the policies that could match its host."""
+    """A listener's policies, in priority order, with indexes that give the
+    set of policies a request could match (as a bit mask), so that only
+    those are evaluated. Each policy is indexed by one of its rules whose
+    values are all exact (a host, an exact path, a path prefix, a method, a
+    field's value); policies with none (regexes, wildcards, query, cookie,
+    source IP only) are candidates for every request."""
     cdef readonly tuple policies
-    cdef dict by_host
-    cdef tuple other
+    cdef bint indexed                   # False: more policies than the masks hold
+    cdef uint64_t always[MASK_WORDS]
+    cdef uint64_t* masks                # MASK_WORDS words per index entry
+    cdef Py_ssize_t nmasks
+    cdef dict by_host                   # host key -> entry
+    cdef dict by_path                   # exact path -> entry
+    cdef dict by_prefix                 # path prefix -> entry
+    cdef tuple prefix_lens              # the distinct lengths of those prefixes
+    cdef dict by_method
+    cdef list by_field                  # per header slot: value -> entry, or None
+    cdef int _or(self, uint64_t* c, dict index, object key) except -1
     cdef readonly Py_ssize_t nslots     # header-rule slots
     cdef readonly dict slots            # lower-case field name -> slot
     cdef Policy route(self, Facts f)

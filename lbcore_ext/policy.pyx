@@ -6,15 +6,25 @@ once per config (compile_table); a request then walks C-typed rules with no
 Python call beyond what a match needs.
 
 Matching order: priority, smaller first; the first policy whose every rule
-matches wins. A request only walks the policies that could match its host:
-the table indexes the exact host names of host rules, so 100 policies on
-100 host names cost one dict lookup and the few policies left. Within a
-policy, the cheapest rules run first (method, host, path, source IP, then
-fields, query, cookie, regexes)."""
+matches wins. A request only evaluates the policies that could match it:
+the table indexes each policy by one of its exact rules (host, path, path
+prefix, method or a field's value), and a few dict lookups give the set of
+candidates as a bit mask, walked in priority order. 100 policies on
+distinct hosts, paths and field values cost those lookups and the policies
+left (regexes, wildcards). Within a policy, the cheapest rules run first
+(method, host, path, source IP, then fields, query, cookie, regexes)."""
+
+cdef extern from *:
+    """
+    static inline int lb_ctz64(unsigned long long x) { return __builtin_ctzll(x); }
+    """
+    int lb_ctz64(unsigned long long x) nogil
 
 include "consts.pxi"
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp
 
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
@@ -303,21 +313,59 @@ cdef bytes _fill(tuple template, bytes scheme, Facts f):
 
 
 cdef class PolicyTable:
+    def __dealloc__(self):
+        free(self.masks)
+
+    cdef inline int _or(self, uint64_t* c, dict index, object key) except -1:
+        cdef object entry = index.get(key)
+        cdef Py_ssize_t e, w
+        if entry is not None:
+            e = <Py_ssize_t>entry
+            for w in range(MASK_WORDS):
+                c[w] |= self.masks[e * MASK_WORDS + w]
+        return 0
+
     cdef Policy route(self, Facts f):
         cdef Policy p
-        cdef tuple candidates = self.policies
+        cdef uint64_t c[MASK_WORDS]
+        cdef uint64_t bits
+        cdef Py_ssize_t w, n, slot
+        cdef bytes path = f.path
+        if not self.indexed:
+            for p in self.policies:
+                if p.matches(f):
+                    return p
+            return None
+        for w in range(MASK_WORDS):
+            c[w] = self.always[w]
         if self.by_host is not None:
             if f.host_key is None:
                 f.host_key = host_key(f.host)
-            candidates = self.by_host.get(f.host_key, self.other)
-        for p in candidates:
-            if p.matches(f):
-                return p
+            self._or(c, self.by_host, f.host_key)
+        if self.by_path is not None:
+            self._or(c, self.by_path, path)
+        if self.by_prefix is not None:
+            for n in self.prefix_lens:
+                if PyBytes_GET_SIZE(path) >= n:
+                    self._or(c, self.by_prefix, path[:n])
+        if self.by_method is not None:
+            self._or(c, self.by_method, f.method)
+        if self.by_field is not None and f.hvals is not None:
+            for slot in range(len(self.by_field)):
+                index = self.by_field[slot]
+                if index is not None and f.hvals[slot] is not None:
+                    self._or(c, <dict>index, f.hvals[slot])
+        for w in range(MASK_WORDS):
+            bits = c[w]
+            while bits:
+                p = self.policies[w * 64 + lb_ctz64(bits)]
+                if p.matches(f):
+                    return p
+                bits &= bits - 1
         return None
 
-    def route_for_test(self, method=b"GET", host=b"", path=b"/", query=None, headers=(),
-                       cookie=None, peer_ip=b"127.0.0.1"):
-        """Python entry point for unit tests: the policy a request would get."""
+    def _facts_for_test(self, method=b"GET", host=b"", path=b"/", query=None, headers=(),
+                        cookie=None, peer_ip=b"127.0.0.1"):
         cdef Facts f = Facts()
         f.method, f.host, f.path, f.query, f.cookie, f.peer_ip = (method, host, path, query,
                                                                    cookie, peer_ip)
@@ -325,7 +373,15 @@ cdef class PolicyTable:
             slot = self.slots.get(name.lower())
             if slot is not None:
                 f.store(slot, self.nslots, value)
-        return self.route(f)
+        return f
+
+    def route_for_test(self, **request):
+        """Python entry point for unit tests: the policy a request would get."""
+        return self.route(self._facts_for_test(**request))
+
+    def matches_for_test(self, Policy p, **request):
+        """One policy's rules alone, without the indexes (for tests)."""
+        return p.matches(self._facts_for_test(**request))
 
     def choose_for_test(self, Policy p, cookie=None):
         cdef Py_ssize_t i = p.choose(cookie)
@@ -397,9 +453,16 @@ def _rule(cfg_rule, slots: dict) -> Rule:
             r.name = cfg_rule.name.encode()
         plain = [v for v in values if "*" not in v and "?" not in v]
         r.exact = frozenset((v.lower() if fold else v).encode() for v in plain)
-        r.regexes = tuple(Regex(glob_regex(v.lower() if fold else v), True)
+        r.regexes = tuple(Regex(glob_regex(v.lower() if fold else v), True,
+                                prefix=_glob_prefix(v.lower() if fold else v))
                           for v in values if v not in plain)
     return r
+
+
+def _glob_prefix(value: str) -> str:
+    """The literal start of a wildcard value: what comes before * or ?."""
+    cut = min((i for i in (value.find("*"), value.find("?")) if i >= 0), default=len(value))
+    return value[:cut]
 
 
 def _policy(fp, pools: dict, slots: dict) -> Policy:
@@ -453,6 +516,66 @@ def _policy(fp, pools: dict, slots: dict) -> Policy:
     return p
 
 
+def _index(PolicyTable t):
+    """Index each policy by its first rule whose values are all exact, in
+    the order host, exact path, prefix, method, field; the rest are always
+    candidates."""
+    cdef Policy p
+    cdef Rule r
+    cdef Py_ssize_t i, w
+    n = len(t.policies)
+    t.indexed = n <= MASK_WORDS * 64
+    if not t.indexed:
+        return
+    entries: dict = {}                  # (kind, slot, key) -> mask as a Python int
+    for i, p in enumerate(t.policies):
+        key = None
+        for r in sorted(p.rules, key=lambda r: _INDEX_ORDER.get((<Rule>r).kind, 99)):
+            if r.kind == K_HOST and not r.prefixes:
+                key = (K_HOST, -1, r.exact)
+            elif r.kind in (K_PATH_EXACT, K_METHOD):
+                key = (r.kind, -1, r.exact)
+            elif r.kind == K_PATH_PREFIX:
+                key = (K_PATH_PREFIX, -1, frozenset(r.prefixes))
+            elif r.kind == K_HEADER and not r.regexes:
+                key = (K_HEADER, r.slot, r.exact)
+            else:
+                continue
+            break
+        if key is None:
+            for w in range(MASK_WORDS):
+                if i // 64 == w:
+                    t.always[w] |= (<uint64_t>1) << (i % 64)
+            continue
+        kind, slot, values = key
+        for v in values:
+            entries[(kind, slot, v)] = entries.get((kind, slot, v), 0) | (1 << i)
+    t.nmasks = len(entries)
+    t.masks = <uint64_t*>calloc(max(1, t.nmasks) * MASK_WORDS, sizeof(uint64_t))
+    if t.masks == NULL:
+        raise MemoryError()
+    dicts: dict = {}
+    fields: dict = {}
+    for e, ((kind, slot, v), mask) in enumerate(entries.items()):
+        for w in range(MASK_WORDS):
+            t.masks[e * MASK_WORDS + w] = (mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+        if kind == K_HEADER:
+            fields.setdefault(slot, {})[v] = e
+        else:
+            dicts.setdefault(kind, {})[v] = e
+    t.by_host = dicts.get(K_HOST)
+    t.by_path = dicts.get(K_PATH_EXACT)
+    t.by_prefix = dicts.get(K_PATH_PREFIX)
+    t.by_method = dicts.get(K_METHOD)
+    t.prefix_lens = tuple(sorted({len(v) for v in t.by_prefix})) if t.by_prefix else ()
+    if fields:
+        t.by_field = [fields.get(slot) for slot in range(t.nslots)]
+
+
+# Which exact rule indexes a policy: the most selective first.
+_INDEX_ORDER = {K_HOST: 0, K_PATH_EXACT: 1, K_PATH_PREFIX: 2, K_HEADER: 3, K_METHOD: 4}
+
+
 def compile_table(policies, pools: dict) -> PolicyTable | None:
     """A listener's forwarding_policies (config model) against the worker's
     pools; None when it has none (the decision then costs nothing)."""
@@ -465,28 +588,5 @@ def compile_table(policies, pools: dict) -> PolicyTable | None:
     t.policies = ordered
     t.slots = slots
     t.nslots = len(slots)
-    # The host index: for each exact host of a host rule, the policies that
-    # could match it (in order); every other host walks `other`.
-    cdef Policy p
-    cdef Rule r
-    hosts: dict = {}                        # host -> policies naming it exactly
-    open_policies = []                      # no host rule, or a wildcard one
-    for p in ordered:
-        exact: set = set()
-        wildcard = False
-        named = False
-        for r in p.rules:
-            if r.kind == K_HOST:
-                named = True
-                exact.update(r.exact)
-                wildcard = wildcard or bool(r.prefixes)
-        if not named or wildcard:
-            open_policies.append(p)
-        for h in exact:
-            hosts.setdefault(h, set()).add(p.priority)
-    if hosts:
-        open_prios = {p.priority for p in open_policies}
-        t.by_host = {h: tuple(p for p in ordered if p.priority in prios or
-                              p.priority in open_prios) for h, prios in hosts.items()}
-        t.other = tuple(open_policies)
+    _index(t)
     return t

@@ -1705,15 +1705,16 @@ struct __pyx_obj_10lbcore_ext_5regex_Regex {
   re2::RE2 *re;
   int anchor;
   PyObject *pattern;
+  PyObject *prefix;
 };
 
 
 
-/* "lbcore_ext/regex.pyx":19
+/* "lbcore_ext/regex.pyx":20
  * 
  * 
  * cdef class Regex:             # <<<<<<<<<<<<<<
- *     def __cinit__(self, pattern, bint full=False, bint case_sensitive=True):
+ *     def __cinit__(self, pattern, bint full=False, bint case_sensitive=True, prefix=None):
  *         """`pattern` (str or bytes, read as Latin-1 so every byte of a path
 */
 
@@ -1796,6 +1797,95 @@ static struct __pyx_vtabstruct_10lbcore_ext_5regex_Regex *__pyx_vtabptr_10lbcore
     } while (0)
 #define __Pyx_CLEAR(r)    do { PyObject* tmp = ((PyObject*)(r)); r = NULL; __Pyx_DECREF(tmp);} while(0)
 #define __Pyx_XCLEAR(r)   do { if((r) != NULL) {PyObject* tmp = ((PyObject*)(r)); r = NULL; __Pyx_DECREF(tmp);}} while(0)
+
+/* FastTypeChecks.proto (used by GivenExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+#define __Pyx_TypeCheck(obj, type) __Pyx_IsSubtype(Py_TYPE(obj), (PyTypeObject *)type)
+#define __Pyx_TypeCheck2(obj, type1, type2) __Pyx_IsAnySubtype2(Py_TYPE(obj), (PyTypeObject *)type1, (PyTypeObject *)type2)
+static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b);
+static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b);
+#define __Pyx_PyAnySet_Check(obj)  __Pyx_TypeCheck2(obj, &PySet_Type, &PyFrozenSet_Type)
+#else
+#define __Pyx_TypeCheck(obj, type) PyObject_TypeCheck(obj, (PyTypeObject *)type)
+#define __Pyx_TypeCheck2(obj, type1, type2) (PyObject_TypeCheck(obj, (PyTypeObject *)type1) || PyObject_TypeCheck(obj, (PyTypeObject *)type2))
+#define __Pyx_PyAnySet_Check(obj)  PyAnySet_Check(obj)
+#endif
+
+/* PyThreadStateGet.proto (used by PyErrFetchRestore) */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyThreadState_declare  PyThreadState *__pyx_tstate;
+#define __Pyx_PyThreadState_assign  __pyx_tstate = __Pyx_PyThreadState_Current;
+#if PY_VERSION_HEX >= 0x030C00A6
+#define __Pyx_PyErr_Occurred()  (__pyx_tstate->current_exception != NULL)
+#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->current_exception ? (PyObject*) Py_TYPE(__pyx_tstate->current_exception) : (PyObject*) NULL)
+#else
+#define __Pyx_PyErr_Occurred()  (__pyx_tstate->curexc_type != NULL)
+#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->curexc_type)
+#endif
+#else
+#define __Pyx_PyThreadState_declare
+#define __Pyx_PyThreadState_assign
+#define __Pyx_PyErr_Occurred()  (PyErr_Occurred() != NULL)
+#define __Pyx_PyErr_CurrentExceptionType()  PyErr_Occurred()
+#endif
+
+/* PyErrFetchRestore.proto (used by GivenExceptionMatches) */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyErr_Clear() __Pyx_ErrRestore(NULL, NULL, NULL)
+#define __Pyx_ErrRestoreWithState(type, value, tb)  __Pyx_ErrRestoreInState(PyThreadState_GET(), type, value, tb)
+#define __Pyx_ErrFetchWithState(type, value, tb)    __Pyx_ErrFetchInState(PyThreadState_GET(), type, value, tb)
+#define __Pyx_ErrRestore(type, value, tb)  __Pyx_ErrRestoreInState(__pyx_tstate, type, value, tb)
+#define __Pyx_ErrFetch(type, value, tb)    __Pyx_ErrFetchInState(__pyx_tstate, type, value, tb)
+static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb);
+static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
+#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A6
+#define __Pyx_PyErr_SetNone(exc) (Py_INCREF(exc), __Pyx_ErrRestore((exc), NULL, NULL))
+#else
+#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
+#endif
+#else
+#define __Pyx_PyErr_Clear() PyErr_Clear()
+#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
+#define __Pyx_ErrRestoreWithState(type, value, tb)  PyErr_Restore(type, value, tb)
+#define __Pyx_ErrFetchWithState(type, value, tb)  PyErr_Fetch(type, value, tb)
+#define __Pyx_ErrRestoreInState(tstate, type, value, tb)  PyErr_Restore(type, value, tb)
+#define __Pyx_ErrFetchInState(tstate, type, value, tb)  PyErr_Fetch(type, value, tb)
+#define __Pyx_ErrRestore(type, value, tb)  PyErr_Restore(type, value, tb)
+#define __Pyx_ErrFetch(type, value, tb)  PyErr_Fetch(type, value, tb)
+#endif
+
+/* GivenExceptionMatches.proto (used by PyErrExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject *type);
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2);
+#else
+#define __Pyx_PyErr_GivenExceptionMatches(err, type) PyErr_GivenExceptionMatches(err, type)
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2) {
+    return PyErr_GivenExceptionMatches(err, type1) || PyErr_GivenExceptionMatches(err, type2);
+}
+#endif
+#define __Pyx_PyErr_ExceptionMatches2(err1, err2)  __Pyx_PyErr_GivenExceptionMatches2(__Pyx_PyErr_CurrentExceptionType(), err1, err2)
+
+/* PyErrExceptionMatches.proto (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_FAST_THREAD_STATE
+#define __Pyx_PyErr_ExceptionMatches(err) __Pyx_PyErr_ExceptionMatchesInState(__pyx_tstate, err)
+static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err);
+#else
+#define __Pyx_PyErr_ExceptionMatches(err)  PyErr_ExceptionMatches(err)
+#endif
+
+/* PyObjectGetAttrStr.proto (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_USE_TYPE_SLOTS
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name);
+#else
+#define __Pyx_PyObject_GetAttrStr(o,n) PyObject_GetAttr(o,n)
+#endif
+
+/* PyObjectGetAttrStrNoError.proto (used by GetBuiltinName) */
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name);
+
+/* GetBuiltinName.proto */
+static PyObject *__Pyx_GetBuiltinName(PyObject *name);
 
 /* CopyObjectArray.proto (used by TupleOrListFromArrayImpl) */
 #if CYTHON_COMPILING_IN_CPYTHON
@@ -1924,26 +2014,6 @@ typedef struct {
 /* IgnoreException.proto (used by UnpackUnboundCMethod_impl) */
 static CYTHON_INLINE int __Pyx_IgnoreGivenException(PyObject *given_exception, PyObject *ignorable_exception);
 #define __Pyx_IgnoreException(ignorable_exception) __Pyx_IgnoreGivenException(NULL, ignorable_exception)
-
-/* FastTypeChecks.proto (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_COMPILING_IN_CPYTHON
-#define __Pyx_TypeCheck(obj, type) __Pyx_IsSubtype(Py_TYPE(obj), (PyTypeObject *)type)
-#define __Pyx_TypeCheck2(obj, type1, type2) __Pyx_IsAnySubtype2(Py_TYPE(obj), (PyTypeObject *)type1, (PyTypeObject *)type2)
-static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b);
-static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b);
-#define __Pyx_PyAnySet_Check(obj)  __Pyx_TypeCheck2(obj, &PySet_Type, &PyFrozenSet_Type)
-#else
-#define __Pyx_TypeCheck(obj, type) PyObject_TypeCheck(obj, (PyTypeObject *)type)
-#define __Pyx_TypeCheck2(obj, type1, type2) (PyObject_TypeCheck(obj, (PyTypeObject *)type1) || PyObject_TypeCheck(obj, (PyTypeObject *)type2))
-#define __Pyx_PyAnySet_Check(obj)  PyAnySet_Check(obj)
-#endif
-
-/* PyObjectGetAttrStr.proto (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_USE_TYPE_SLOTS
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name);
-#else
-#define __Pyx_PyObject_GetAttrStr(o,n) PyObject_GetAttr(o,n)
-#endif
 
 /* UnpackUnboundCMethod_impl.export */
 static int __Pyx_TryUnpackUnboundCMethod(__Pyx_CachedCFunction* target);
@@ -2119,51 +2189,75 @@ static CYTHON_INLINE PyObject* __Pyx_decode_cpp_string(
 /* PyValueError_Check.proto */
 #define __Pyx_PyExc_ValueError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_ValueError)
 
-/* PyThreadStateGet.proto (used by PyErrFetchRestore) */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyThreadState_declare  PyThreadState *__pyx_tstate;
-#define __Pyx_PyThreadState_assign  __pyx_tstate = __Pyx_PyThreadState_Current;
-#if PY_VERSION_HEX >= 0x030C00A6
-#define __Pyx_PyErr_Occurred()  (__pyx_tstate->current_exception != NULL)
-#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->current_exception ? (PyObject*) Py_TYPE(__pyx_tstate->current_exception) : (PyObject*) NULL)
-#else
-#define __Pyx_PyErr_Occurred()  (__pyx_tstate->curexc_type != NULL)
-#define __Pyx_PyErr_CurrentExceptionType()  (__pyx_tstate->curexc_type)
-#endif
-#else
-#define __Pyx_PyThreadState_declare
-#define __Pyx_PyThreadState_assign
-#define __Pyx_PyErr_Occurred()  (PyErr_Occurred() != NULL)
-#define __Pyx_PyErr_CurrentExceptionType()  PyErr_Occurred()
-#endif
-
-/* PyErrFetchRestore.proto (used by RaiseException) */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyErr_Clear() __Pyx_ErrRestore(NULL, NULL, NULL)
-#define __Pyx_ErrRestoreWithState(type, value, tb)  __Pyx_ErrRestoreInState(PyThreadState_GET(), type, value, tb)
-#define __Pyx_ErrFetchWithState(type, value, tb)    __Pyx_ErrFetchInState(PyThreadState_GET(), type, value, tb)
-#define __Pyx_ErrRestore(type, value, tb)  __Pyx_ErrRestoreInState(__pyx_tstate, type, value, tb)
-#define __Pyx_ErrFetch(type, value, tb)    __Pyx_ErrFetchInState(__pyx_tstate, type, value, tb)
-static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb);
-static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb);
-#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030C00A6
-#define __Pyx_PyErr_SetNone(exc) (Py_INCREF(exc), __Pyx_ErrRestore((exc), NULL, NULL))
-#else
-#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
-#endif
-#else
-#define __Pyx_PyErr_Clear() PyErr_Clear()
-#define __Pyx_PyErr_SetNone(exc) PyErr_SetNone(exc)
-#define __Pyx_ErrRestoreWithState(type, value, tb)  PyErr_Restore(type, value, tb)
-#define __Pyx_ErrFetchWithState(type, value, tb)  PyErr_Fetch(type, value, tb)
-#define __Pyx_ErrRestoreInState(tstate, type, value, tb)  PyErr_Restore(type, value, tb)
-#define __Pyx_ErrFetchInState(tstate, type, value, tb)  PyErr_Fetch(type, value, tb)
-#define __Pyx_ErrRestore(type, value, tb)  PyErr_Restore(type, value, tb)
-#define __Pyx_ErrFetch(type, value, tb)  PyErr_Fetch(type, value, tb)
-#endif
-
 /* RaiseException.export */
 static void __Pyx_Raise(PyObject *type, PyObject *value, PyObject *tb, PyObject *cause);
+
+/* PyDictVersioning.proto (used by GetModuleGlobalName) */
+#if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_TYPE_SLOTS
+#define __PYX_DICT_VERSION_INIT  ((PY_UINT64_T) -1)
+#define __PYX_GET_DICT_VERSION(dict)  (((PyDictObject*)(dict))->ma_version_tag)
+#define __PYX_UPDATE_DICT_CACHE(dict, value, cache_var, version_var)\
+    (version_var) = __PYX_GET_DICT_VERSION(dict);\
+    (cache_var) = (value);
+#define __PYX_PY_DICT_LOOKUP_IF_MODIFIED(VAR, DICT, LOOKUP) {\
+    static PY_UINT64_T __pyx_dict_version = 0;\
+    static PyObject *__pyx_dict_cached_value = NULL;\
+    if (likely(__PYX_GET_DICT_VERSION(DICT) == __pyx_dict_version)) {\
+        (VAR) = __Pyx_XNewRef(__pyx_dict_cached_value);\
+    } else {\
+        (VAR) = __pyx_dict_cached_value = (LOOKUP);\
+        __pyx_dict_version = __PYX_GET_DICT_VERSION(DICT);\
+    }\
+}
+static CYTHON_INLINE PY_UINT64_T __Pyx_get_tp_dict_version(PyObject *obj);
+static CYTHON_INLINE PY_UINT64_T __Pyx_get_object_dict_version(PyObject *obj);
+static CYTHON_INLINE int __Pyx_object_dict_version_matches(PyObject* obj, PY_UINT64_T tp_dict_version, PY_UINT64_T obj_dict_version);
+#else
+#define __PYX_GET_DICT_VERSION(dict)  (0)
+#define __PYX_UPDATE_DICT_CACHE(dict, value, cache_var, version_var)
+#define __PYX_PY_DICT_LOOKUP_IF_MODIFIED(VAR, DICT, LOOKUP)  (VAR) = (LOOKUP);
+#endif
+
+/* GetModuleGlobalName.proto */
+#if CYTHON_USE_DICT_VERSIONS
+#define __Pyx_GetModuleGlobalName(var, name)  do {\
+    static PY_UINT64_T __pyx_dict_version = 0;\
+    static PyObject *__pyx_dict_cached_value = NULL;\
+    (var) = (likely(__pyx_dict_version == __PYX_GET_DICT_VERSION(__pyx_mstate_global->__pyx_d))) ?\
+        (likely(__pyx_dict_cached_value) ? __Pyx_NewRef(__pyx_dict_cached_value) : __Pyx_GetBuiltinName(name)) :\
+        __Pyx__GetModuleGlobalName(name, &__pyx_dict_version, &__pyx_dict_cached_value);\
+} while(0)
+#define __Pyx_GetModuleGlobalNameUncached(var, name)  do {\
+    PY_UINT64_T __pyx_dict_version;\
+    PyObject *__pyx_dict_cached_value;\
+    (var) = __Pyx__GetModuleGlobalName(name, &__pyx_dict_version, &__pyx_dict_cached_value);\
+} while(0)
+static PyObject *__Pyx__GetModuleGlobalName(PyObject *name, PY_UINT64_T *dict_version, PyObject **dict_cached_value);
+#else
+#define __Pyx_GetModuleGlobalName(var, name)  (var) = __Pyx__GetModuleGlobalName(name)
+#define __Pyx_GetModuleGlobalNameUncached(var, name)  (var) = __Pyx__GetModuleGlobalName(name)
+static CYTHON_INLINE PyObject *__Pyx__GetModuleGlobalName(PyObject *name);
+#endif
+
+/* decode_bytes.proto */
+static CYTHON_INLINE PyObject* __Pyx_decode_bytes(
+         PyObject* string, Py_ssize_t start, Py_ssize_t stop,
+         const char* encoding, const char* errors,
+         PyObject* (*decode_func)(const char *s, Py_ssize_t size, const char *errors)) {
+    char* as_c_string;
+    Py_ssize_t size;
+#if CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
+    as_c_string = PyBytes_AS_STRING(string);
+    size = PyBytes_GET_SIZE(string);
+#else
+    if (PyBytes_AsStringAndSize(string, &as_c_string, &size) < 0) {
+        return NULL;
+    }
+#endif
+    return __Pyx_decode_c_bytes(
+        as_c_string, size,
+        start, stop, encoding, errors, decode_func);
+}
 
 /* RejectKeywords.export */
 static void __Pyx_RejectKeywords(const char* function_name, PyObject *kwds);
@@ -2176,6 +2270,156 @@ static void __Pyx_ArgTypeError(PyObject *obj, PyTypeObject *type, const char *na
 
 /* ArgTypeTest.proto */
 static CYTHON_INLINE int __Pyx_ArgTypeTest(PyObject *obj, PyTypeObject *type, int none_allowed, const char *name, int exact);
+
+/* unicode_tailmatch.proto */
+static int __Pyx_PyUnicode_Tailmatch(
+    PyObject* s, PyObject* substr, Py_ssize_t start, Py_ssize_t end, int direction);
+
+/* PyUCS4InUnicode.proto */
+static CYTHON_INLINE int __Pyx_UnicodeContainsUCS4(Py_UCS4 character, PyObject* text, int eq);
+
+/* PyUnicode_Substring.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyUnicode_Substring(
+            PyObject* text, Py_ssize_t start, Py_ssize_t stop);
+
+/* unicode_iter.proto */
+static CYTHON_INLINE int __Pyx_init_unicode_iteration(
+    PyObject* ustring, Py_ssize_t *length, void** data, int *kind);
+
+/* PyLongBinop.proto */
+#if !CYTHON_COMPILING_IN_PYPY
+static CYTHON_INLINE PyObject* __Pyx_PyLong_AddObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check);
+#else
+#define __Pyx_PyLong_AddObjC(op1, op2, intval, inplace, zerodivision_check)\
+    (inplace ? PyNumber_InPlaceAdd(op1, op2) : PyNumber_Add(op1, op2))
+#endif
+
+/* PySequenceContains.proto */
+static CYTHON_INLINE int __Pyx_PySequence_ContainsTF(PyObject* item, PyObject* seq, int eq) {
+    int result = PySequence_Contains(seq, item);
+    return unlikely(result < 0) ? result : (result == (eq == Py_EQ));
+}
+
+/* PyObjectCompare.proto */
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop);
+
+/* PyFrozenDict.proto (used by GetItemInt) */
+#if CYTHON_COMPILING_IN_LIMITED_API
+#define __Pyx_PyFrozenDict_TypePtr  ((PyTypeObject*) __pyx_mstate_global->__Pyx_PyFrozenDictType)
+#define __Pyx_PyFrozenDict_New(it)  __Pyx__PyFrozenDict_New(__pyx_mstate_global->__Pyx_PyFrozenDictType, it)
+static CYTHON_INLINE PyObject* __Pyx__PyFrozenDict_New(PyObject* frozendict_type, PyObject* it);
+#define __Pyx_PyFrozenDict_NewEmpty()  __Pyx_PyFrozenDict_New(NULL)
+#define __Pyx_PyFrozenDict_Check(obj)  PyObject_TypeCheck((obj), __Pyx_PyFrozenDict_TypePtr)
+#define __Pyx_PyFrozenDict_CheckExact(obj)  Py_IS_TYPE((obj), __Pyx_PyFrozenDict_TypePtr)
+#define __Pyx_PyAnyDict_Check(obj)   __Pyx__PyAnyDict_Check(obj, __Pyx_PyFrozenDict_TypePtr)
+static CYTHON_INLINE int __Pyx__PyAnyDict_Check(PyObject *obj, PyTypeObject* frozendict_type) {
+    return PyObject_TypeCheck(obj, &PyDict_Type) || PyObject_TypeCheck(obj, frozendict_type);
+}
+#define __Pyx_PyAnyDict_CheckExact(obj)  __Pyx__PyAnyDict_CheckExact(obj, __Pyx_PyFrozenDict_TypePtr)
+static CYTHON_INLINE int __Pyx__PyAnyDict_CheckExact(PyObject *obj, PyTypeObject* frozendict_type) {
+    return Py_IS_TYPE(obj, &PyDict_Type) || Py_IS_TYPE(obj, frozendict_type);
+}
+#elif PY_VERSION_HEX >= 0x030f00a6 ||\
+    (defined(PyFrozenDict_Check) && defined(PyAnyDict_Check) && defined(PyFrozenDict_New))
+#define __Pyx_PyFrozenDict_TypePtr  (&PyFrozenDict_Type)
+#define __Pyx_PyFrozenDict_New(it)  PyFrozenDict_New(it)
+#define __Pyx_PyFrozenDict_NewEmpty()  PyFrozenDict_New(NULL)
+#define __Pyx_PyFrozenDict_Check(obj)  PyFrozenDict_Check(obj)
+#define __Pyx_PyFrozenDict_CheckExact(obj)  PyFrozenDict_CheckExact(obj)
+#define __Pyx_PyAnyDict_Check(obj)  PyAnyDict_Check(obj)
+#define __Pyx_PyAnyDict_CheckExact(obj)  PyAnyDict_CheckExact(obj)
+#else
+#define __Pyx_PyFrozenDict_TypePtr  (&PyDict_Type)
+static CYTHON_INLINE PyObject* __Pyx_PyFrozenDict_New(PyObject* it) {
+    if (!it) {
+        return PyDict_New();
+    } else if (PyDict_Check(it)) {
+        return PyDict_Copy(it);
+    } else {
+        PyObject *dict = PyDict_New();
+        if (!dict) return NULL;
+        PyObject *result = PyNumber_InPlaceOr(dict, it);
+        Py_DECREF(dict);
+        return result;
+    }
+}
+#define __Pyx_PyFrozenDict_NewEmpty()  PyDict_New()
+#define __Pyx_PyFrozenDict_Check(obj)  PyDict_Check(obj)
+#define __Pyx_PyFrozenDict_CheckExact(obj)  PyDict_CheckExact(obj)
+#define __Pyx_PyAnyDict_Check(obj)  PyDict_Check(obj)
+#define __Pyx_PyAnyDict_CheckExact(obj)  PyDict_CheckExact(obj)
+#endif
+
+/* GetItemInt.proto */
+#define __Pyx_GetItemInt(o, i, type, is_signed, to_py_func, wraparound, boundscheck, has_gil, unsafe_shared)\
+    (__Pyx_fits_Py_ssize_t(i, type, is_signed) ?\
+    __Pyx_GetItemInt_Fast(o, (Py_ssize_t)i, wraparound, boundscheck, unsafe_shared) :\
+    __Pyx_GetItemInt_Generic(o, to_py_func(i)))
+#define __Pyx_GetItemInt_List(o, i, type, is_signed, to_py_func, wraparound, boundscheck, has_gil, unsafe_shared)\
+    (__Pyx_fits_Py_ssize_t(i, type, is_signed) ?\
+    __Pyx_GetItemInt_List_Fast(o, (Py_ssize_t)i, wraparound, boundscheck, unsafe_shared) :\
+    (PyErr_SetString(PyExc_IndexError, "list index out of range"), (PyObject*)NULL))
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_List_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared);
+#define __Pyx_GetItemInt_Tuple(o, i, type, is_signed, to_py_func, wraparound, boundscheck, has_gil, unsafe_shared)\
+    (__Pyx_fits_Py_ssize_t(i, type, is_signed) ?\
+    __Pyx_GetItemInt_Tuple_Fast(o, (Py_ssize_t)i, wraparound, boundscheck, unsafe_shared) :\
+    (PyErr_SetString(PyExc_IndexError, "tuple index out of range"), (PyObject*)NULL))
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Tuple_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared);
+static PyObject *__Pyx_GetItemInt_Generic(PyObject *o, PyObject* j);
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
+                                                     int wraparound, int boundscheck, int unsafe_shared);
+
+/* RaiseErrorWithObjectType.proto (used by ObjectGetItem) */
+#define __Pyx_RaiseTypeErrorWithObjectType(message, obj)  __Pyx_RaiseErrorWithObjectType(PyExc_TypeError, message, obj)
+#define __Pyx_RaiseErrorWithObjectType(exc_type, message, obj)  __Pyx_RaiseErrorWithType(exc_type, message, Py_TYPE(obj))
+CYTHON_UNUSED
+static void __Pyx_RaiseErrorWithType(PyObject* exc_type, const char* message, PyTypeObject *type_obj);
+
+/* ObjectGetItem.proto */
+#if CYTHON_USE_TYPE_SLOTS
+static CYTHON_INLINE PyObject *__Pyx_PyObject_GetItem(PyObject *obj, PyObject *key);
+#else
+#define __Pyx_PyObject_GetItem(obj, key)  PyObject_GetItem(obj, key)
+#endif
+
+/* UnicodeEqualsUCS4.proto (used by UnicodeEquals_uchar) */
+#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL
+#define __Pyx_PyObject_Equals_uchar(s1, s2, ch2, equals, s1_is_str) (\
+    ((s1) == (s2)) ? ((equals) == Py_EQ) :\
+    ((s1) == Py_None) ? ((equals) == Py_NE) :\
+    __Pyx_PyObject_RichCompareBool(s1, s2, equals)\
+    )
+#else
+#define __Pyx_PyObject_Equals_uchar(s1, s2, ch2, equals, s1_is_str) (\
+    ((s1) == (s2)) ? ((equals) == Py_EQ) :\
+    ((s1) == Py_None) ? ((equals) == Py_NE) :\
+    (likely((s1_is_str) || PyUnicode_CheckExact(s1)) ?\
+        __Pyx__PyUnicode_EqualsUCS4(s1, ch2, equals) :\
+        __Pyx_PyObject_RichCompareBool(s1, s2, equals)\
+    ))
+static CYTHON_INLINE int __Pyx__PyUnicode_EqualsUCS4(PyObject* s1, Py_UCS4 ch2, int equals);
+#endif
+
+/* UnicodeEquals_uchar.proto */
+#define __Pyx_PyObject_Equals_str_ch63(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 63, equals, 1)
+
+/* UnicodeEquals_uchar.proto */
+#define __Pyx_PyObject_Equals_str_ch42(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 42, equals, 1)
+
+/* UnicodeEquals_uchar.proto */
+#define __Pyx_PyObject_Equals_str_ch123(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 123, equals, 1)
+
+/* ListAppend.proto */
+#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
+static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x);
+#else
+#define __Pyx_PyList_Append(L,x) PyList_Append(L,x)
+#endif
+
+/* UnicodeEquals_uchar.proto */
+#define __Pyx_PyObject_Equals_str_ch43(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 43, equals, 1)
 
 /* GetTopmostException.proto (used by SaveResetException) */
 #if CYTHON_USE_EXC_INFO_STACK && CYTHON_FAST_THREAD_STATE
@@ -2191,26 +2435,6 @@ static CYTHON_INLINE void __Pyx__ExceptionReset(PyThreadState *tstate, PyObject 
 #else
 #define __Pyx_ExceptionSave(type, value, tb)   PyErr_GetExcInfo(type, value, tb)
 #define __Pyx_ExceptionReset(type, value, tb)  PyErr_SetExcInfo(type, value, tb)
-#endif
-
-/* GivenExceptionMatches.proto (used by PyErrExceptionMatches) */
-#if CYTHON_COMPILING_IN_CPYTHON
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject *type);
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2);
-#else
-#define __Pyx_PyErr_GivenExceptionMatches(err, type) PyErr_GivenExceptionMatches(err, type)
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *type1, PyObject *type2) {
-    return PyErr_GivenExceptionMatches(err, type1) || PyErr_GivenExceptionMatches(err, type2);
-}
-#endif
-#define __Pyx_PyErr_ExceptionMatches2(err1, err2)  __Pyx_PyErr_GivenExceptionMatches2(__Pyx_PyErr_CurrentExceptionType(), err1, err2)
-
-/* PyErrExceptionMatches.proto */
-#if CYTHON_FAST_THREAD_STATE
-#define __Pyx_PyErr_ExceptionMatches(err) __Pyx_PyErr_ExceptionMatchesInState(__pyx_tstate, err)
-static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err);
-#else
-#define __Pyx_PyErr_ExceptionMatches(err)  PyErr_ExceptionMatches(err)
 #endif
 
 /* GetException.proto */
@@ -2232,47 +2456,6 @@ static CYTHON_INLINE void __Pyx__ExceptionSwap(PyThreadState *tstate, PyObject *
 #else
 static CYTHON_INLINE void __Pyx_ExceptionSwap(PyObject **type, PyObject **value, PyObject **tb);
 #endif
-
-/* unicode_iter.proto */
-static CYTHON_INLINE int __Pyx_init_unicode_iteration(
-    PyObject* ustring, Py_ssize_t *length, void** data, int *kind);
-
-/* UnicodeEqualsUCS4.proto (used by UnicodeEquals_uchar) */
-#if CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL
-#define __Pyx_PyObject_Equals_uchar(s1, s2, ch2, equals, s1_is_str) (\
-    ((s1) == (s2)) ? ((equals) == Py_EQ) :\
-    ((s1) == Py_None) ? ((equals) == Py_NE) :\
-    __Pyx_PyObject_RichCompareBool(s1, s2, equals)\
-    )
-#else
-#define __Pyx_PyObject_Equals_uchar(s1, s2, ch2, equals, s1_is_str) (\
-    ((s1) == (s2)) ? ((equals) == Py_EQ) :\
-    ((s1) == Py_None) ? ((equals) == Py_NE) :\
-    (likely((s1_is_str) || PyUnicode_CheckExact(s1)) ?\
-        __Pyx__PyUnicode_EqualsUCS4(s1, ch2, equals) :\
-        __Pyx_PyObject_RichCompareBool(s1, s2, equals)\
-    ))
-static CYTHON_INLINE int __Pyx__PyUnicode_EqualsUCS4(PyObject* s1, Py_UCS4 ch2, int equals);
-#endif
-
-/* UnicodeEquals_uchar.proto */
-#define __Pyx_PyObject_Equals_str_ch42(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 42, equals, 1)
-
-/* ListAppend.proto */
-#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
-static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x);
-#else
-#define __Pyx_PyList_Append(L,x) PyList_Append(L,x)
-#endif
-
-/* UnicodeEquals_uchar.proto */
-#define __Pyx_PyObject_Equals_str_ch63(s1, s2, equals)  __Pyx_PyObject_Equals_uchar(s1, s2, 63, equals, 1)
-
-/* RaiseErrorWithObjectType.proto (used by object_ord) */
-#define __Pyx_RaiseTypeErrorWithObjectType(message, obj)  __Pyx_RaiseErrorWithObjectType(PyExc_TypeError, message, obj)
-#define __Pyx_RaiseErrorWithObjectType(exc_type, message, obj)  __Pyx_RaiseErrorWithType(exc_type, message, Py_TYPE(obj))
-CYTHON_UNUSED
-static void __Pyx_RaiseErrorWithType(PyObject* exc_type, const char* message, PyTypeObject *type_obj);
 
 /* UnicodeAsUCS4.proto (used by object_ord) */
 static CYTHON_INLINE Py_UCS4 __Pyx_PyUnicode_AsPy_UCS4(PyObject*);
@@ -2352,9 +2535,6 @@ static PyObject *__Pyx_GetTypeTypeDict(PyTypeObject *tp);
 
 /* DelItemOnTypeDict.export */
 static int __Pyx__DelItemOnTypeDict(PyTypeObject *tp, PyObject *k);
-
-/* PyObjectGetAttrStrNoError.proto (used by SetupReduce) */
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name);
 
 /* SetItemOnTypeDict.proto (used by SetupReduce) */
 #define __Pyx_SetItemOnTypeDict(tp, k, v) __Pyx__SetItemOnTypeDict((PyTypeObject*)tp, k, v)
@@ -2541,31 +2721,8 @@ static PyObject *__Pyx_CyFunction_New(PyMethodDef *ml,
                                       PyObject* code);
 static PyTypeObject *__Pyx_Get_CyFunction_Type(void);
 
-/* PyDictVersioning.proto (used by CLineInTraceback) */
-#if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_TYPE_SLOTS
-#define __PYX_DICT_VERSION_INIT  ((PY_UINT64_T) -1)
-#define __PYX_GET_DICT_VERSION(dict)  (((PyDictObject*)(dict))->ma_version_tag)
-#define __PYX_UPDATE_DICT_CACHE(dict, value, cache_var, version_var)\
-    (version_var) = __PYX_GET_DICT_VERSION(dict);\
-    (cache_var) = (value);
-#define __PYX_PY_DICT_LOOKUP_IF_MODIFIED(VAR, DICT, LOOKUP) {\
-    static PY_UINT64_T __pyx_dict_version = 0;\
-    static PyObject *__pyx_dict_cached_value = NULL;\
-    if (likely(__PYX_GET_DICT_VERSION(DICT) == __pyx_dict_version)) {\
-        (VAR) = __Pyx_XNewRef(__pyx_dict_cached_value);\
-    } else {\
-        (VAR) = __pyx_dict_cached_value = (LOOKUP);\
-        __pyx_dict_version = __PYX_GET_DICT_VERSION(DICT);\
-    }\
-}
-static CYTHON_INLINE PY_UINT64_T __Pyx_get_tp_dict_version(PyObject *obj);
-static CYTHON_INLINE PY_UINT64_T __Pyx_get_object_dict_version(PyObject *obj);
-static CYTHON_INLINE int __Pyx_object_dict_version_matches(PyObject* obj, PY_UINT64_T tp_dict_version, PY_UINT64_T obj_dict_version);
-#else
-#define __PYX_GET_DICT_VERSION(dict)  (0)
-#define __PYX_UPDATE_DICT_CACHE(dict, value, cache_var, version_var)
-#define __PYX_PY_DICT_LOOKUP_IF_MODIFIED(VAR, DICT, LOOKUP)  (VAR) = (LOOKUP);
-#endif
+/* pyfrozenset_new.proto */
+static PyObject* __Pyx_PyFrozenSet_New(PyObject* it);
 
 /* CLineInTraceback.proto (used by AddTraceback) */
 #if CYTHON_CLINE_IN_TRACEBACK && CYTHON_CLINE_IN_TRACEBACK_RUNTIME
@@ -2694,6 +2851,9 @@ static int __Pyx_check_binary_version(unsigned long ct_version, unsigned long rt
 /* DecompressString.proto */
 static PyObject *__Pyx_DecompressString(const char *s, Py_ssize_t length, int algo);
 
+/* DecompressString_LZSS.proto */
+static PyObject *__Pyx_DecompressString_LZSS(const char *s, size_t compressed_length, size_t uncompressed_length);
+
 /* MultiPhaseInitModuleState.proto */
 #if CYTHON_PEP489_MULTI_PHASE_INIT && CYTHON_USE_MODULE_STATE
 #include <stdlib.h>
@@ -2801,18 +2961,21 @@ int __pyx_module_is_main_lbcore_ext__regex = 0;
 
 /* Implementation of "lbcore_ext.regex" */
 /* #### Code section: global_var ### */
+static PyObject *__pyx_builtin_enumerate;
 /* #### Code section: string_decls ### */
 static const char __pyx_k_replace[] = "replace";
 static const char __pyx_k_Linear_time_regular_expressions[] = "Linear-time regular expressions for forwarding policies: RE2 (Debian\nlibre2-dev at build time), called from C. No pattern a policy can hold makes\na match cost more than linear time in the subject, so no policy is a ReDoS.\n\nWhy not google-re2 from PyPI: it calls the same library through Python\nobjects, 2 us per failed search on a short path (measured); a policy table of\n10 regexes would cost 20 us per request. From here a miss costs what RE2\047s\nmatcher costs, with no Python call and no allocation.";
 /* #### Code section: decls ### */
-static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, PyObject *__pyx_v_pattern, int __pyx_v_full, int __pyx_v_case_sensitive); /* proto */
+static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, PyObject *__pyx_v_pattern, int __pyx_v_full, int __pyx_v_case_sensitive, PyObject *__pyx_v_prefix); /* proto */
 static void __pyx_pf_10lbcore_ext_5regex_5Regex_2__dealloc__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_4matches(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, PyObject *__pyx_v_subject); /* proto */
 static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_7pattern___get__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_6prefix___get__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_6__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_8__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_pattern); /* proto */
-static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_value); /* proto */
+static PyObject *__pyx_pf_10lbcore_ext_5regex_literal_prefix(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_pattern); /* proto */
+static PyObject *__pyx_pf_10lbcore_ext_5regex_2regex_error(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_pattern); /* proto */
+static PyObject *__pyx_pf_10lbcore_ext_5regex_4glob_regex(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_value); /* proto */
 static PyObject *__pyx_tp_new__initialisation_10lbcore_ext_5regex_Regex(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -2865,9 +3028,16 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_codeobj_tab[5];
-    PyObject *__pyx_string_tab[67];
+    PyObject *__pyx_frozenset[1];
+    PyObject *__pyx_codeobj_tab[6];
+    PyObject *__pyx_string_tab[80];
+    PyObject *__pyx_number_tab[2];
 /* #### Code section: module_state_contents ### */
+/* PyFrozenDict.module_state_decls */
+#if CYTHON_COMPILING_IN_LIMITED_API
+PyObject *__Pyx_PyFrozenDictType;
+#endif
+
 /* CommonTypesMetaclass.module_state_decls */
 PyTypeObject *__pyx_CommonTypesMetaclassType;
 
@@ -2910,73 +3080,88 @@ static __pyx_mstatetype __pyx_mstate_global_static =
 static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_static;
 #endif
 /* #### Code section: constant_name_defines ### */
-#define __pyx_kp_u__5 __pyx_string_tab[0]
+#define __pyx_kp_u__2 __pyx_string_tab[0]
 #define __pyx_kp_u_tree_fragment __pyx_string_tab[1]
-#define __pyx_kp_u__2 __pyx_string_tab[2]
-#define __pyx_kp_u__4 __pyx_string_tab[3]
-#define __pyx_kp_u__3 __pyx_string_tab[4]
-#define __pyx_kp_u_ __pyx_string_tab[5]
-#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[6]
-#define __pyx_kp_u_x_02x __pyx_string_tab[7]
-#define __pyx_kp_u_add_note __pyx_string_tab[8]
-#define __pyx_kp_u_disable __pyx_string_tab[9]
-#define __pyx_kp_u_enable __pyx_string_tab[10]
-#define __pyx_kp_u_gc __pyx_string_tab[11]
-#define __pyx_kp_u_isenabled __pyx_string_tab[12]
-#define __pyx_kp_u_latin_1 __pyx_string_tab[13]
-#define __pyx_kp_u_lbcore_ext_regex_pyx __pyx_string_tab[14]
-#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[15]
-#define __pyx_kp_u_str_None __pyx_string_tab[16]
-#define __pyx_n_u_Regex __pyx_string_tab[17]
-#define __pyx_n_u_Regex___reduce_cython __pyx_string_tab[18]
-#define __pyx_n_u_Regex___setstate_cython __pyx_string_tab[19]
-#define __pyx_n_u_Regex_matches __pyx_string_tab[20]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[21]
-#define __pyx_n_u_annotate __pyx_string_tab[22]
-#define __pyx_n_u_func __pyx_string_tab[23]
-#define __pyx_n_u_getstate __pyx_string_tab[24]
-#define __pyx_n_u_main __pyx_string_tab[25]
-#define __pyx_n_u_module __pyx_string_tab[26]
-#define __pyx_n_u_name __pyx_string_tab[27]
-#define __pyx_n_u_pyx_state __pyx_string_tab[28]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[29]
-#define __pyx_n_u_qualname __pyx_string_tab[30]
-#define __pyx_n_u_reduce __pyx_string_tab[31]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[32]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[33]
-#define __pyx_n_u_set_name __pyx_string_tab[34]
-#define __pyx_n_u_setstate __pyx_string_tab[35]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[36]
-#define __pyx_n_u_test __pyx_string_tab[37]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[38]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[39]
-#define __pyx_n_u_bool __pyx_string_tab[40]
-#define __pyx_n_u_case_sensitive __pyx_string_tab[41]
-#define __pyx_n_u_ch __pyx_string_tab[42]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[43]
-#define __pyx_n_u_encode __pyx_string_tab[44]
-#define __pyx_n_u_exc __pyx_string_tab[45]
-#define __pyx_n_u_full __pyx_string_tab[46]
-#define __pyx_n_u_glob_regex __pyx_string_tab[47]
-#define __pyx_n_u_isalnum __pyx_string_tab[48]
-#define __pyx_n_u_items __pyx_string_tab[49]
-#define __pyx_n_u_lbcore_ext_regex __pyx_string_tab[50]
-#define __pyx_n_u_matches __pyx_string_tab[51]
-#define __pyx_n_u_out __pyx_string_tab[52]
-#define __pyx_n_u_pattern __pyx_string_tab[53]
-#define __pyx_n_u_pop __pyx_string_tab[54]
-#define __pyx_n_u_regex_error __pyx_string_tab[55]
-#define __pyx_n_u_return __pyx_string_tab[56]
-#define __pyx_n_u_self __pyx_string_tab[57]
-#define __pyx_n_u_setdefault __pyx_string_tab[58]
-#define __pyx_n_u_str __pyx_string_tab[59]
-#define __pyx_n_u_subject __pyx_string_tab[60]
-#define __pyx_n_u_value __pyx_string_tab[61]
-#define __pyx_n_u_values __pyx_string_tab[62]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[63]
-#define __pyx_kp_b_iso88591_ha_a_3c_waq_1_waq_xq_waq_waz_3a __pyx_string_tab[64]
-#define __pyx_kp_b_iso88591_Qa_s_1_1 __pyx_string_tab[65]
-#define __pyx_kp_b_iso88591_t6_Zq_WGSTTU __pyx_string_tab[66]
+#define __pyx_kp_u__4 __pyx_string_tab[2]
+#define __pyx_kp_u__6 __pyx_string_tab[3]
+#define __pyx_kp_u__8 __pyx_string_tab[4]
+#define __pyx_kp_u__7 __pyx_string_tab[5]
+#define __pyx_kp_u__9 __pyx_string_tab[6]
+#define __pyx_kp_u_ __pyx_string_tab[7]
+#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[8]
+#define __pyx_kp_u_x_02x __pyx_string_tab[9]
+#define __pyx_kp_u__3 __pyx_string_tab[10]
+#define __pyx_kp_u_add_note __pyx_string_tab[11]
+#define __pyx_kp_u_disable __pyx_string_tab[12]
+#define __pyx_kp_u_enable __pyx_string_tab[13]
+#define __pyx_kp_u_gc __pyx_string_tab[14]
+#define __pyx_kp_u_isenabled __pyx_string_tab[15]
+#define __pyx_kp_u_latin_1 __pyx_string_tab[16]
+#define __pyx_kp_u_lbcore_ext_regex_pyx __pyx_string_tab[17]
+#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[18]
+#define __pyx_kp_u_str_None __pyx_string_tab[19]
+#define __pyx_kp_u__5 __pyx_string_tab[20]
+#define __pyx_n_u_Regex __pyx_string_tab[21]
+#define __pyx_n_u_Regex___reduce_cython __pyx_string_tab[22]
+#define __pyx_n_u_Regex___setstate_cython __pyx_string_tab[23]
+#define __pyx_n_u_Regex_matches __pyx_string_tab[24]
+#define __pyx_n_u_META __pyx_string_tab[25]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[26]
+#define __pyx_n_u_annotate __pyx_string_tab[27]
+#define __pyx_n_u_class_getitem __pyx_string_tab[28]
+#define __pyx_n_u_func __pyx_string_tab[29]
+#define __pyx_n_u_getstate __pyx_string_tab[30]
+#define __pyx_n_u_main __pyx_string_tab[31]
+#define __pyx_n_u_module __pyx_string_tab[32]
+#define __pyx_n_u_name __pyx_string_tab[33]
+#define __pyx_n_u_pyx_state __pyx_string_tab[34]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[35]
+#define __pyx_n_u_qualname __pyx_string_tab[36]
+#define __pyx_n_u_reduce __pyx_string_tab[37]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[38]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[39]
+#define __pyx_n_u_set_name __pyx_string_tab[40]
+#define __pyx_n_u_setstate __pyx_string_tab[41]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[42]
+#define __pyx_n_u_test __pyx_string_tab[43]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[44]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[45]
+#define __pyx_n_u_body __pyx_string_tab[46]
+#define __pyx_n_u_bool __pyx_string_tab[47]
+#define __pyx_n_u_case_sensitive __pyx_string_tab[48]
+#define __pyx_n_u_ch __pyx_string_tab[49]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[50]
+#define __pyx_n_u_encode __pyx_string_tab[51]
+#define __pyx_n_u_enumerate __pyx_string_tab[52]
+#define __pyx_n_u_exc __pyx_string_tab[53]
+#define __pyx_n_u_full __pyx_string_tab[54]
+#define __pyx_n_u_glob_regex __pyx_string_tab[55]
+#define __pyx_n_u_i __pyx_string_tab[56]
+#define __pyx_n_u_isalnum __pyx_string_tab[57]
+#define __pyx_n_u_items __pyx_string_tab[58]
+#define __pyx_n_u_lbcore_ext_regex __pyx_string_tab[59]
+#define __pyx_n_u_literal_prefix __pyx_string_tab[60]
+#define __pyx_n_u_matches __pyx_string_tab[61]
+#define __pyx_n_u_nxt __pyx_string_tab[62]
+#define __pyx_n_u_out __pyx_string_tab[63]
+#define __pyx_n_u_pattern __pyx_string_tab[64]
+#define __pyx_n_u_pop __pyx_string_tab[65]
+#define __pyx_n_u_prefix __pyx_string_tab[66]
+#define __pyx_n_u_regex_error __pyx_string_tab[67]
+#define __pyx_n_u_return __pyx_string_tab[68]
+#define __pyx_n_u_self __pyx_string_tab[69]
+#define __pyx_n_u_setdefault __pyx_string_tab[70]
+#define __pyx_n_u_str __pyx_string_tab[71]
+#define __pyx_n_u_subject __pyx_string_tab[72]
+#define __pyx_n_u_value __pyx_string_tab[73]
+#define __pyx_n_u_values __pyx_string_tab[74]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[75]
+#define __pyx_kp_b_iso88591_ha_a_3c_waq_1_waq_xq_waq_waz_3a __pyx_string_tab[76]
+#define __pyx_kp_b_iso88591_Qa_s_1_1 __pyx_string_tab[77]
+#define __pyx_kp_b_iso88591_HA_t7_Qe3d_Q_q_7_1_6_1_3c_d_2Rv __pyx_string_tab[78]
+#define __pyx_kp_b_iso88591_t6_Zq_WGSTTU __pyx_string_tab[79]
+#define __pyx_int_0 __pyx_number_tab[0]
+#define __pyx_int_1 __pyx_number_tab[1]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -2997,8 +3182,10 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<5; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<67; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_frozenset[i]); }
+  for (int i=0; i<6; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<80; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -3027,8 +3214,10 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<5; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<67; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_frozenset[i]); }
+  for (int i=0; i<6; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<80; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -3387,10 +3576,10 @@ static CYTHON_INLINE PyObject *__pyx_convert_PyByteArray_string_to_py_6libcpp_6s
   return __pyx_r;
 }
 
-/* "lbcore_ext/regex.pyx":20
+/* "lbcore_ext/regex.pyx":21
  * 
  * cdef class Regex:
- *     def __cinit__(self, pattern, bint full=False, bint case_sensitive=True):             # <<<<<<<<<<<<<<
+ *     def __cinit__(self, pattern, bint full=False, bint case_sensitive=True, prefix=None):             # <<<<<<<<<<<<<<
  *         """`pattern` (str or bytes, read as Latin-1 so every byte of a path
  *         or field matches as one character); `full`: the whole subject must
 */
@@ -3413,11 +3602,12 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   PyObject *__pyx_v_pattern = 0;
   int __pyx_v_full;
   int __pyx_v_case_sensitive;
+  PyObject *__pyx_v_prefix = 0;
   #if !CYTHON_VECTORCALL_TPNEW
   CYTHON_UNUSED Py_ssize_t __pyx_nargs;
   #endif
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject* values[3] = {0,0,0};
+  PyObject* values[4] = {0,0,0,0};
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -3433,63 +3623,74 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   #endif
   __pyx_kwvalues = __Pyx_KwValues_FASTCALL_TPNEW(__pyx_args, __pyx_nargs);
   {
-    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pattern,&__pyx_mstate_global->__pyx_n_u_full,&__pyx_mstate_global->__pyx_n_u_case_sensitive,0};
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pattern,&__pyx_mstate_global->__pyx_n_u_full,&__pyx_mstate_global->__pyx_n_u_case_sensitive,&__pyx_mstate_global->__pyx_n_u_prefix,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 20, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 21, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 21, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 20, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 21, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 20, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 21, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 20, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 21, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 20, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 21, __pyx_L3_error)
+      if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 1, 3, i); __PYX_ERR(0, 20, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 1, 4, i); __PYX_ERR(0, 21, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
+        case  4:
+        values[3] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 3);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 21, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 20, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 21, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 20, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 21, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 20, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 21, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
+      if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
     }
     __pyx_v_pattern = values[0];
     if (values[1]) {
-      __pyx_v_full = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_full == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 20, __pyx_L3_error)
+      __pyx_v_full = __Pyx_PyObject_IsTrue(values[1]); if (unlikely((__pyx_v_full == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 21, __pyx_L3_error)
     } else {
       __pyx_v_full = ((int)0);
     }
     if (values[2]) {
-      __pyx_v_case_sensitive = __Pyx_PyObject_IsTrue(values[2]); if (unlikely((__pyx_v_case_sensitive == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 20, __pyx_L3_error)
+      __pyx_v_case_sensitive = __Pyx_PyObject_IsTrue(values[2]); if (unlikely((__pyx_v_case_sensitive == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 21, __pyx_L3_error)
     } else {
       __pyx_v_case_sensitive = ((int)1);
     }
+    __pyx_v_prefix = values[3];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 20, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 21, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3500,7 +3701,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(((struct __pyx_obj_10lbcore_ext_5regex_Regex *)__pyx_v_self), __pyx_v_pattern, __pyx_v_full, __pyx_v_case_sensitive);
+  __pyx_r = __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(((struct __pyx_obj_10lbcore_ext_5regex_Regex *)__pyx_v_self), __pyx_v_pattern, __pyx_v_full, __pyx_v_case_sensitive, __pyx_v_prefix);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -3512,7 +3713,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, PyObject *__pyx_v_pattern, int __pyx_v_full, int __pyx_v_case_sensitive) {
+static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, PyObject *__pyx_v_pattern, int __pyx_v_full, int __pyx_v_case_sensitive, PyObject *__pyx_v_prefix) {
   PyObject *__pyx_v_p = 0;
   re2::RE2::Options __pyx_v_opts;
   PyObject *__pyx_v_msg = NULL;
@@ -3525,14 +3726,17 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
   size_t __pyx_t_5;
   re2::RE2 *__pyx_t_6;
   enum re2::RE2::Anchor __pyx_t_7;
+  PyObject *__pyx_t_8 = NULL;
+  PyObject *__pyx_t_9 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
+  __Pyx_INCREF(__pyx_v_prefix);
 
-  /* "lbcore_ext/regex.pyx":25
- *         match (wildcard values), else a match anywhere (path regexes, as
- *         nginx's `location ~` and HAProxy's path_reg search)."""
+  /* "lbcore_ext/regex.pyx":30
+ *         refused before RE2 runs: most policies' regexes fail there, in a
+ *         memcmp."""
  *         cdef bytes p = pattern.encode("latin-1") if isinstance(pattern, str) else pattern             # <<<<<<<<<<<<<<
  *         cdef RE2.Options opts
  *         opts.set_log_errors(False)
@@ -3546,16 +3750,16 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_latin_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_encode, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 25, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 30, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 25, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 30, __pyx_L1_error)
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
   } else {
     __pyx_t_3 = __pyx_v_pattern;
     __Pyx_INCREF(__pyx_t_3);
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 25, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 30, __pyx_L1_error)
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
   }
@@ -3563,7 +3767,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
   __pyx_v_p = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lbcore_ext/regex.pyx":27
+  /* "lbcore_ext/regex.pyx":32
  *         cdef bytes p = pattern.encode("latin-1") if isinstance(pattern, str) else pattern
  *         cdef RE2.Options opts
  *         opts.set_log_errors(False)             # <<<<<<<<<<<<<<
@@ -3572,7 +3776,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
   __pyx_v_opts.set_log_errors(0);
 
-  /* "lbcore_ext/regex.pyx":28
+  /* "lbcore_ext/regex.pyx":33
  *         cdef RE2.Options opts
  *         opts.set_log_errors(False)
  *         opts.set_max_mem(MAX_MEM)             # <<<<<<<<<<<<<<
@@ -3581,7 +3785,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
   __pyx_v_opts.set_max_mem(0x100000);
 
-  /* "lbcore_ext/regex.pyx":29
+  /* "lbcore_ext/regex.pyx":34
  *         opts.set_log_errors(False)
  *         opts.set_max_mem(MAX_MEM)
  *         opts.set_encoding(EncodingLatin1)             # <<<<<<<<<<<<<<
@@ -3590,7 +3794,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
   __pyx_v_opts.set_encoding(re2::RE2::Options::EncodingLatin1);
 
-  /* "lbcore_ext/regex.pyx":30
+  /* "lbcore_ext/regex.pyx":35
  *         opts.set_max_mem(MAX_MEM)
  *         opts.set_encoding(EncodingLatin1)
  *         opts.set_dot_nl(True)             # <<<<<<<<<<<<<<
@@ -3599,7 +3803,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
   __pyx_v_opts.set_dot_nl(1);
 
-  /* "lbcore_ext/regex.pyx":31
+  /* "lbcore_ext/regex.pyx":36
  *         opts.set_encoding(EncodingLatin1)
  *         opts.set_dot_nl(True)
  *         opts.set_case_sensitive(case_sensitive)             # <<<<<<<<<<<<<<
@@ -3608,7 +3812,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
   __pyx_v_opts.set_case_sensitive(__pyx_v_case_sensitive);
 
-  /* "lbcore_ext/regex.pyx":32
+  /* "lbcore_ext/regex.pyx":37
  *         opts.set_dot_nl(True)
  *         opts.set_case_sensitive(case_sensitive)
  *         self.re = new RE2(StringPiece(PyBytes_AS_STRING(p), PyBytes_GET_SIZE(p)), opts)             # <<<<<<<<<<<<<<
@@ -3619,11 +3823,11 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
     __pyx_t_6 = new re2::RE2(re2::StringPiece(PyBytes_AS_STRING(__pyx_v_p), PyBytes_GET_SIZE(__pyx_v_p)), __pyx_v_opts);
   } catch(...) {
     __Pyx_CppExn2PyErr();
-    __PYX_ERR(0, 32, __pyx_L1_error)
+    __PYX_ERR(0, 37, __pyx_L1_error)
   }
   __pyx_v_self->re = __pyx_t_6;
 
-  /* "lbcore_ext/regex.pyx":33
+  /* "lbcore_ext/regex.pyx":38
  *         opts.set_case_sensitive(case_sensitive)
  *         self.re = new RE2(StringPiece(PyBytes_AS_STRING(p), PyBytes_GET_SIZE(p)), opts)
  *         if not self.re.ok():             # <<<<<<<<<<<<<<
@@ -3635,19 +3839,19 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "lbcore_ext/regex.pyx":34
+    /* "lbcore_ext/regex.pyx":39
  *         self.re = new RE2(StringPiece(PyBytes_AS_STRING(p), PyBytes_GET_SIZE(p)), opts)
  *         if not self.re.ok():
  *             msg = self.re.error().decode("utf-8", "replace")             # <<<<<<<<<<<<<<
  *             del self.re
  *             self.re = NULL
 */
-    __pyx_t_1 = __Pyx_decode_cpp_string(__pyx_v_self->re->error(), 0, PY_SSIZE_T_MAX, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 34, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_decode_cpp_string(__pyx_v_self->re->error(), 0, PY_SSIZE_T_MAX, NULL, __pyx_k_replace, PyUnicode_DecodeUTF8); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 39, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_v_msg = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "lbcore_ext/regex.pyx":35
+    /* "lbcore_ext/regex.pyx":40
  *         if not self.re.ok():
  *             msg = self.re.error().decode("utf-8", "replace")
  *             del self.re             # <<<<<<<<<<<<<<
@@ -3656,7 +3860,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
     delete __pyx_v_self->re;
 
-    /* "lbcore_ext/regex.pyx":36
+    /* "lbcore_ext/regex.pyx":41
  *             msg = self.re.error().decode("utf-8", "replace")
  *             del self.re
  *             self.re = NULL             # <<<<<<<<<<<<<<
@@ -3665,7 +3869,7 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
     __pyx_v_self->re = NULL;
 
-    /* "lbcore_ext/regex.pyx":37
+    /* "lbcore_ext/regex.pyx":42
  *             del self.re
  *             self.re = NULL
  *             raise ValueError(msg)             # <<<<<<<<<<<<<<
@@ -3678,14 +3882,14 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_msg};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 37, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 42, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 37, __pyx_L1_error)
+    __PYX_ERR(0, 42, __pyx_L1_error)
 
-    /* "lbcore_ext/regex.pyx":33
+    /* "lbcore_ext/regex.pyx":38
  *         opts.set_case_sensitive(case_sensitive)
  *         self.re = new RE2(StringPiece(PyBytes_AS_STRING(p), PyBytes_GET_SIZE(p)), opts)
  *         if not self.re.ok():             # <<<<<<<<<<<<<<
@@ -3694,12 +3898,12 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
 */
   }
 
-  /* "lbcore_ext/regex.pyx":38
+  /* "lbcore_ext/regex.pyx":43
  *             self.re = NULL
  *             raise ValueError(msg)
  *         self.anchor = ANCHOR_BOTH if full else UNANCHORED             # <<<<<<<<<<<<<<
  *         self.pattern = p
- * 
+ *         if prefix is None:
 */
   if (__pyx_v_full) {
 
@@ -3710,22 +3914,135 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
   }
   __pyx_v_self->anchor = __pyx_t_7;
 
-  /* "lbcore_ext/regex.pyx":39
+  /* "lbcore_ext/regex.pyx":44
  *             raise ValueError(msg)
  *         self.anchor = ANCHOR_BOTH if full else UNANCHORED
  *         self.pattern = p             # <<<<<<<<<<<<<<
- * 
- *     def __dealloc__(self):
+ *         if prefix is None:
+ *             prefix = literal_prefix(p.decode("latin-1")) if case_sensitive else ""
 */
   __Pyx_INCREF(__pyx_v_p);
   __Pyx_GIVEREF(__pyx_v_p);
   __Pyx_GOTREF(__pyx_v_self->pattern);
   __Pyx_DECREF_SET(__pyx_v_self->pattern, __pyx_v_p);
 
-  /* "lbcore_ext/regex.pyx":20
+  /* "lbcore_ext/regex.pyx":45
+ *         self.anchor = ANCHOR_BOTH if full else UNANCHORED
+ *         self.pattern = p
+ *         if prefix is None:             # <<<<<<<<<<<<<<
+ *             prefix = literal_prefix(p.decode("latin-1")) if case_sensitive else ""
+ *         self.prefix = (prefix.encode("latin-1") if isinstance(prefix, str) else prefix) or None
+*/
+  __pyx_t_2 = (__pyx_v_prefix == Py_None);
+  if (__pyx_t_2) {
+
+
+    /* "lbcore_ext/regex.pyx":46
+ *         self.pattern = p
+ *         if prefix is None:
+ *             prefix = literal_prefix(p.decode("latin-1")) if case_sensitive else ""             # <<<<<<<<<<<<<<
+ *         self.prefix = (prefix.encode("latin-1") if isinstance(prefix, str) else prefix) or None
+ * 
+*/
+    if (__pyx_v_case_sensitive) {
+      __pyx_t_4 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_literal_prefix); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 46, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_8);
+      if (unlikely(__pyx_v_p == Py_None)) {
+        PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "decode");
+        __PYX_ERR(0, 46, __pyx_L1_error)
+      }
+      __pyx_t_9 = __Pyx_decode_bytes(__pyx_v_p, 0, PY_SSIZE_T_MAX, NULL, NULL, PyUnicode_DecodeLatin1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 46, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_9);
+      __pyx_t_5 = 1;
+      #if CYTHON_UNPACK_METHODS
+      if (unlikely(PyMethod_Check(__pyx_t_8))) {
+        __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_8);
+        assert(__pyx_t_4);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_8);
+        __Pyx_INCREF(__pyx_t_4);
+        __Pyx_INCREF(__pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_8, __pyx__function);
+        __pyx_t_5 = 0;
+      }
+      #endif
+      {
+        PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_t_9};
+        __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+        __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 46, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_3);
+      }
+      __pyx_t_1 = __pyx_t_3;
+      __pyx_t_3 = 0;
+    } else {
+      __Pyx_INCREF(__pyx_mstate_global->__pyx_kp_u__2);
+      __pyx_t_1 = __pyx_mstate_global->__pyx_kp_u__2;
+    }
+    __Pyx_DECREF_SET(__pyx_v_prefix, __pyx_t_1);
+    __pyx_t_1 = 0;
+
+    /* "lbcore_ext/regex.pyx":45
+ *         self.anchor = ANCHOR_BOTH if full else UNANCHORED
+ *         self.pattern = p
+ *         if prefix is None:             # <<<<<<<<<<<<<<
+ *             prefix = literal_prefix(p.decode("latin-1")) if case_sensitive else ""
+ *         self.prefix = (prefix.encode("latin-1") if isinstance(prefix, str) else prefix) or None
+*/
+  }
+
+  /* "lbcore_ext/regex.pyx":47
+ *         if prefix is None:
+ *             prefix = literal_prefix(p.decode("latin-1")) if case_sensitive else ""
+ *         self.prefix = (prefix.encode("latin-1") if isinstance(prefix, str) else prefix) or None             # <<<<<<<<<<<<<<
+ * 
+ *     def __dealloc__(self):
+*/
+  __pyx_t_2 = PyUnicode_Check(__pyx_v_prefix); 
+  if (__pyx_t_2) {
+    __pyx_t_9 = __pyx_v_prefix;
+    __Pyx_INCREF(__pyx_t_9);
+    __pyx_t_5 = 0;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_9, __pyx_mstate_global->__pyx_kp_u_latin_1};
+      __pyx_t_8 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_encode, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 47, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_8);
+    }
+    __pyx_t_3 = __pyx_t_8;
+    __pyx_t_8 = 0;
+  } else {
+    __Pyx_INCREF(__pyx_v_prefix);
+    __pyx_t_3 = __pyx_v_prefix;
+  }
+
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 47, __pyx_L1_error)
+  if (!__pyx_t_2) {
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  } else {
+    __pyx_t_8 = __pyx_t_3;
+    __Pyx_INCREF(__pyx_t_8);
+    if (!(likely(PyBytes_CheckExact(__pyx_t_8))||((__pyx_t_8) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_8))) __PYX_ERR(0, 47, __pyx_L1_error)
+    __pyx_t_1 = __pyx_t_8;
+    __pyx_t_8 = 0;
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    goto __pyx_L5_bool_binop_done;
+  }
+  __Pyx_INCREF(Py_None);
+  __pyx_t_1 = Py_None;
+  __pyx_L5_bool_binop_done:;
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v_self->prefix);
+  __Pyx_DECREF_SET(__pyx_v_self->prefix, ((PyObject*)__pyx_t_1));
+  __pyx_t_1 = 0;
+
+  /* "lbcore_ext/regex.pyx":21
  * 
  * cdef class Regex:
- *     def __cinit__(self, pattern, bint full=False, bint case_sensitive=True):             # <<<<<<<<<<<<<<
+ *     def __cinit__(self, pattern, bint full=False, bint case_sensitive=True, prefix=None):             # <<<<<<<<<<<<<<
  *         """`pattern` (str or bytes, read as Latin-1 so every byte of a path
  *         or field matches as one character); `full`: the whole subject must
 */
@@ -3737,19 +4054,22 @@ static int __pyx_pf_10lbcore_ext_5regex_5Regex___cinit__(struct __pyx_obj_10lbco
   __Pyx_XDECREF(__pyx_t_1);
   __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_8);
+  __Pyx_XDECREF(__pyx_t_9);
   __Pyx_AddTraceback("lbcore_ext.regex.Regex.__cinit__", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = -1;
   __pyx_L0:;
   __Pyx_XDECREF(__pyx_v_p);
 
   __Pyx_XDECREF(__pyx_v_msg);
+  __Pyx_XDECREF(__pyx_v_prefix);
 
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "lbcore_ext/regex.pyx":41
- *         self.pattern = p
+/* "lbcore_ext/regex.pyx":49
+ *         self.prefix = (prefix.encode("latin-1") if isinstance(prefix, str) else prefix) or None
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
  *         if self.re != NULL:
@@ -3772,7 +4092,7 @@ static void __pyx_pw_10lbcore_ext_5regex_5Regex_3__dealloc__(PyObject *__pyx_v_s
 static void __pyx_pf_10lbcore_ext_5regex_5Regex_2__dealloc__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self) {
   int __pyx_t_1;
 
-  /* "lbcore_ext/regex.pyx":42
+  /* "lbcore_ext/regex.pyx":50
  * 
  *     def __dealloc__(self):
  *         if self.re != NULL:             # <<<<<<<<<<<<<<
@@ -3784,7 +4104,7 @@ static void __pyx_pf_10lbcore_ext_5regex_5Regex_2__dealloc__(struct __pyx_obj_10
   if (__pyx_t_1) {
 
 
-    /* "lbcore_ext/regex.pyx":43
+    /* "lbcore_ext/regex.pyx":51
  *     def __dealloc__(self):
  *         if self.re != NULL:
  *             del self.re             # <<<<<<<<<<<<<<
@@ -3793,7 +4113,7 @@ static void __pyx_pf_10lbcore_ext_5regex_5Regex_2__dealloc__(struct __pyx_obj_10
 */
     delete __pyx_v_self->re;
 
-    /* "lbcore_ext/regex.pyx":42
+    /* "lbcore_ext/regex.pyx":50
  * 
  *     def __dealloc__(self):
  *         if self.re != NULL:             # <<<<<<<<<<<<<<
@@ -3802,8 +4122,8 @@ static void __pyx_pf_10lbcore_ext_5regex_5Regex_2__dealloc__(struct __pyx_obj_10
 */
   }
 
-  /* "lbcore_ext/regex.pyx":41
- *         self.pattern = p
+  /* "lbcore_ext/regex.pyx":49
+ *         self.prefix = (prefix.encode("latin-1") if isinstance(prefix, str) else prefix) or None
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
  *         if self.re != NULL:
@@ -3814,30 +4134,135 @@ static void __pyx_pf_10lbcore_ext_5regex_5Regex_2__dealloc__(struct __pyx_obj_10
 
 }
 
-/* "lbcore_ext/regex.pyx":45
+/* "lbcore_ext/regex.pyx":53
  *             del self.re
  * 
  *     cdef bint match(self, bytes subject) noexcept:             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(subject)
- *         return self.re.Match(StringPiece(PyBytes_AS_STRING(subject), n), 0, n,
+ *         cdef Py_ssize_t k
 */
 
 static int __pyx_f_10lbcore_ext_5regex_5Regex_match(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self, PyObject *__pyx_v_subject) {
   Py_ssize_t __pyx_v_n;
+  Py_ssize_t __pyx_v_k;
   int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  int __pyx_t_3;
+  __Pyx_RefNannySetupContext("match", 0);
 
-  /* "lbcore_ext/regex.pyx":46
+  /* "lbcore_ext/regex.pyx":54
  * 
  *     cdef bint match(self, bytes subject) noexcept:
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(subject)             # <<<<<<<<<<<<<<
- *         return self.re.Match(StringPiece(PyBytes_AS_STRING(subject), n), 0, n,
- *                              <RE2Anchor>self.anchor, NULL, 0)
+ *         cdef Py_ssize_t k
+ *         if self.prefix is not None:
 */
   __pyx_v_n = PyBytes_GET_SIZE(__pyx_v_subject);
 
-  /* "lbcore_ext/regex.pyx":47
- *     cdef bint match(self, bytes subject) noexcept:
+  /* "lbcore_ext/regex.pyx":56
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(subject)
+ *         cdef Py_ssize_t k
+ *         if self.prefix is not None:             # <<<<<<<<<<<<<<
+ *             k = PyBytes_GET_SIZE(self.prefix)
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),
+*/
+  __pyx_t_1 = (__pyx_v_self->prefix != ((PyObject*)Py_None));
+  if (__pyx_t_1) {
+
+
+    /* "lbcore_ext/regex.pyx":57
+ *         cdef Py_ssize_t k
+ *         if self.prefix is not None:
+ *             k = PyBytes_GET_SIZE(self.prefix)             # <<<<<<<<<<<<<<
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),
+ *                                k) != 0:
+*/
+    __pyx_t_2 = __pyx_v_self->prefix;
+    __Pyx_INCREF(__pyx_t_2);
+    __pyx_v_k = PyBytes_GET_SIZE(__pyx_t_2);
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+    /* "lbcore_ext/regex.pyx":58
+ *         if self.prefix is not None:
+ *             k = PyBytes_GET_SIZE(self.prefix)
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),             # <<<<<<<<<<<<<<
+ *                                k) != 0:
+ *                 return False
+*/
+    __pyx_t_3 = (__pyx_v_n < __pyx_v_k);
+
+    if (!__pyx_t_3) {
+
+    } else {
+
+      __pyx_t_1 = __pyx_t_3;
+
+      goto __pyx_L5_bool_binop_done;
+    }
+
+    /* "lbcore_ext/regex.pyx":59
+ *             k = PyBytes_GET_SIZE(self.prefix)
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),
+ *                                k) != 0:             # <<<<<<<<<<<<<<
+ *                 return False
+ *         return self.re.Match(StringPiece(PyBytes_AS_STRING(subject), n), 0, n,
+*/
+    __pyx_t_2 = __pyx_v_self->prefix;
+    __Pyx_INCREF(__pyx_t_2);
+
+    /* "lbcore_ext/regex.pyx":58
+ *         if self.prefix is not None:
+ *             k = PyBytes_GET_SIZE(self.prefix)
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),             # <<<<<<<<<<<<<<
+ *                                k) != 0:
+ *                 return False
+*/
+    __pyx_t_3 = (memcmp(PyBytes_AS_STRING(__pyx_v_subject), PyBytes_AS_STRING(__pyx_t_2), __pyx_v_k) != 0);
+
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+    __pyx_t_1 = __pyx_t_3;
+
+    __pyx_L5_bool_binop_done:;
+    if (__pyx_t_1) {
+
+
+      /* "lbcore_ext/regex.pyx":60
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),
+ *                                k) != 0:
+ *                 return False             # <<<<<<<<<<<<<<
+ *         return self.re.Match(StringPiece(PyBytes_AS_STRING(subject), n), 0, n,
+ *                              <RE2Anchor>self.anchor, NULL, 0)
+*/
+      {
+
+        __pyx_r = 0;
+      }
+      goto __pyx_L0;
+
+      /* "lbcore_ext/regex.pyx":58
+ *         if self.prefix is not None:
+ *             k = PyBytes_GET_SIZE(self.prefix)
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),             # <<<<<<<<<<<<<<
+ *                                k) != 0:
+ *                 return False
+*/
+    }
+
+    /* "lbcore_ext/regex.pyx":56
+ *         cdef Py_ssize_t n = PyBytes_GET_SIZE(subject)
+ *         cdef Py_ssize_t k
+ *         if self.prefix is not None:             # <<<<<<<<<<<<<<
+ *             k = PyBytes_GET_SIZE(self.prefix)
+ *             if n < k or memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(self.prefix),
+*/
+  }
+
+  /* "lbcore_ext/regex.pyx":61
+ *                                k) != 0:
+ *                 return False
  *         return self.re.Match(StringPiece(PyBytes_AS_STRING(subject), n), 0, n,             # <<<<<<<<<<<<<<
  *                              <RE2Anchor>self.anchor, NULL, 0)
  * 
@@ -3848,22 +4273,24 @@ static int __pyx_f_10lbcore_ext_5regex_5Regex_match(struct __pyx_obj_10lbcore_ex
   }
   goto __pyx_L0;
 
-  /* "lbcore_ext/regex.pyx":45
+  /* "lbcore_ext/regex.pyx":53
  *             del self.re
  * 
  *     cdef bint match(self, bytes subject) noexcept:             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(subject)
- *         return self.re.Match(StringPiece(PyBytes_AS_STRING(subject), n), 0, n,
+ *         cdef Py_ssize_t k
 */
 
   /* function exit code */
   __pyx_L0:;
 
 
+
+  __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "lbcore_ext/regex.pyx":50
+/* "lbcore_ext/regex.pyx":64
  *                              <RE2Anchor>self.anchor, NULL, 0)
  * 
  *     def matches(self, subject) -> bool:             # <<<<<<<<<<<<<<
@@ -3911,32 +4338,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_subject,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 50, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 64, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 50, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 64, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "matches", 0) < (0)) __PYX_ERR(0, 50, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "matches", 0) < (0)) __PYX_ERR(0, 64, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("matches", 1, 1, 1, i); __PYX_ERR(0, 50, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("matches", 1, 1, 1, i); __PYX_ERR(0, 64, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 50, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 64, __pyx_L3_error)
     }
     __pyx_v_subject = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("matches", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 50, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("matches", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 64, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3970,7 +4397,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_4matches(struct __pyx_obj_1
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("matches", 0);
 
-  /* "lbcore_ext/regex.pyx":52
+  /* "lbcore_ext/regex.pyx":66
  *     def matches(self, subject) -> bool:
  *         """For tests and the control plane."""
  *         return self.match(subject if isinstance(subject, bytes) else subject.encode("latin-1"))             # <<<<<<<<<<<<<<
@@ -3981,7 +4408,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_4matches(struct __pyx_obj_1
   if (__pyx_t_2) {
     __pyx_t_3 = __pyx_v_subject;
     __Pyx_INCREF(__pyx_t_3);
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 52, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 66, __pyx_L1_error)
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
   } else {
@@ -3992,15 +4419,15 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_4matches(struct __pyx_obj_1
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_latin_1};
       __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_encode, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 52, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 66, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 52, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 66, __pyx_L1_error)
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
   }
 
-  __pyx_t_3 = __Pyx_PyBool_FromLong(((struct __pyx_vtabstruct_10lbcore_ext_5regex_Regex *)__pyx_v_self->__pyx_vtab)->match(__pyx_v_self, ((PyObject*)__pyx_t_1))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 52, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyBool_FromLong(((struct __pyx_vtabstruct_10lbcore_ext_5regex_Regex *)__pyx_v_self->__pyx_vtab)->match(__pyx_v_self, ((PyObject*)__pyx_t_1))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 66, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -4014,7 +4441,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_4matches(struct __pyx_obj_1
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "lbcore_ext/regex.pyx":50
+  /* "lbcore_ext/regex.pyx":64
  *                              <RE2Anchor>self.anchor, NULL, 0)
  * 
  *     def matches(self, subject) -> bool:             # <<<<<<<<<<<<<<
@@ -4039,6 +4466,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_4matches(struct __pyx_obj_1
  *     cdef RE2* re
  *     cdef int anchor
  *     cdef readonly bytes pattern             # <<<<<<<<<<<<<<
+ *     cdef readonly bytes prefix          # every match starts the subject with these bytes
  *     cdef bint match(self, bytes subject) noexcept
 */
 
@@ -4075,6 +4503,72 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_7pattern___get__(struct __p
             __pyx_temp = __pyx_r;
             __Pyx_INCREF(__pyx_v_self->pattern);
             __pyx_r = __pyx_v_self->pattern;
+          }
+          __Pyx_XDECREF(__pyx_temp);
+        }
+        __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+        goto __pyx_L3_return;
+      }
+      /*finally:*/ {
+        __pyx_L3_return: {
+          __pyx_t_2 = __pyx_r;
+          __pyx_r = 0;
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          __pyx_r = __pyx_t_2;
+          __pyx_t_2 = 0;
+          goto __pyx_L0;
+        }
+      }
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  }
+
+  /* function exit code */
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lbcore_ext/regex.pxd":40
+ *     cdef int anchor
+ *     cdef readonly bytes pattern
+ *     cdef readonly bytes prefix          # every match starts the subject with these bytes             # <<<<<<<<<<<<<<
+ *     cdef bint match(self, bytes subject) noexcept
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_10lbcore_ext_5regex_5Regex_6prefix_1__get__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_10lbcore_ext_5regex_5Regex_6prefix_1__get__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__get__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_10lbcore_ext_5regex_5Regex_6prefix___get__(((struct __pyx_obj_10lbcore_ext_5regex_Regex *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_6prefix___get__(struct __pyx_obj_10lbcore_ext_5regex_Regex *__pyx_v_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  __Pyx_RefNannySetupContext("__get__", 0);
+  {
+      __Pyx_PyCriticalSection __pyx_cs;
+      __pyx_t_1 = ((PyObject *)__pyx_v_self);
+      __Pyx_INCREF(__pyx_t_1);
+      __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
+      /*try:*/ {
+        {
+          PyObject *__pyx_temp;
+          {
+            __pyx_temp = __pyx_r;
+            __Pyx_INCREF(__pyx_v_self->prefix);
+            __pyx_r = __pyx_v_self->prefix;
           }
           __Pyx_XDECREF(__pyx_temp);
         }
@@ -4307,7 +4801,476 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_8__setstate_cython__(CYTHON
   return __pyx_r;
 }
 
-/* "lbcore_ext/regex.pyx":55
+/* "lbcore_ext/regex.pyx":72
+ * 
+ * 
+ * def literal_prefix(pattern: str) -> str:             # <<<<<<<<<<<<<<
+ *     """The characters every match of `pattern` starts the subject with, when
+ *     that is certain: the pattern starts with ^, has no alternation, and the
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_10lbcore_ext_5regex_1literal_prefix(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_10lbcore_ext_5regex_literal_prefix, "literal_prefix(str pattern: str) -> str\n\nThe characters every match of `pattern` starts the subject with, when\nthat is certain: the pattern starts with ^, has no alternation, and the\ncharacters before its first metacharacter are not made optional or\nrepeated by a quantifier. \"\" when nothing is certain.");
+static PyMethodDef __pyx_mdef_10lbcore_ext_5regex_1literal_prefix = {"literal_prefix", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_1literal_prefix, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_literal_prefix};
+static PyObject *__pyx_pw_10lbcore_ext_5regex_1literal_prefix(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_pattern = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("literal_prefix (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pattern,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 72, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 72, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "literal_prefix", 0) < (0)) __PYX_ERR(0, 72, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("literal_prefix", 1, 1, 1, i); __PYX_ERR(0, 72, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 72, __pyx_L3_error)
+    }
+    __pyx_v_pattern = ((PyObject*)values[0]);
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("literal_prefix", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 72, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("lbcore_ext.regex.literal_prefix", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_pattern), (&PyUnicode_Type), 0, "pattern", 2))) __PYX_ERR(0, 72, __pyx_L1_error)
+  __pyx_r = __pyx_pf_10lbcore_ext_5regex_literal_prefix(__pyx_self, __pyx_v_pattern);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_10lbcore_ext_5regex_literal_prefix(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_pattern) {
+  PyObject *__pyx_v_body = NULL;
+  PyObject *__pyx_v_out = NULL;
+  PyObject *__pyx_v_i = NULL;
+  PyObject *__pyx_v_ch = NULL;
+  PyObject *__pyx_v_nxt = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  int __pyx_t_3;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  Py_ssize_t __pyx_t_6;
+  Py_ssize_t __pyx_t_7;
+  void *__pyx_t_8;
+  int __pyx_t_9;
+  int __pyx_t_10;
+  Py_ssize_t __pyx_t_11;
+  PyObject *__pyx_t_12 = NULL;
+  PyObject *__pyx_t_13 = NULL;
+  Py_ssize_t __pyx_t_14;
+  PyObject *__pyx_t_15 = NULL;
+  PyObject *__pyx_t_16 = NULL;
+  int __pyx_t_17;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("literal_prefix", 0);
+
+  /* "lbcore_ext/regex.pyx":77
+ *     characters before its first metacharacter are not made optional or
+ *     repeated by a quantifier. "" when nothing is certain."""
+ *     if not pattern.startswith("^") or "|" in pattern:             # <<<<<<<<<<<<<<
+ *         return ""
+ *     body = pattern[1:]
+*/
+  __pyx_t_2 = __Pyx_PyUnicode_Tailmatch(__pyx_v_pattern, __pyx_mstate_global->__pyx_kp_u__3, 0, PY_SSIZE_T_MAX, -1); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 77, __pyx_L1_error)
+  __pyx_t_3 = (!__pyx_t_2);
+
+
+  if (!__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_3;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_3 = (__Pyx_UnicodeContainsUCS4(0x7C, __pyx_v_pattern, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 77, __pyx_L1_error)
+
+  __pyx_t_1 = __pyx_t_3;
+
+  __pyx_L4_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "lbcore_ext/regex.pyx":78
+ *     repeated by a quantifier. "" when nothing is certain."""
+ *     if not pattern.startswith("^") or "|" in pattern:
+ *         return ""             # <<<<<<<<<<<<<<
+ *     body = pattern[1:]
+ *     out = []
+*/
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __Pyx_INCREF(__pyx_mstate_global->__pyx_kp_u__2);
+        __pyx_r = __pyx_mstate_global->__pyx_kp_u__2;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    goto __pyx_L0;
+
+    /* "lbcore_ext/regex.pyx":77
+ *     characters before its first metacharacter are not made optional or
+ *     repeated by a quantifier. "" when nothing is certain."""
+ *     if not pattern.startswith("^") or "|" in pattern:             # <<<<<<<<<<<<<<
+ *         return ""
+ *     body = pattern[1:]
+*/
+  }
+
+  /* "lbcore_ext/regex.pyx":79
+ *     if not pattern.startswith("^") or "|" in pattern:
+ *         return ""
+ *     body = pattern[1:]             # <<<<<<<<<<<<<<
+ *     out = []
+ *     for i, ch in enumerate(body):
+*/
+  __pyx_t_4 = __Pyx_PyUnicode_Substring(__pyx_v_pattern, 1, PY_SSIZE_T_MAX); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 79, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_v_body = ((PyObject*)__pyx_t_4);
+  __pyx_t_4 = 0;
+
+  /* "lbcore_ext/regex.pyx":80
+ *         return ""
+ *     body = pattern[1:]
+ *     out = []             # <<<<<<<<<<<<<<
+ *     for i, ch in enumerate(body):
+ *         if ch in _META:
+*/
+  __pyx_t_4 = PyList_New(0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 80, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_v_out = ((PyObject*)__pyx_t_4);
+  __pyx_t_4 = 0;
+
+  /* "lbcore_ext/regex.pyx":81
+ *     body = pattern[1:]
+ *     out = []
+ *     for i, ch in enumerate(body):             # <<<<<<<<<<<<<<
+ *         if ch in _META:
+ *             break
+*/
+  __Pyx_INCREF(__pyx_mstate_global->__pyx_int_0);
+  __pyx_t_4 = __pyx_mstate_global->__pyx_int_0;
+  __Pyx_INCREF(__pyx_v_body);
+  __pyx_t_5 = __pyx_v_body;
+  __pyx_t_10 = __Pyx_init_unicode_iteration(__pyx_t_5, (&__pyx_t_7), (&__pyx_t_8), (&__pyx_t_9)); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 81, __pyx_L1_error)
+
+  for (__pyx_t_11 = 0; __pyx_t_11 < __pyx_t_7; __pyx_t_11++) {
+    __pyx_t_6 = __pyx_t_11;
+    __pyx_t_12 = __Pyx_PyUnicode_FromOrdinal(__Pyx_PyUnicode_READ(__pyx_t_9, __pyx_t_8, __pyx_t_6)); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 81, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_12);
+    __Pyx_XDECREF_SET(__pyx_v_ch, __pyx_t_12);
+    __pyx_t_12 = 0;
+
+    /* "lbcore_ext/regex.pyx":82
+ *     out = []
+ *     for i, ch in enumerate(body):
+ *         if ch in _META:             # <<<<<<<<<<<<<<
+ *             break
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+*/
+    __Pyx_INCREF(__pyx_t_4);
+    __Pyx_XDECREF_SET(__pyx_v_i, __pyx_t_4);
+
+    /* "lbcore_ext/regex.pyx":81
+ *     body = pattern[1:]
+ *     out = []
+ *     for i, ch in enumerate(body):             # <<<<<<<<<<<<<<
+ *         if ch in _META:
+ *             break
+*/
+    __pyx_t_12 = __Pyx_PyLong_AddObjC(__pyx_t_4, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 81, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_12);
+    __Pyx_DECREF(__pyx_t_4);
+    __pyx_t_4 = __pyx_t_12;
+    __pyx_t_12 = 0;
+
+    /* "lbcore_ext/regex.pyx":82
+ *     out = []
+ *     for i, ch in enumerate(body):
+ *         if ch in _META:             # <<<<<<<<<<<<<<
+ *             break
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+*/
+    __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_META); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 82, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_12);
+    __pyx_t_1 = (__Pyx_PySequence_ContainsTF(__pyx_v_ch, __pyx_t_12, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 82, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
+    if (__pyx_t_1) {
+
+
+      /* "lbcore_ext/regex.pyx":83
+ *     for i, ch in enumerate(body):
+ *         if ch in _META:
+ *             break             # <<<<<<<<<<<<<<
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+ *         if nxt in ("?", "*", "{"):
+*/
+      goto __pyx_L7_break;
+
+      /* "lbcore_ext/regex.pyx":82
+ *     out = []
+ *     for i, ch in enumerate(body):
+ *         if ch in _META:             # <<<<<<<<<<<<<<
+ *             break
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+*/
+    }
+
+    /* "lbcore_ext/regex.pyx":84
+ *         if ch in _META:
+ *             break
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""             # <<<<<<<<<<<<<<
+ *         if nxt in ("?", "*", "{"):
+ *             break
+*/
+    __pyx_t_13 = __Pyx_PyLong_AddObjC(__pyx_v_i, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 84, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_13);
+    __pyx_t_14 = __Pyx_PyUnicode_GET_LENGTH(__pyx_v_body); if (unlikely(__pyx_t_14 == ((Py_ssize_t)-1))) __PYX_ERR(0, 84, __pyx_L1_error)
+    __pyx_t_15 = PyLong_FromSsize_t(__pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 84, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_15);
+
+    __pyx_t_1 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_13, __pyx_t_15, Py_LT); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 84, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+    __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+    if (__pyx_t_1) {
+      __pyx_t_15 = __Pyx_PyLong_AddObjC(__pyx_v_i, __pyx_mstate_global->__pyx_int_1, 1, 0, 0); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 84, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_15);
+      __pyx_t_13 = __Pyx_PyObject_GetItem(__pyx_v_body, __pyx_t_15); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 84, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_13);
+      __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
+      if (!(likely(PyUnicode_CheckExact(__pyx_t_13)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_13))) __PYX_ERR(0, 84, __pyx_L1_error)
+      __pyx_t_12 = __pyx_t_13;
+      __pyx_t_13 = 0;
+    } else {
+      __Pyx_INCREF(__pyx_mstate_global->__pyx_kp_u__2);
+      __pyx_t_12 = __pyx_mstate_global->__pyx_kp_u__2;
+    }
+
+    __Pyx_XDECREF_SET(__pyx_v_nxt, ((PyObject*)__pyx_t_12));
+    __pyx_t_12 = 0;
+
+    /* "lbcore_ext/regex.pyx":85
+ *             break
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+ *         if nxt in ("?", "*", "{"):             # <<<<<<<<<<<<<<
+ *             break
+ *         out.append(ch)
+*/
+    __Pyx_INCREF(__pyx_v_nxt);
+    __pyx_t_16 = __pyx_v_nxt;
+    __pyx_t_3 = (__Pyx_PyObject_Equals_str_ch63(__pyx_t_16, __pyx_mstate_global->__pyx_kp_u_, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 85, __pyx_L1_error)
+    if (!__pyx_t_3) {
+
+    } else {
+
+      __pyx_t_1 = __pyx_t_3;
+
+      goto __pyx_L10_bool_binop_done;
+    }
+    __pyx_t_3 = (__Pyx_PyObject_Equals_str_ch42(__pyx_t_16, __pyx_mstate_global->__pyx_kp_u__4, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 85, __pyx_L1_error)
+    if (!__pyx_t_3) {
+
+    } else {
+
+      __pyx_t_1 = __pyx_t_3;
+
+      goto __pyx_L10_bool_binop_done;
+    }
+    __pyx_t_3 = (__Pyx_PyObject_Equals_str_ch123(__pyx_t_16, __pyx_mstate_global->__pyx_kp_u__5, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 85, __pyx_L1_error)
+
+    __pyx_t_1 = __pyx_t_3;
+
+    __pyx_L10_bool_binop_done:;
+    __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
+    __pyx_t_3 = __pyx_t_1;
+
+
+    if (__pyx_t_3) {
+
+
+      /* "lbcore_ext/regex.pyx":86
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+ *         if nxt in ("?", "*", "{"):
+ *             break             # <<<<<<<<<<<<<<
+ *         out.append(ch)
+ *         if nxt == "+":
+*/
+      goto __pyx_L7_break;
+
+      /* "lbcore_ext/regex.pyx":85
+ *             break
+ *         nxt = body[i + 1] if i + 1 < len(body) else ""
+ *         if nxt in ("?", "*", "{"):             # <<<<<<<<<<<<<<
+ *             break
+ *         out.append(ch)
+*/
+    }
+
+    /* "lbcore_ext/regex.pyx":87
+ *         if nxt in ("?", "*", "{"):
+ *             break
+ *         out.append(ch)             # <<<<<<<<<<<<<<
+ *         if nxt == "+":
+ *             break
+*/
+    __pyx_t_17 = __Pyx_PyList_Append(__pyx_v_out, __pyx_v_ch); if (unlikely(__pyx_t_17 == ((int)-1))) __PYX_ERR(0, 87, __pyx_L1_error)
+
+
+    /* "lbcore_ext/regex.pyx":88
+ *             break
+ *         out.append(ch)
+ *         if nxt == "+":             # <<<<<<<<<<<<<<
+ *             break
+ *     return "".join(out)
+*/
+    __pyx_t_3 = (__Pyx_PyObject_Equals_str_ch43(__pyx_v_nxt, __pyx_mstate_global->__pyx_kp_u__6, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 88, __pyx_L1_error)
+    if (__pyx_t_3) {
+
+
+      /* "lbcore_ext/regex.pyx":89
+ *         out.append(ch)
+ *         if nxt == "+":
+ *             break             # <<<<<<<<<<<<<<
+ *     return "".join(out)
+ * 
+*/
+      goto __pyx_L7_break;
+
+      /* "lbcore_ext/regex.pyx":88
+ *             break
+ *         out.append(ch)
+ *         if nxt == "+":             # <<<<<<<<<<<<<<
+ *             break
+ *     return "".join(out)
+*/
+    }
+  }
+  __pyx_L7_break:;
+  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "lbcore_ext/regex.pyx":90
+ *         if nxt == "+":
+ *             break
+ *     return "".join(out)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_4 = PyUnicode_Join(__pyx_mstate_global->__pyx_kp_u__2, __pyx_v_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 90, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = ((PyObject*)__pyx_t_4);
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_4 = 0;
+  goto __pyx_L0;
+
+  /* "lbcore_ext/regex.pyx":72
+ * 
+ * 
+ * def literal_prefix(pattern: str) -> str:             # <<<<<<<<<<<<<<
+ *     """The characters every match of `pattern` starts the subject with, when
+ *     that is certain: the pattern starts with ^, has no alternation, and the
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_12);
+  __Pyx_XDECREF(__pyx_t_13);
+  __Pyx_XDECREF(__pyx_t_15);
+  __Pyx_XDECREF(__pyx_t_16);
+  __Pyx_AddTraceback("lbcore_ext.regex.literal_prefix", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XDECREF(__pyx_v_body);
+  __Pyx_XDECREF(__pyx_v_out);
+  __Pyx_XDECREF(__pyx_v_i);
+  __Pyx_XDECREF(__pyx_v_ch);
+  __Pyx_XDECREF(__pyx_v_nxt);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "lbcore_ext/regex.pyx":93
  * 
  * 
  * def regex_error(pattern: str) -> str | None:             # <<<<<<<<<<<<<<
@@ -4316,16 +5279,16 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_5Regex_8__setstate_cython__(CYTHON
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_10lbcore_ext_5regex_1regex_error(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_10lbcore_ext_5regex_3regex_error(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_10lbcore_ext_5regex_regex_error, "regex_error(str pattern: str) -> str | None\n\nWhy RE2 refuses `pattern` (lookarounds, backreferences...), or None.");
-static PyMethodDef __pyx_mdef_10lbcore_ext_5regex_1regex_error = {"regex_error", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_1regex_error, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_regex_error};
-static PyObject *__pyx_pw_10lbcore_ext_5regex_1regex_error(PyObject *__pyx_self, 
+PyDoc_STRVAR(__pyx_doc_10lbcore_ext_5regex_2regex_error, "regex_error(str pattern: str) -> str | None\n\nWhy RE2 refuses `pattern` (lookarounds, backreferences...), or None.");
+static PyMethodDef __pyx_mdef_10lbcore_ext_5regex_3regex_error = {"regex_error", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_3regex_error, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_2regex_error};
+static PyObject *__pyx_pw_10lbcore_ext_5regex_3regex_error(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4355,32 +5318,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pattern,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 55, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 93, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 55, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 93, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "regex_error", 0) < (0)) __PYX_ERR(0, 55, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "regex_error", 0) < (0)) __PYX_ERR(0, 93, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("regex_error", 1, 1, 1, i); __PYX_ERR(0, 55, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("regex_error", 1, 1, 1, i); __PYX_ERR(0, 93, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 55, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 93, __pyx_L3_error)
     }
     __pyx_v_pattern = ((PyObject*)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("regex_error", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 55, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("regex_error", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 93, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4391,8 +5354,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_pattern), (&PyUnicode_Type), 0, "pattern", 2))) __PYX_ERR(0, 55, __pyx_L1_error)
-  __pyx_r = __pyx_pf_10lbcore_ext_5regex_regex_error(__pyx_self, __pyx_v_pattern);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_pattern), (&PyUnicode_Type), 0, "pattern", 2))) __PYX_ERR(0, 93, __pyx_L1_error)
+  __pyx_r = __pyx_pf_10lbcore_ext_5regex_2regex_error(__pyx_self, __pyx_v_pattern);
 
   /* function exit code */
   goto __pyx_L0;
@@ -4411,7 +5374,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_pattern) {
+static PyObject *__pyx_pf_10lbcore_ext_5regex_2regex_error(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_pattern) {
   PyObject *__pyx_v_exc = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -4438,7 +5401,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("regex_error", 0);
 
-  /* "lbcore_ext/regex.pyx":57
+  /* "lbcore_ext/regex.pyx":95
  * def regex_error(pattern: str) -> str | None:
  *     """Why RE2 refuses `pattern` (lookarounds, backreferences...), or None."""
  *     try:             # <<<<<<<<<<<<<<
@@ -4454,7 +5417,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "lbcore_ext/regex.pyx":58
+      /* "lbcore_ext/regex.pyx":96
  *     """Why RE2 refuses `pattern` (lookarounds, backreferences...), or None."""
  *     try:
  *         Regex(pattern)             # <<<<<<<<<<<<<<
@@ -4467,12 +5430,12 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
         PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_v_pattern};
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_10lbcore_ext_5regex_Regex, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 58, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 96, __pyx_L3_error)
         __Pyx_GOTREF((PyObject *)__pyx_t_4);
       }
       __Pyx_DECREF((PyObject *)__pyx_t_4); __pyx_t_4 = 0;
 
-      /* "lbcore_ext/regex.pyx":57
+      /* "lbcore_ext/regex.pyx":95
  * def regex_error(pattern: str) -> str | None:
  *     """Why RE2 refuses `pattern` (lookarounds, backreferences...), or None."""
  *     try:             # <<<<<<<<<<<<<<
@@ -4488,7 +5451,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "lbcore_ext/regex.pyx":59
+    /* "lbcore_ext/regex.pyx":97
  *     try:
  *         Regex(pattern)
  *     except ValueError as exc:             # <<<<<<<<<<<<<<
@@ -4498,7 +5461,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
     __pyx_t_7 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_ValueError))));
     if (__pyx_t_7) {
       __Pyx_AddTraceback("lbcore_ext.regex.regex_error", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 59, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 97, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __Pyx_XGOTREF(__pyx_t_5);
       __Pyx_XGOTREF(__pyx_t_8);
@@ -4506,14 +5469,14 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
       __pyx_v_exc = __pyx_t_5;
       /*try:*/ {
 
-        /* "lbcore_ext/regex.pyx":60
+        /* "lbcore_ext/regex.pyx":98
  *         Regex(pattern)
  *     except ValueError as exc:
  *         return str(exc)             # <<<<<<<<<<<<<<
  *     return None
  * 
 */
-        __pyx_t_9 = __Pyx_PyObject_Unicode(__pyx_v_exc); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 60, __pyx_L14_error)
+        __pyx_t_9 = __Pyx_PyObject_Unicode(__pyx_v_exc); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 98, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_9);
         {
           PyObject *__pyx_temp;
@@ -4530,7 +5493,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
         goto __pyx_L13_return;
       }
 
-      /* "lbcore_ext/regex.pyx":59
+      /* "lbcore_ext/regex.pyx":97
  *     try:
  *         Regex(pattern)
  *     except ValueError as exc:             # <<<<<<<<<<<<<<
@@ -4580,7 +5543,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
     }
     goto __pyx_L5_except_error;
 
-    /* "lbcore_ext/regex.pyx":57
+    /* "lbcore_ext/regex.pyx":95
  * def regex_error(pattern: str) -> str | None:
  *     """Why RE2 refuses `pattern` (lookarounds, backreferences...), or None."""
  *     try:             # <<<<<<<<<<<<<<
@@ -4602,7 +5565,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
     __pyx_L8_try_end:;
   }
 
-  /* "lbcore_ext/regex.pyx":61
+  /* "lbcore_ext/regex.pyx":99
  *     except ValueError as exc:
  *         return str(exc)
  *     return None             # <<<<<<<<<<<<<<
@@ -4619,7 +5582,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
   }
   goto __pyx_L0;
 
-  /* "lbcore_ext/regex.pyx":55
+  /* "lbcore_ext/regex.pyx":93
  * 
  * 
  * def regex_error(pattern: str) -> str | None:             # <<<<<<<<<<<<<<
@@ -4642,7 +5605,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
   return __pyx_r;
 }
 
-/* "lbcore_ext/regex.pyx":64
+/* "lbcore_ext/regex.pyx":102
  * 
  * 
  * def glob_regex(value: str) -> str:             # <<<<<<<<<<<<<<
@@ -4651,16 +5614,16 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_regex_error(CYTHON_UNUSED PyObject
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_10lbcore_ext_5regex_3glob_regex(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_10lbcore_ext_5regex_5glob_regex(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_10lbcore_ext_5regex_2glob_regex, "glob_regex(str value: str) -> str\n\nA value with `*` (any run of characters) and `?` (one character) as\nan RE2 pattern for a whole-subject match; every other character literal.");
-static PyMethodDef __pyx_mdef_10lbcore_ext_5regex_3glob_regex = {"glob_regex", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_3glob_regex, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_2glob_regex};
-static PyObject *__pyx_pw_10lbcore_ext_5regex_3glob_regex(PyObject *__pyx_self, 
+PyDoc_STRVAR(__pyx_doc_10lbcore_ext_5regex_4glob_regex, "glob_regex(str value: str) -> str\n\nA value with `*` (any run of characters) and `?` (one character) as\nan RE2 pattern for a whole-subject match; every other character literal.");
+static PyMethodDef __pyx_mdef_10lbcore_ext_5regex_5glob_regex = {"glob_regex", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_5glob_regex, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_4glob_regex};
+static PyObject *__pyx_pw_10lbcore_ext_5regex_5glob_regex(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -4690,32 +5653,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_value,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 64, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 102, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 64, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 102, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "glob_regex", 0) < (0)) __PYX_ERR(0, 64, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "glob_regex", 0) < (0)) __PYX_ERR(0, 102, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("glob_regex", 1, 1, 1, i); __PYX_ERR(0, 64, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("glob_regex", 1, 1, 1, i); __PYX_ERR(0, 102, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 64, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 102, __pyx_L3_error)
     }
     __pyx_v_value = ((PyObject*)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("glob_regex", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 64, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("glob_regex", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 102, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4726,8 +5689,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_value), (&PyUnicode_Type), 0, "value", 2))) __PYX_ERR(0, 64, __pyx_L1_error)
-  __pyx_r = __pyx_pf_10lbcore_ext_5regex_2glob_regex(__pyx_self, __pyx_v_value);
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_value), (&PyUnicode_Type), 0, "value", 2))) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_r = __pyx_pf_10lbcore_ext_5regex_4glob_regex(__pyx_self, __pyx_v_value);
 
   /* function exit code */
   goto __pyx_L0;
@@ -4746,7 +5709,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_value) {
+static PyObject *__pyx_pf_10lbcore_ext_5regex_4glob_regex(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_value) {
   PyObject *__pyx_v_out = NULL;
   PyObject *__pyx_v_ch = NULL;
   PyObject *__pyx_r = NULL;
@@ -4770,19 +5733,19 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("glob_regex", 0);
 
-  /* "lbcore_ext/regex.pyx":67
+  /* "lbcore_ext/regex.pyx":105
  *     """A value with `*` (any run of characters) and `?` (one character) as
  *     an RE2 pattern for a whole-subject match; every other character literal."""
  *     out = []             # <<<<<<<<<<<<<<
  *     for ch in value:
  *         if ch == "*":
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 105, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_out = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "lbcore_ext/regex.pyx":68
+  /* "lbcore_ext/regex.pyx":106
  *     an RE2 pattern for a whole-subject match; every other character literal."""
  *     out = []
  *     for ch in value:             # <<<<<<<<<<<<<<
@@ -4791,38 +5754,38 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
 */
   __Pyx_INCREF(__pyx_v_value);
   __pyx_t_2 = __pyx_v_value;
-  __pyx_t_7 = __Pyx_init_unicode_iteration(__pyx_t_2, (&__pyx_t_4), (&__pyx_t_5), (&__pyx_t_6)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 68, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_init_unicode_iteration(__pyx_t_2, (&__pyx_t_4), (&__pyx_t_5), (&__pyx_t_6)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 106, __pyx_L1_error)
 
   for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_4; __pyx_t_8++) {
     __pyx_t_3 = __pyx_t_8;
-    __pyx_t_1 = __Pyx_PyUnicode_FromOrdinal(__Pyx_PyUnicode_READ(__pyx_t_6, __pyx_t_5, __pyx_t_3)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 68, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyUnicode_FromOrdinal(__Pyx_PyUnicode_READ(__pyx_t_6, __pyx_t_5, __pyx_t_3)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 106, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    if (!(likely(PyUnicode_CheckExact(__pyx_t_1)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_1))) __PYX_ERR(0, 68, __pyx_L1_error)
+    if (!(likely(PyUnicode_CheckExact(__pyx_t_1)) || __Pyx_RaiseUnexpectedTypeError("str", __pyx_t_1))) __PYX_ERR(0, 106, __pyx_L1_error)
     __Pyx_XDECREF_SET(__pyx_v_ch, ((PyObject*)__pyx_t_1));
     __pyx_t_1 = 0;
 
-    /* "lbcore_ext/regex.pyx":69
+    /* "lbcore_ext/regex.pyx":107
  *     out = []
  *     for ch in value:
  *         if ch == "*":             # <<<<<<<<<<<<<<
  *             out.append(".*")
  *         elif ch == "?":
 */
-    __pyx_t_9 = (__Pyx_PyObject_Equals_str_ch42(__pyx_v_ch, __pyx_mstate_global->__pyx_kp_u__2, Py_EQ)); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 69, __pyx_L1_error)
+    __pyx_t_9 = (__Pyx_PyObject_Equals_str_ch42(__pyx_v_ch, __pyx_mstate_global->__pyx_kp_u__4, Py_EQ)); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 107, __pyx_L1_error)
     if (__pyx_t_9) {
 
 
-      /* "lbcore_ext/regex.pyx":70
+      /* "lbcore_ext/regex.pyx":108
  *     for ch in value:
  *         if ch == "*":
  *             out.append(".*")             # <<<<<<<<<<<<<<
  *         elif ch == "?":
  *             out.append(".")
 */
-      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_mstate_global->__pyx_kp_u__3); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 70, __pyx_L1_error)
+      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_mstate_global->__pyx_kp_u__7); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 108, __pyx_L1_error)
 
 
-      /* "lbcore_ext/regex.pyx":69
+      /* "lbcore_ext/regex.pyx":107
  *     out = []
  *     for ch in value:
  *         if ch == "*":             # <<<<<<<<<<<<<<
@@ -4832,28 +5795,28 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
       goto __pyx_L5;
     }
 
-    /* "lbcore_ext/regex.pyx":71
+    /* "lbcore_ext/regex.pyx":109
  *         if ch == "*":
  *             out.append(".*")
  *         elif ch == "?":             # <<<<<<<<<<<<<<
  *             out.append(".")
  *         elif ch.isalnum():
 */
-    __pyx_t_9 = (__Pyx_PyObject_Equals_str_ch63(__pyx_v_ch, __pyx_mstate_global->__pyx_kp_u_, Py_EQ)); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 71, __pyx_L1_error)
+    __pyx_t_9 = (__Pyx_PyObject_Equals_str_ch63(__pyx_v_ch, __pyx_mstate_global->__pyx_kp_u_, Py_EQ)); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 109, __pyx_L1_error)
     if (__pyx_t_9) {
 
 
-      /* "lbcore_ext/regex.pyx":72
+      /* "lbcore_ext/regex.pyx":110
  *             out.append(".*")
  *         elif ch == "?":
  *             out.append(".")             # <<<<<<<<<<<<<<
  *         elif ch.isalnum():
  *             out.append(ch)
 */
-      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_mstate_global->__pyx_kp_u__4); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 72, __pyx_L1_error)
+      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_mstate_global->__pyx_kp_u__8); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 110, __pyx_L1_error)
 
 
-      /* "lbcore_ext/regex.pyx":71
+      /* "lbcore_ext/regex.pyx":109
  *         if ch == "*":
  *             out.append(".*")
  *         elif ch == "?":             # <<<<<<<<<<<<<<
@@ -4863,7 +5826,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
       goto __pyx_L5;
     }
 
-    /* "lbcore_ext/regex.pyx":73
+    /* "lbcore_ext/regex.pyx":111
  *         elif ch == "?":
  *             out.append(".")
  *         elif ch.isalnum():             # <<<<<<<<<<<<<<
@@ -4877,26 +5840,26 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
       PyObject *__pyx_callargs[2] = {__pyx_t_11, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_isalnum, __pyx_callargs+__pyx_t_12, (1-__pyx_t_12) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 73, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 111, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    if (!(likely(PyBool_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bool", __pyx_t_1))) __PYX_ERR(0, 73, __pyx_L1_error)
-    __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 73, __pyx_L1_error)
+    if (!(likely(PyBool_Check(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bool", __pyx_t_1))) __PYX_ERR(0, 111, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_9 < 0))) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     if (__pyx_t_9) {
 
 
-      /* "lbcore_ext/regex.pyx":74
+      /* "lbcore_ext/regex.pyx":112
  *             out.append(".")
  *         elif ch.isalnum():
  *             out.append(ch)             # <<<<<<<<<<<<<<
  *         else:
  *             out.append("\\x%02x" % ord(ch) if ord(ch) < 256 else ch)
 */
-      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_v_ch); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 74, __pyx_L1_error)
+      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_v_ch); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 112, __pyx_L1_error)
 
 
-      /* "lbcore_ext/regex.pyx":73
+      /* "lbcore_ext/regex.pyx":111
  *         elif ch == "?":
  *             out.append(".")
  *         elif ch.isalnum():             # <<<<<<<<<<<<<<
@@ -4906,23 +5869,23 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
       goto __pyx_L5;
     }
 
-    /* "lbcore_ext/regex.pyx":76
+    /* "lbcore_ext/regex.pyx":114
  *             out.append(ch)
  *         else:
  *             out.append("\\x%02x" % ord(ch) if ord(ch) < 256 else ch)             # <<<<<<<<<<<<<<
  *     return "".join(out)
 */
     /*else*/ {
-      __pyx_t_13 = __Pyx_PyObject_Ord(__pyx_v_ch); if (unlikely(__pyx_t_13 == ((long)(long)(Py_UCS4)-1))) __PYX_ERR(0, 76, __pyx_L1_error)
+      __pyx_t_13 = __Pyx_PyObject_Ord(__pyx_v_ch); if (unlikely(__pyx_t_13 == ((long)(long)(Py_UCS4)-1))) __PYX_ERR(0, 114, __pyx_L1_error)
       __pyx_t_9 = (__pyx_t_13 < 0x100);
 
 
       if (__pyx_t_9) {
-        __pyx_t_13 = __Pyx_PyObject_Ord(__pyx_v_ch); if (unlikely(__pyx_t_13 == ((long)(long)(Py_UCS4)-1))) __PYX_ERR(0, 76, __pyx_L1_error)
-        __pyx_t_11 = __Pyx_PyLong_From_long(__pyx_t_13); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 76, __pyx_L1_error)
+        __pyx_t_13 = __Pyx_PyObject_Ord(__pyx_v_ch); if (unlikely(__pyx_t_13 == ((long)(long)(Py_UCS4)-1))) __PYX_ERR(0, 114, __pyx_L1_error)
+        __pyx_t_11 = __Pyx_PyLong_From_long(__pyx_t_13); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 114, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_11);
 
-        __pyx_t_14 = PyUnicode_Format(__pyx_mstate_global->__pyx_kp_u_x_02x, __pyx_t_11); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 76, __pyx_L1_error)
+        __pyx_t_14 = PyUnicode_Format(__pyx_mstate_global->__pyx_kp_u_x_02x, __pyx_t_11); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 114, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_14);
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
         __pyx_t_1 = __pyx_t_14;
@@ -4932,7 +5895,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
         __pyx_t_1 = __pyx_v_ch;
       }
 
-      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_1); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 76, __pyx_L1_error)
+      __pyx_t_10 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_1); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 114, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
     }
@@ -4940,12 +5903,12 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lbcore_ext/regex.pyx":77
+  /* "lbcore_ext/regex.pyx":115
  *         else:
  *             out.append("\\x%02x" % ord(ch) if ord(ch) < 256 else ch)
  *     return "".join(out)             # <<<<<<<<<<<<<<
 */
-  __pyx_t_1 = PyUnicode_Join(__pyx_mstate_global->__pyx_kp_u__5, __pyx_v_out); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 77, __pyx_L1_error)
+  __pyx_t_1 = PyUnicode_Join(__pyx_mstate_global->__pyx_kp_u__2, __pyx_v_out); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -4958,7 +5921,7 @@ static PyObject *__pyx_pf_10lbcore_ext_5regex_2glob_regex(CYTHON_UNUSED PyObject
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "lbcore_ext/regex.pyx":64
+  /* "lbcore_ext/regex.pyx":102
  * 
  * 
  * def glob_regex(value: str) -> str:             # <<<<<<<<<<<<<<
@@ -4994,6 +5957,7 @@ static PyObject *__pyx_tp_new__initialisation_10lbcore_ext_5regex_Regex(PyObject
   struct __pyx_obj_10lbcore_ext_5regex_Regex *p = ((struct __pyx_obj_10lbcore_ext_5regex_Regex *)o);
   p->__pyx_vtab = __pyx_vtabptr_10lbcore_ext_5regex_Regex;
   p->pattern = ((PyObject*)Py_None); Py_INCREF(Py_None);
+  p->prefix = ((PyObject*)Py_None); Py_INCREF(Py_None);
   {
     int cinit_result = __pyx_pw_10lbcore_ext_5regex_5Regex_1__cinit__(o, 
 #if CYTHON_VECTORCALL_TPNEW
@@ -5064,6 +6028,7 @@ static void __pyx_tp_dealloc_10lbcore_ext_5regex_Regex(PyObject *o) {
     __Pyx_PyErr_RestoreException(etype, eval, etb);
   }
   Py_CLEAR(p->pattern);
+  Py_CLEAR(p->prefix);
   PyTypeObject *tp = Py_TYPE(o);
   #if CYTHON_USE_TYPE_SLOTS
   (*tp->tp_free)(o);
@@ -5082,6 +6047,10 @@ static PyObject *__pyx_getprop_10lbcore_ext_5regex_5Regex_pattern(PyObject *o, C
   return __pyx_pw_10lbcore_ext_5regex_5Regex_7pattern_1__get__(o);
 }
 
+static PyObject *__pyx_getprop_10lbcore_ext_5regex_5Regex_prefix(PyObject *o, CYTHON_UNUSED void *x) {
+  return __pyx_pw_10lbcore_ext_5regex_5Regex_6prefix_1__get__(o);
+}
+
 static PyMethodDef __pyx_methods_10lbcore_ext_5regex_Regex[] = {
   {"matches", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_5Regex_5matches, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_5Regex_4matches},
   {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_10lbcore_ext_5regex_5Regex_7__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_10lbcore_ext_5regex_5Regex_6__reduce_cython__},
@@ -5091,6 +6060,7 @@ static PyMethodDef __pyx_methods_10lbcore_ext_5regex_Regex[] = {
 
 static struct PyGetSetDef __pyx_getsets_10lbcore_ext_5regex_Regex[] = {
   {"pattern", __pyx_getprop_10lbcore_ext_5regex_5Regex_pattern, 0, 0, 0},
+  {"prefix", __pyx_getprop_10lbcore_ext_5regex_5Regex_prefix, 0, 0, 0},
   {0, 0, 0, 0, 0}
 };
 #if CYTHON_USE_TYPE_SPECS
@@ -5250,14 +6220,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_10lbcore_ext_5regex_Regex(__pyx_mstat
   __pyx_vtabptr_10lbcore_ext_5regex_Regex = &__pyx_vtable_10lbcore_ext_5regex_Regex;
   __pyx_vtable_10lbcore_ext_5regex_Regex.match = (int (*)(struct __pyx_obj_10lbcore_ext_5regex_Regex *, PyObject *))__pyx_f_10lbcore_ext_5regex_5Regex_match;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_10lbcore_ext_5regex_Regex_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex)) __PYX_ERR(0, 19, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_10lbcore_ext_5regex_Regex_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex)) __PYX_ERR(0, 20, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex = &__pyx_type_10lbcore_ext_5regex_Regex;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 19, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 20, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex);
@@ -5267,9 +6237,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_10lbcore_ext_5regex_Regex(__pyx_mstat
     __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex, __pyx_vtabptr_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 19, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Regex, (PyObject *) __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 19, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 19, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex, __pyx_vtabptr_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 20, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Regex, (PyObject *) __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 20, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_10lbcore_ext_5regex_Regex) < (0)) __PYX_ERR(0, 20, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -5606,24 +6576,24 @@ __Pyx_RefNannySetupContext("PyInit_regex", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "lbcore_ext/regex.pyx":50
+  /* "lbcore_ext/regex.pyx":64
  *                              <RE2Anchor>self.anchor, NULL, 0)
  * 
  *     def matches(self, subject) -> bool:             # <<<<<<<<<<<<<<
  *         """For tests and the control plane."""
  *         return self.match(subject if isinstance(subject, bytes) else subject.encode("latin-1"))
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 50, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 64, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_n_u_bool) < (0)) __PYX_ERR(0, 50, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_5Regex_5matches, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Regex_matches, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 50, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_n_u_bool) < (0)) __PYX_ERR(0, 64, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_5Regex_5matches, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Regex_matches, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 64, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_3);
   #endif
   __Pyx_CyFunction_SetAnnotationsDict(__pyx_t_3, __pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10lbcore_ext_5regex_Regex, __pyx_mstate_global->__pyx_n_u_matches, __pyx_t_3) < (0)) __PYX_ERR(0, 50, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_10lbcore_ext_5regex_Regex, __pyx_mstate_global->__pyx_n_u_matches, __pyx_t_3) < (0)) __PYX_ERR(0, 64, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
   /* "(tree fragment)":1
@@ -5653,57 +6623,87 @@ __Pyx_RefNannySetupContext("PyInit_regex", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_3) < (0)) __PYX_ERR(1, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "lbcore_ext/regex.pyx":55
+  /* "lbcore_ext/regex.pyx":69
  * 
  * 
- * def regex_error(pattern: str) -> str | None:             # <<<<<<<<<<<<<<
- *     """Why RE2 refuses `pattern` (lookarounds, backreferences...), or None."""
- *     try:
+ * _META = frozenset(".^$*+?()[]{}|\\")             # <<<<<<<<<<<<<<
+ * 
+ * 
 */
-  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 55, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_META, __pyx_mstate_global->__pyx_frozenset[0]) < (0)) __PYX_ERR(0, 69, __pyx_L1_error)
+
+  /* "lbcore_ext/regex.pyx":72
+ * 
+ * 
+ * def literal_prefix(pattern: str) -> str:             # <<<<<<<<<<<<<<
+ *     """The characters every match of `pattern` starts the subject with, when
+ *     that is certain: the pattern starts with ^, has no alternation, and the
+*/
+  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 72, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_kp_u_str_None) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_1regex_error, 0, __pyx_mstate_global->__pyx_n_u_regex_error, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 55, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 72, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 72, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_1literal_prefix, 0, __pyx_mstate_global->__pyx_n_u_literal_prefix, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 72, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetAnnotationsDict(__pyx_t_2, __pyx_t_3);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_regex_error, __pyx_t_2) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_literal_prefix, __pyx_t_2) < (0)) __PYX_ERR(0, 72, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "lbcore_ext/regex.pyx":64
+  /* "lbcore_ext/regex.pyx":93
  * 
  * 
- * def glob_regex(value: str) -> str:             # <<<<<<<<<<<<<<
- *     """A value with `*` (any run of characters) and `?` (one character) as
- *     an RE2 pattern for a whole-subject match; every other character literal."""
+ * def regex_error(pattern: str) -> str | None:             # <<<<<<<<<<<<<<
+ *     """Why RE2 refuses `pattern` (lookarounds, backreferences...), or None."""
+ *     try:
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 64, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 93, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 64, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 64, __pyx_L1_error)
-  __pyx_t_3 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_3glob_regex, 0, __pyx_mstate_global->__pyx_n_u_glob_regex, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 64, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pattern, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 93, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_kp_u_str_None) < (0)) __PYX_ERR(0, 93, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_3regex_error, 0, __pyx_mstate_global->__pyx_n_u_regex_error, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 93, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_3);
   #endif
   __Pyx_CyFunction_SetAnnotationsDict(__pyx_t_3, __pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_glob_regex, __pyx_t_3) < (0)) __PYX_ERR(0, 64, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_regex_error, __pyx_t_3) < (0)) __PYX_ERR(0, 93, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+
+  /* "lbcore_ext/regex.pyx":102
+ * 
+ * 
+ * def glob_regex(value: str) -> str:             # <<<<<<<<<<<<<<
+ *     """A value with `*` (any run of characters) and `?` (one character) as
+ *     an RE2 pattern for a whole-subject match; every other character literal."""
+*/
+  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 102, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_return, __pyx_mstate_global->__pyx_n_u_str) < (0)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_10lbcore_ext_5regex_5glob_regex, 0, __pyx_mstate_global->__pyx_n_u_glob_regex, NULL, __pyx_mstate_global->__pyx_n_u_lbcore_ext_regex, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  __Pyx_CyFunction_SetAnnotationsDict(__pyx_t_2, __pyx_t_3);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_glob_regex, __pyx_t_2) < (0)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "lbcore_ext/regex.pyx":1
  * # cython: language_level=3             # <<<<<<<<<<<<<<
  * # distutils: language = c++
  * """Linear-time regular expressions for forwarding policies: RE2 (Debian
 */
-  __pyx_t_3 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_test, __pyx_t_3) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_test, __pyx_t_2) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /*--- Wrapped vars code ---*/
 
@@ -5741,7 +6741,11 @@ __Pyx_RefNannySetupContext("PyInit_regex", 0);
 /* #### Code section: cached_builtins ### */
 
 static int __Pyx_InitCachedBuiltins(__pyx_mstatetype *__pyx_mstate) {
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
+  __pyx_builtin_enumerate = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_enumerate); if (!__pyx_builtin_enumerate) __PYX_ERR(0, 81, __pyx_L1_error)
 
   /* Cached unbound methods */
   __pyx_mstate->__pyx_umethod_PyDict_Type_items.type = (PyObject*)&PyDict_Type;
@@ -5751,15 +6755,55 @@ static int __Pyx_InitCachedBuiltins(__pyx_mstatetype *__pyx_mstate) {
   __pyx_mstate->__pyx_umethod_PyDict_Type_values.type = (PyObject*)&PyDict_Type;
   __pyx_mstate->__pyx_umethod_PyDict_Type_values.method_name = &__pyx_mstate->__pyx_n_u_values;
   return 0;
+  __pyx_L1_error:;
+  return -1;
 }
 /* #### Code section: cached_constants ### */
 
 static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   __Pyx_RefNannyDeclarations
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
+
+  /* "lbcore_ext/regex.pyx":69
+ * 
+ * 
+ * _META = frozenset(".^$*+?()[]{}|\\")             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_mstate_global->__pyx_frozenset[0] = __Pyx_PyFrozenSet_New(__pyx_mstate->__pyx_kp_u__9); if (unlikely(!__pyx_mstate_global->__pyx_frozenset[0])) __PYX_ERR(0, 69, __pyx_L1_error)
+  #if CYTHON_IMMORTAL_CONSTANTS
+  {
+    PyObject **table = __pyx_mstate->__pyx_frozenset;
+    for (Py_ssize_t i=0; i<1; ++i) {
+      #if PY_VERSION_HEX >= 0x030F0000
+      PyUnstable_SetImmortal(table[i]);
+      #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
+      if ((PY_SSIZE_T_MAX <= _Py_IMMORTAL_REFCNT_LOCAL)) break;
+      #if PY_VERSION_HEX < 0x030E0000
+      if (_Py_IsOwnedByCurrentThread(table[i]) && Py_REFCNT(table[i]) == 1)
+      #else
+      if (PyUnstable_Object_IsUniquelyReferenced(table[i]))
+      #endif
+      {
+        Py_SET_REFCNT(table[i], ((Py_ssize_t)_Py_IMMORTAL_REFCNT_LOCAL + 1));
+      }
+      #else
+      if ((PY_SSIZE_T_MAX < _Py_IMMORTAL_INITIAL_REFCNT)) break;
+      Py_SET_REFCNT(table[i], _Py_IMMORTAL_INITIAL_REFCNT);
+      #endif
+    }
+  }
+  #endif
   __Pyx_RefNannyFinishContext();
   return 0;
+  __pyx_L1_error:;
+  __Pyx_RefNannyFinishContext();
+  return -1;
 }
 /* #### Code section: init_constants ### */
 
@@ -5769,32 +6813,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{15},{1},{1},{2},{1},{179},{6},{8},{7},{6},{2},{9},{7},{20},{50},{10},{5},{23},{25},{13},{20},{12},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{18},{4},{14},{2},{18},{6},{3},{4},{10},{7},{5},{16},{7},{3},{7},{3},{11},{6},{4},{10},{3},{7},{5},{6}};
-    const struct { const unsigned int length: 7; } bytes_length_index[] = {{9},{111},{38},{34}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{0},{15},{1},{1},{1},{2},{14},{1},{179},{6},{1},{8},{7},{6},{2},{9},{7},{20},{50},{10},{1},{5},{23},{25},{13},{5},{20},{12},{17},{8},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{18},{4},{4},{14},{2},{18},{6},{9},{3},{4},{10},{1},{7},{5},{16},{14},{7},{3},{3},{7},{3},{6},{11},{6},{4},{10},{3},{7},{5},{6}};
+    const struct { const unsigned int length: 8; } bytes_length_index[] = {{9},{111},{38},{151},{34}};
     #ifndef CYTHON_COMPRESS_STRINGS
-      #define CYTHON_COMPRESS_STRINGS 0
+      #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (641 bytes) */
-static const char cstring[] = "x\332eR\275o\323@\024/\"\255RJU\302\200@b\270\"P\241U\ri+\304\004\003_b\251\332\322\n\t!\235\316\347\347\344\340r\227\336\235S\03310z\364\230\321c\307\214\035;2f\364\330?\201?\201w&\t\025\265\344{\337\037\277\367\336cg\000HlX\247\007\312=Y\017\202\365W\273\332\001q]\346\310\353\314u\265\"\302\222\010\244\010\3010\0072#\326\031\301\035\030\357\244\310\336\333\275\315\235\027;\204\251\210\030\370\n\334Yb\223\220Kf-X\242c\022&B:\241\210\313\372`\003\362!&\231N\210\002\210\210\323\244\217~\227\003\\\027\024\261\340<C\326\230R\3321\047\264\242\030.Tg\215D\302`\0211\000\037\375\216I\013\301\227\364\321\263\255\224E\021Eo\210\204e\241\004P\376\355pa\377r\221\304<j\263-C\256\rPH\335S\003\035H\203~\226*\215\020c\226HG(5\020%\034(%QR\327PZm\"\344\201`\022\255\\(\341(\305!\220\037dW+8\360I\352\047\230\305\362zr\224N\325\210\307\"\214\377\r=\346x\027,\245{Y\212\377\033\034+\335\305\306\016 \246t\002\035\033\2414N\024\367\2643\315\203_\217\tUS\035%\262\326(\326\253)\002\242\0237\317\016\234\207\357\r\307\t\223S\247)\312+=\317\024\220z\001[\237%\266\227\312_\201D\251\003\213\223\241\302R\234\260Np\332\300l\246\270\320\301LaC\255%g\0260\201\262\302\357\221w\271D\013E8\3160\016!\343\337@q\035\001\244<N\244\354H\035\322zW\270Y\251\222\236p\320\263\377\366\030\324\266\3110\261L\2379<O\325\327\375\332@\301\030m\014\270\304(\0132\306\316\047\313\306%\342\345\371\233\0350\231@\375\330\237\327\252\306\215|\243\330\037\317\335)\272C\366{an~)_\255\032\315|!gUs)\337\316y\321\252n\256\344\047\005+\216\253\345[\305\365\242}I^\311S$S\371b\302|/o\227\333%+ON\371\2505z8\n\317\026\317[Uc)\337\312\217\212\325\242=\236\2737\274[\266.\032\363Us9\337\307Rh{9lU\315\225\334z\007/\267\307\215\007\345\352\005\252\\\361|\330\032n\224\237O\217G\213g\367\317?\375z?\376x8><\372\003\346V~\234";
-    PyObject *data = __Pyx_DecompressString(cstring, 641, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (796 bytes) */
+static const char cstring[] = "x\332eRMo\024G\0205b\215\026;\216\263\034P\254ph\047 \300+\017\370#\220S\220\225\220\220C,\2571B\"\016\255\236\236\232\335Nz\273\327\335=\313l \022\3079\316q\216s\334\343\0369r\344\350\343\034\375\023\370\t\251\036\357\232U\030i\372\243\352uU\275Wu\307\031\000\022\033\326\355\203rw7\332A\260\021\274\274\271\321~t\347\356\037\177\276\376\367\315\361\243}\355\200\270\036s\344\247\221\353iE\204%\021H\021\202a\016\344\210Xg\004w`<H\221\203\307\007\233\273?\354\022\246\"b\340/\340\316\022\233\204\\2k\301\022\035\2230\021\322\tE\334h\0006 \277\305d\244\023\242\000\"\3424\031 n\376\201\353\201\"\026\234?\220\333L)\355\230\023ZQ|.T\3676\211\204\301$b\010\376\365/LZ\010\216\323[\367\267\323\227,\212(\302!\022\226\205\022@\371\265\313\205=?E\022\003\251\315-\031rm\200B\352\356\031\350B\032\014F\251\322\3101f\211t\204R\003Q\302\201R\022%u\022\245\325&r\036\n&\321\313\205\022\216RT\201\274!\373Z\301\353C\037\245^\202\213\307\274\326\216\322\231\031\031Y$\362\177G\2379\336\003K\177\177|\264G\351\301(\305\377gT\227\356cy\207\020S:U\000\313\301\324^#\332\005\047\034\364\275!N\024\367{w\026\035\277>\023\252\336u\224\310\332\242X\277\336\221\047\235\302\374q\350\274*\336q\22209\003\315\310\177\306\344\302\000\251\277 \241\213\300v.\375gD)u`Q0*,E\341u\202M\000fG\212\013\035\\\030l\250\243Q\250\265\344\314\002\006QV\370\036\363\036\227\350\245H\311\031\306!d\374oP\\G\330\335\244_O$\244<N\244\354J\035\322\272\237\002\333/\321\353E\262\237\232\035\324N\211V\303$\035\030\210E:\225_\245\016\253\0300\207>5\320\203sg\215\247`\2146\006\\b\224\005\031#\275\351\240\340\000\340\330\372\201\0372\231@\275\330\267\227\252\306R\326\316;\247\013\327\363^\301>^YX\\\316\326\253F3\273\222\261\252\271\234\355d<oU_\254f\257r\226\237T+_\345\227\363\255\271\373j\226\3426\273\237M\017\377\224\327\312\235\222\225\257\306|\322\232\334\234\204\357\256\276oU\215\345l;{\226\257\347[\247\013k\305\327e\353\254\261X5W\262\016\246B\337\217E\253j\256f\326\003\374\035Q7\212\047\345\336\307\245\205\305\346[\227=\314""\333E\247\000\014\034\215\277\033w<\366\304\343\036\236?X:\257\373r\366 _+\326\213\255\271\352W\252\346\227Y\204\260\355\3740\037\026\207\205\301\372\266\313\247\343K\343o&{\036\270\233\271\374\373b\261\350\324\340Y\314\332\201\365x\343\\\361\215o\313\3653\314\356\362\007E\253h\227/\306\047\223\253\357n\274\177\376\341\327\323\247G\247G\317\376\003\353\006\323\233";
+    PyObject *data = __Pyx_DecompressString(cstring, 796, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (980 bytes) */
-static const char bytes[] = "(tree fragment)*..*?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.\\x%02xadd_notedisableenablegcisenabledlatin-1lbcore_ext/regex.pyxno default __reduce__ due to non-trivial __cinit__str | NoneRegexRegex.__reduce_cython__Regex.__setstate_cython__Regex.matches__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineasyncio.coroutinesboolcase_sensitivechcline_in_tracebackencodeexcfullglob_regexisalnumitemslbcore_ext.regexmatchesoutpatternpopregex_errorreturnselfsetdefaultstrsubjectvaluevalues\200\001\330\004\n\210+\220Q\320\000\026\220h\230a\360\006\000\005\013\210!\330\004\010\210\006\210a\330\010\013\2103\210c\220\021\330\014\017\210w\220a\220q\330\r\020\220\003\2201\330\014\017\210w\220a\220q\330\r\017\210x\220q\330\014\017\210w\220a\220q\340\014\017\210w\220a\220z\240\022\2403\240a\240w\250c\260\021\260$\260b\270\t\300\021\330\004\013\2102\210U\220!\2201\320\000\031\230\030\240\021\340\004\005\330\010\r\210Q\210a\330\004\013\210>\230\021\330\010\017\210s\220!\2201\330\004\013\2101\320\004\"\240!\340\010\017\210t\2206\230\021\230+\240Z\250q\260\t\270\034\300W\310G\320ST\320TU";
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1007 bytes) */
+static const char cstring[] = "\377(tree fr\377agment)*\377+..*.^$*\377+?()[]{}\377|\\?Note \377that Cyt\377hon is d\377eliberat\377ely stri\357cter!\001n P\377EP-484 a\377nd rejec\377ts subcl\377asses of\377 builtin\377 types. \377If you n\377eed to p\374%\000%\tthen s\373et\200\000e \047an\377notation\375_<\000ing\047 d\333irb\000iv\242\000o \377False.\\x\377%02x^add\375_,\000edisab\357leen\002\001gci\355s\004\003dlF\000n-1\377lbcore_e\377xt/regex\277.pyxno\341\000f\377ault __r\377educe__ {du`\002non-\361\000\357vial\033\000cin\357it__\203  | ?None{RB\001\000\0025.4\006c\267\"__\017\005\317\000\355s\306\000e_\013\013mat\377ches_MET\277A__Pyx\001\000D\366\333 _N\234\000Ref_\331_\373\004\214\000__\320\"_g\377etitem__?__func\004\001\020\000\274X\003\022\000main\030\001m\357odul2\002namd:\002\345\000_ \004\007\001vt\242!\036C\001qual\035\005\365\005\271\016&\217&exw\001\240@_Q\005\324\006|\221\000\330\016__tes\256 o_is_\366 ou\211`\377easyncio\375.\010\006sbodyb\377oolcase_\356\257@sit\341@chc\337line_\320\000tr\377acebackeoncod\333@um\215\204\002\377excfullg\257lob_\313Bi\374@lWnum\241!s\343G.\350B\375l\270 ral_pr\357efix\370$nxt\376\224\000pattern\347pop\027\003\230b_er\377rorretur\377nselfset\373de\244bstrsu}b\355\204\001value\000\002\377s\200\001\330\004\n\210+\377\220Q\320\000\026\220h\230\377a\360\006\000\005\013\210!\377\330\004\010\210\006\210a\330\377\010\013\2103\210c\220\021\377\330\014\017\210w\220a\220\377q\330\r\020\220\003\2201N\005\010\017\210x\024\000\030\005\340\"\004\377z\240\022\2403\240a\240\377w\250c\260\021\260$\260\377b\270\t\300\021\330\004\013\377\2102\210U\220!\2201\377\320\000\031\230\030\240\021\340\177\004\005\330\010\r\210Qh\000\376\031\000>\230\021\330\010\017\210\361s\035\001(\001#\000\034\230H\240\377A\360\n\000\005\010\200t\377\2107\220+\230Q\230e\276V\000d\250#\250Q(\001q\352P\0017+\003\n\262\003\003\2106\277\220\031\230!\2301\263\010\r\337\330\010\016\210dv\0002\220\177R\220v\230R\230r\235\000\3772\240S\250\001\250\033\260\375A\343\0014\210t\2205\230\337\005""\230Q\330\014*\000\013\210\304N\003\375\0004\214\001\021\001\262\010\004\"\367\240!\340\247\000t\2206\230\377\021\230+\240Z\250q\260\377\t\270\034\300W\310G\320\037ST\320TU";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1007, 1207);
+    #define __Pyx_DecompressString_UNUSED
+    if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
+    const char* const bytes = __Pyx_PyBytes_AsString(data);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
+    #endif
+    #else /* compression: none (1207 bytes) */
+static const char bytes[] = "(tree fragment)*+..*.^$*+?()[]{}|\\?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.\\x%02x^add_notedisableenablegcisenabledlatin-1lbcore_ext/regex.pyxno default __reduce__ due to non-trivial __cinit__str | None{RegexRegex.__reduce_cython__Regex.__setstate_cython__Regex.matches_META__Pyx_PyDict_NextRef__annotate____class_getitem____func____getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutineasyncio.coroutinesbodyboolcase_sensitivechcline_in_tracebackencodeenumerateexcfullglob_regexiisalnumitemslbcore_ext.regexliteral_prefixmatchesnxtoutpatternpopprefixregex_errorreturnselfsetdefaultstrsubjectvaluevalues\200\001\330\004\n\210+\220Q\320\000\026\220h\230a\360\006\000\005\013\210!\330\004\010\210\006\210a\330\010\013\2103\210c\220\021\330\014\017\210w\220a\220q\330\r\020\220\003\2201\330\014\017\210w\220a\220q\330\r\017\210x\220q\330\014\017\210w\220a\220q\340\014\017\210w\220a\220z\240\022\2403\240a\240w\250c\260\021\260$\260b\270\t\300\021\330\004\013\2102\210U\220!\2201\320\000\031\230\030\240\021\340\004\005\330\010\r\210Q\210a\330\004\013\210>\230\021\330\010\017\210s\220!\2201\330\004\013\2101\320\000\034\230H\240A\360\n\000\005\010\200t\2107\220+\230Q\230e\2403\240d\250#\250Q\330\010\017\210q\330\004\013\2107\220!\2201\330\004\n\210!\330\004\010\210\003\2106\220\031\230!\2301\330\010\013\2103\210c\220\021\330\014\r\330\010\016\210d\220!\2202\220R\220v\230R\230r\240\022\2402\240S\250\001\250\033\260A\330\010\013\2104\210t\2205\230\005\230Q\330\014\r\330\010\013\2107\220!\2201\330\010\013\2104\210s\220!\330\014\r\330\004\013\2102\210U\220!\2201\320\004\"\240!\340\010\017\210t\2206\230\021\230+\240Z\250q\260\t\270\034\300W\310G\320ST\320TU";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 63; i++) {
+    for (int i = 0; i < 75; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 17) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 21) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -5802,8 +6855,8 @@ static const char bytes[] = "(tree fragment)*..*?Note that Cython is deliberatel
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 63; i < 67; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-63].length;
+    for (int i = 75; i < 80; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-75].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -5813,15 +6866,15 @@ static const char bytes[] = "(tree fragment)*..*?Note that Cython is deliberatel
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 67; i++) {
+    for (Py_ssize_t i = 0; i < 80; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 63;
-      for (Py_ssize_t i=0; i<4; ++i) {
+      PyObject **table = stringtab + 75;
+      for (Py_ssize_t i=0; i<5; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -5842,6 +6895,37 @@ static const char bytes[] = "(tree fragment)*..*?Note that Cython is deliberatel
     }
     #endif
   }
+  {
+    PyObject **numbertab = __pyx_mstate->__pyx_number_tab + 0;
+    int8_t const cint_constants_1[] = {0,1};
+    for (int i = 0; i < 2; i++) {
+      numbertab[i] = PyLong_FromLong(cint_constants_1[i - 0]);
+      if (unlikely(!numbertab[i])) __PYX_ERR(0, 1, __pyx_L1_error)
+    }
+  }
+  #if CYTHON_IMMORTAL_CONSTANTS
+  {
+    PyObject **table = __pyx_mstate->__pyx_number_tab;
+    for (Py_ssize_t i=0; i<2; ++i) {
+      #if PY_VERSION_HEX >= 0x030F0000
+      PyUnstable_SetImmortal(table[i]);
+      #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
+      if ((PY_SSIZE_T_MAX <= _Py_IMMORTAL_REFCNT_LOCAL)) break;
+      #if PY_VERSION_HEX < 0x030E0000
+      if (_Py_IsOwnedByCurrentThread(table[i]) && Py_REFCNT(table[i]) == 1)
+      #else
+      if (PyUnstable_Object_IsUniquelyReferenced(table[i]))
+      #endif
+      {
+        Py_SET_REFCNT(table[i], ((Py_ssize_t)_Py_IMMORTAL_REFCNT_LOCAL + 1));
+      }
+      #else
+      if ((PY_SSIZE_T_MAX < _Py_IMMORTAL_INITIAL_REFCNT)) break;
+      Py_SET_REFCNT(table[i], _Py_IMMORTAL_INITIAL_REFCNT);
+      #endif
+    }
+  }
+  #endif
   return 0;
   __pyx_L1_error:;
   return -1;
@@ -5854,7 +6938,7 @@ typedef struct {
     unsigned int argcount : 2;
     unsigned int num_posonly_args : 1;
     unsigned int num_kwonly_args : 1;
-    unsigned int nlocals : 2;
+    unsigned int nlocals : 3;
     unsigned int flags : 10;
     unsigned int first_line : 7;
 } __Pyx_PyCode_New_function_description;
@@ -5876,7 +6960,7 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 50};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 64};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_subject};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lbcore_ext_regex_pyx, __pyx_mstate->__pyx_n_u_matches, __pyx_mstate->__pyx_kp_b_iso88591_t6_Zq_WGSTTU, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
@@ -5891,14 +6975,19 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 55};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_n_u_exc};
-    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lbcore_ext_regex_pyx, __pyx_mstate->__pyx_n_u_regex_error, __pyx_mstate->__pyx_kp_b_iso88591_Qa_s_1_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 72};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_n_u_body, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_ch, __pyx_mstate->__pyx_n_u_nxt};
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lbcore_ext_regex_pyx, __pyx_mstate->__pyx_n_u_literal_prefix, __pyx_mstate->__pyx_kp_b_iso88591_HA_t7_Qe3d_Q_q_7_1_6_1_3c_d_2Rv, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 64};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 93};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pattern, __pyx_mstate->__pyx_n_u_exc};
+    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lbcore_ext_regex_pyx, __pyx_mstate->__pyx_n_u_regex_error, __pyx_mstate->__pyx_kp_b_iso88591_Qa_s_1_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 102};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_value, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_ch};
-    __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lbcore_ext_regex_pyx, __pyx_mstate->__pyx_n_u_glob_regex, __pyx_mstate->__pyx_kp_b_iso88591_ha_a_3c_waq_1_waq_xq_waq_waz_3a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_lbcore_ext_regex_pyx, __pyx_mstate->__pyx_n_u_glob_regex, __pyx_mstate->__pyx_kp_b_iso88591_ha_a_3c_waq_1_waq_xq_waq_waz_3a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -5914,6 +7003,28 @@ static int __Pyx_InitGlobals(void) {
   int __pyx_clineno = 0;
   /* PythonCompatibility.init */
   if (likely(__Pyx_init_co_variables() == 0 && __Pyx_init_tpflags_variables() == 0)); else
+  
+  if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 1, __pyx_L1_error)
+
+  /* PyFrozenDict.init */
+  #if CYTHON_COMPILING_IN_LIMITED_API
+  {
+      PyObject *builtins = PyEval_GetBuiltins(); // borrowed
+      if (likely(builtins)) {
+          PyObject *type_name = PyUnicode_FromStringAndSize("frozendict", sizeof("frozendict")-1);
+          if (likely(type_name)) {
+              PyObject *frozendict_type = PyObject_GetItem(builtins, type_name);
+              Py_DECREF(type_name);
+              if (!frozendict_type && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                  PyErr_Clear();
+                  frozendict_type = (PyObject*) &PyDict_Type;
+                  Py_INCREF(frozendict_type);
+              }
+              __pyx_mstate_global->__Pyx_PyFrozenDictType = frozendict_type;
+          }
+      }
+  } // error handling follows
+  #endif
   
   if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 1, __pyx_L1_error)
 
@@ -5989,6 +7100,246 @@ end:
     return (__Pyx_RefNannyAPIStruct *)r;
 }
 #endif
+
+/* FastTypeChecks (used by GivenExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+static int __Pyx_InBases(PyTypeObject *a, PyTypeObject *b) {
+    while (a) {
+        a = __Pyx_PyType_GetSlot(a, tp_base, PyTypeObject*);
+        if (a == b)
+            return 1;
+    }
+    return b == &PyBaseObject_Type;
+}
+static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b) {
+    PyObject *mro;
+    if (a == b) return 1;
+    mro = a->tp_mro;
+    if (likely(mro)) {
+        Py_ssize_t i, n;
+        n = PyTuple_GET_SIZE(mro);
+        for (i = 0; i < n; i++) {
+            if (PyTuple_GET_ITEM(mro, i) == (PyObject *)b)
+                return 1;
+        }
+        return 0;
+    }
+    return __Pyx_InBases(a, b);
+}
+static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b) {
+    PyObject *mro;
+    if (cls == a || cls == b) return 1;
+    mro = cls->tp_mro;
+    if (likely(mro)) {
+        Py_ssize_t i, n;
+        n = PyTuple_GET_SIZE(mro);
+        for (i = 0; i < n; i++) {
+            PyObject *base = PyTuple_GET_ITEM(mro, i);
+            if (base == (PyObject *)a || base == (PyObject *)b)
+                return 1;
+        }
+        return 0;
+    }
+    return __Pyx_InBases(cls, a) || __Pyx_InBases(cls, b);
+}
+#endif
+
+/* PyErrFetchRestore (used by GivenExceptionMatches) */
+#if CYTHON_FAST_THREAD_STATE
+static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb) {
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject *tmp_value;
+    assert(type == NULL || (value != NULL && type == (PyObject*) Py_TYPE(value)));
+    if (value) {
+        #if CYTHON_COMPILING_IN_CPYTHON
+        if (unlikely(((PyBaseExceptionObject*) value)->traceback != tb))
+        #endif
+            PyException_SetTraceback(value, tb);
+    }
+    tmp_value = tstate->current_exception;
+    tstate->current_exception = value;
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+#else
+    PyObject *tmp_type, *tmp_value, *tmp_tb;
+    tmp_type = tstate->curexc_type;
+    tmp_value = tstate->curexc_value;
+    tmp_tb = tstate->curexc_traceback;
+    tstate->curexc_type = type;
+    tstate->curexc_value = value;
+    tstate->curexc_traceback = tb;
+    Py_XDECREF(tmp_type);
+    Py_XDECREF(tmp_value);
+    Py_XDECREF(tmp_tb);
+#endif
+}
+static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb) {
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject* exc_value;
+    exc_value = tstate->current_exception;
+    tstate->current_exception = 0;
+    *value = exc_value;
+    *type = NULL;
+    *tb = NULL;
+    if (exc_value) {
+        *type = (PyObject*) Py_TYPE(exc_value);
+        Py_INCREF(*type);
+        #if CYTHON_COMPILING_IN_CPYTHON
+        *tb = ((PyBaseExceptionObject*) exc_value)->traceback;
+        Py_XINCREF(*tb);
+        #else
+        *tb = PyException_GetTraceback(exc_value);
+        #endif
+    }
+#else
+    *type = tstate->curexc_type;
+    *value = tstate->curexc_value;
+    *tb = tstate->curexc_traceback;
+    tstate->curexc_type = 0;
+    tstate->curexc_value = 0;
+    tstate->curexc_traceback = 0;
+#endif
+}
+#endif
+
+/* GivenExceptionMatches (used by PyErrExceptionMatches) */
+#if CYTHON_COMPILING_IN_CPYTHON
+static CYTHON_INLINE int __Pyx_inner_PyErr_GivenExceptionMatches2(PyObject *err, PyObject* exc_type1, PyObject *exc_type2) {
+    if (exc_type1) {
+        return __Pyx_IsAnySubtype2((PyTypeObject*)err, (PyTypeObject*)exc_type1, (PyTypeObject*)exc_type2);
+    } else {
+        return __Pyx_IsSubtype((PyTypeObject*)err, (PyTypeObject*)exc_type2);
+    }
+}
+static int __Pyx_PyErr_GivenExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
+    Py_ssize_t i, n;
+    assert(PyExceptionClass_Check(exc_type));
+    n = PyTuple_GET_SIZE(tuple);
+    for (i=0; i<n; i++) {
+        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
+    }
+    for (i=0; i<n; i++) {
+        PyObject *t = PyTuple_GET_ITEM(tuple, i);
+        if (likely(PyExceptionClass_Check(t))) {
+            if (__Pyx_inner_PyErr_GivenExceptionMatches2(exc_type, NULL, t)) return 1;
+        } else {
+        }
+    }
+    return 0;
+}
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject* exc_type) {
+    if (likely(err == exc_type)) return 1;
+    if (likely(PyExceptionClass_Check(err))) {
+        if (likely(PyExceptionClass_Check(exc_type))) {
+            return __Pyx_inner_PyErr_GivenExceptionMatches2(err, NULL, exc_type);
+        } else if (likely(PyTuple_Check(exc_type))) {
+            return __Pyx_PyErr_GivenExceptionMatchesTuple(err, exc_type);
+        } else {
+        }
+    }
+    return PyErr_GivenExceptionMatches(err, exc_type);
+}
+static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *exc_type1, PyObject *exc_type2) {
+    assert(PyExceptionClass_Check(exc_type1));
+    assert(PyExceptionClass_Check(exc_type2));
+    if (likely(err == exc_type1 || err == exc_type2)) return 1;
+    if (likely(PyExceptionClass_Check(err))) {
+        return __Pyx_inner_PyErr_GivenExceptionMatches2(err, exc_type1, exc_type2);
+    }
+    return (PyErr_GivenExceptionMatches(err, exc_type1) || PyErr_GivenExceptionMatches(err, exc_type2));
+}
+#endif
+
+/* PyErrExceptionMatches (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_FAST_THREAD_STATE
+static int __Pyx_PyErr_ExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
+    Py_ssize_t i, n;
+    n = PyTuple_GET_SIZE(tuple);
+    for (i=0; i<n; i++) {
+        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
+    }
+    for (i=0; i<n; i++) {
+        if (__Pyx_PyErr_GivenExceptionMatches(exc_type, PyTuple_GET_ITEM(tuple, i))) return 1;
+    }
+    return 0;
+}
+static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err) {
+    int result;
+    PyObject *exc_type;
+#if PY_VERSION_HEX >= 0x030C00A6
+    PyObject *current_exception = tstate->current_exception;
+    if (unlikely(!current_exception)) return 0;
+    exc_type = (PyObject*) Py_TYPE(current_exception);
+    if (exc_type == err) return 1;
+#else
+    exc_type = tstate->curexc_type;
+    if (exc_type == err) return 1;
+    if (unlikely(!exc_type)) return 0;
+#endif
+    #if CYTHON_AVOID_BORROWED_REFS
+    Py_INCREF(exc_type);
+    #endif
+    if (unlikely(PyTuple_Check(err))) {
+        result = __Pyx_PyErr_ExceptionMatchesTuple(exc_type, err);
+    } else {
+        result = __Pyx_PyErr_GivenExceptionMatches(exc_type, err);
+    }
+    #if CYTHON_AVOID_BORROWED_REFS
+    Py_DECREF(exc_type);
+    #endif
+    return result;
+}
+#endif
+
+/* PyObjectGetAttrStr (used by PyObjectGetAttrStrNoError) */
+#if CYTHON_USE_TYPE_SLOTS
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name) {
+    PyTypeObject* tp = Py_TYPE(obj);
+    if (likely(tp->tp_getattro))
+        return tp->tp_getattro(obj, attr_name);
+    return PyObject_GetAttr(obj, attr_name);
+}
+#endif
+
+/* PyObjectGetAttrStrNoError (used by GetBuiltinName) */
+#if __PYX_LIMITED_VERSION_HEX < 0x030d0000
+static void __Pyx_PyObject_GetAttrStr_ClearAttributeError(void) {
+    __Pyx_PyThreadState_declare
+    __Pyx_PyThreadState_assign
+    if (likely(__Pyx_PyErr_ExceptionMatches(PyExc_AttributeError)))
+        __Pyx_PyErr_Clear();
+}
+#endif
+static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name) {
+    PyObject *result;
+#if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
+    (void) PyObject_GetOptionalAttr(obj, attr_name, &result);
+    return result;
+#else
+#if CYTHON_COMPILING_IN_CPYTHON && CYTHON_USE_TYPE_SLOTS
+    PyTypeObject* tp = Py_TYPE(obj);
+    if (likely(tp->tp_getattro == PyObject_GenericGetAttr)) {
+        return _PyObject_GenericGetAttrWithDict(obj, attr_name, NULL, 1);
+    }
+#endif
+    result = __Pyx_PyObject_GetAttrStr(obj, attr_name);
+    if (unlikely(!result)) {
+        __Pyx_PyObject_GetAttrStr_ClearAttributeError();
+    }
+    return result;
+#endif
+}
+
+/* GetBuiltinName */
+static PyObject *__Pyx_GetBuiltinName(PyObject *name) {
+    PyObject* result = __Pyx_PyObject_GetAttrStrNoError(__pyx_mstate_global->__pyx_b, name);
+    if (unlikely(!result) && !PyErr_Occurred()) {
+        PyErr_Format(PyExc_NameError,
+            "name '%U' is not defined", name);
+    }
+    return result;
+}
 
 /* CopyObjectArray (used by TupleOrListFromArrayImpl) */
 #if CYTHON_COMPILING_IN_CPYTHON
@@ -6268,59 +7619,6 @@ static CYTHON_INLINE int __Pyx_IgnoreGivenException(PyObject *given_exception, P
     }
     return 0;
 }
-
-/* FastTypeChecks (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_COMPILING_IN_CPYTHON
-static int __Pyx_InBases(PyTypeObject *a, PyTypeObject *b) {
-    while (a) {
-        a = __Pyx_PyType_GetSlot(a, tp_base, PyTypeObject*);
-        if (a == b)
-            return 1;
-    }
-    return b == &PyBaseObject_Type;
-}
-static CYTHON_INLINE int __Pyx_IsSubtype(PyTypeObject *a, PyTypeObject *b) {
-    PyObject *mro;
-    if (a == b) return 1;
-    mro = a->tp_mro;
-    if (likely(mro)) {
-        Py_ssize_t i, n;
-        n = PyTuple_GET_SIZE(mro);
-        for (i = 0; i < n; i++) {
-            if (PyTuple_GET_ITEM(mro, i) == (PyObject *)b)
-                return 1;
-        }
-        return 0;
-    }
-    return __Pyx_InBases(a, b);
-}
-static CYTHON_INLINE int __Pyx_IsAnySubtype2(PyTypeObject *cls, PyTypeObject *a, PyTypeObject *b) {
-    PyObject *mro;
-    if (cls == a || cls == b) return 1;
-    mro = cls->tp_mro;
-    if (likely(mro)) {
-        Py_ssize_t i, n;
-        n = PyTuple_GET_SIZE(mro);
-        for (i = 0; i < n; i++) {
-            PyObject *base = PyTuple_GET_ITEM(mro, i);
-            if (base == (PyObject *)a || base == (PyObject *)b)
-                return 1;
-        }
-        return 0;
-    }
-    return __Pyx_InBases(cls, a) || __Pyx_InBases(cls, b);
-}
-#endif
-
-/* PyObjectGetAttrStr (used by UnpackUnboundCMethod_impl) */
-#if CYTHON_USE_TYPE_SLOTS
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, PyObject* attr_name) {
-    PyTypeObject* tp = Py_TYPE(obj);
-    if (likely(tp->tp_getattro))
-        return tp->tp_getattro(obj, attr_name);
-    return PyObject_GetAttr(obj, attr_name);
-}
-#endif
 
 /* UnpackUnboundCMethod_impl (used by UnpackUnboundCMethod) */
 #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030C0000
@@ -7087,65 +8385,6 @@ static CYTHON_INLINE PyObject* __Pyx_decode_c_bytes(
     }
 }
 
-/* PyErrFetchRestore (used by RaiseException) */
-#if CYTHON_FAST_THREAD_STATE
-static CYTHON_INLINE void __Pyx_ErrRestoreInState(PyThreadState *tstate, PyObject *type, PyObject *value, PyObject *tb) {
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject *tmp_value;
-    assert(type == NULL || (value != NULL && type == (PyObject*) Py_TYPE(value)));
-    if (value) {
-        #if CYTHON_COMPILING_IN_CPYTHON
-        if (unlikely(((PyBaseExceptionObject*) value)->traceback != tb))
-        #endif
-            PyException_SetTraceback(value, tb);
-    }
-    tmp_value = tstate->current_exception;
-    tstate->current_exception = value;
-    Py_XDECREF(tmp_value);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-#else
-    PyObject *tmp_type, *tmp_value, *tmp_tb;
-    tmp_type = tstate->curexc_type;
-    tmp_value = tstate->curexc_value;
-    tmp_tb = tstate->curexc_traceback;
-    tstate->curexc_type = type;
-    tstate->curexc_value = value;
-    tstate->curexc_traceback = tb;
-    Py_XDECREF(tmp_type);
-    Py_XDECREF(tmp_value);
-    Py_XDECREF(tmp_tb);
-#endif
-}
-static CYTHON_INLINE void __Pyx_ErrFetchInState(PyThreadState *tstate, PyObject **type, PyObject **value, PyObject **tb) {
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject* exc_value;
-    exc_value = tstate->current_exception;
-    tstate->current_exception = 0;
-    *value = exc_value;
-    *type = NULL;
-    *tb = NULL;
-    if (exc_value) {
-        *type = (PyObject*) Py_TYPE(exc_value);
-        Py_INCREF(*type);
-        #if CYTHON_COMPILING_IN_CPYTHON
-        *tb = ((PyBaseExceptionObject*) exc_value)->traceback;
-        Py_XINCREF(*tb);
-        #else
-        *tb = PyException_GetTraceback(exc_value);
-        #endif
-    }
-#else
-    *type = tstate->curexc_type;
-    *value = tstate->curexc_value;
-    *tb = tstate->curexc_traceback;
-    tstate->curexc_type = 0;
-    tstate->curexc_value = 0;
-    tstate->curexc_traceback = 0;
-#endif
-}
-#endif
-
 /* RaiseException */
 static void __Pyx_Raise(PyObject *type, PyObject *value, PyObject *tb, PyObject *cause) {
     PyObject* owned_instance = NULL;
@@ -7254,6 +8493,77 @@ bad:
     return;
 }
 
+/* PyDictVersioning (used by GetModuleGlobalName) */
+#if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_TYPE_SLOTS
+static CYTHON_INLINE PY_UINT64_T __Pyx_get_tp_dict_version(PyObject *obj) {
+    PyObject *dict = Py_TYPE(obj)->tp_dict;
+    return likely(dict) ? __PYX_GET_DICT_VERSION(dict) : 0;
+}
+static CYTHON_INLINE PY_UINT64_T __Pyx_get_object_dict_version(PyObject *obj) {
+    PyObject **dictptr = NULL;
+    Py_ssize_t offset = Py_TYPE(obj)->tp_dictoffset;
+    if (offset) {
+#if CYTHON_COMPILING_IN_CPYTHON
+        dictptr = (likely(offset > 0)) ? (PyObject **) ((char *)obj + offset) : _PyObject_GetDictPtr(obj);
+#else
+        dictptr = _PyObject_GetDictPtr(obj);
+#endif
+    }
+    return (dictptr && *dictptr) ? __PYX_GET_DICT_VERSION(*dictptr) : 0;
+}
+static CYTHON_INLINE int __Pyx_object_dict_version_matches(PyObject* obj, PY_UINT64_T tp_dict_version, PY_UINT64_T obj_dict_version) {
+    PyObject *dict = Py_TYPE(obj)->tp_dict;
+    if (unlikely(!dict) || unlikely(tp_dict_version != __PYX_GET_DICT_VERSION(dict)))
+        return 0;
+    return obj_dict_version == __Pyx_get_object_dict_version(obj);
+}
+#endif
+
+/* GetModuleGlobalName */
+#if CYTHON_USE_DICT_VERSIONS
+static PyObject *__Pyx__GetModuleGlobalName(PyObject *name, PY_UINT64_T *dict_version, PyObject **dict_cached_value)
+#else
+static CYTHON_INLINE PyObject *__Pyx__GetModuleGlobalName(PyObject *name)
+#endif
+{
+    PyObject *result;
+#if CYTHON_COMPILING_IN_LIMITED_API
+    if (unlikely(!__pyx_m)) {
+        if (!PyErr_Occurred())
+            PyErr_SetNone(PyExc_NameError);
+        return NULL;
+    }
+    result = PyObject_GetAttr(__pyx_m, name);
+    if (likely(result)) {
+        return result;
+    }
+    if (!__Pyx_IgnoreException(PyExc_Exception)) {
+        return NULL; // BaseException
+    }
+#elif CYTHON_AVOID_BORROWED_REFS || CYTHON_AVOID_THREAD_UNSAFE_BORROWED_REFS
+    if (unlikely(__Pyx_PyDict_GetItemRef(__pyx_mstate_global->__pyx_d, name, &result) == -1)) {
+        if (!__Pyx_IgnoreException(PyExc_Exception)) {
+            return NULL; // BaseException
+        }
+    }
+    __PYX_UPDATE_DICT_CACHE(__pyx_mstate_global->__pyx_d, result, *dict_cached_value, *dict_version)
+    if (likely(result)) {
+        return result;
+    }
+#else
+    result = _PyDict_GetItem_KnownHash(__pyx_mstate_global->__pyx_d, name, ((PyASCIIObject *) name)->hash);
+    __PYX_UPDATE_DICT_CACHE(__pyx_mstate_global->__pyx_d, result, *dict_cached_value, *dict_version)
+    if (likely(result)) {
+        return __Pyx_NewRef(result);
+    }
+    PyObject *exc = PyErr_Occurred();
+    if (unlikely(exc) && !__Pyx_IgnoreGivenException(exc, PyExc_Exception)) {
+        return NULL; // BaseException
+    }
+#endif
+    return __Pyx_GetBuiltinName(name);
+}
+
 /* RejectKeywords */
 static void __Pyx_RejectKeywords(const char* function_name, PyObject *kwds) {
     PyObject *key = NULL;
@@ -7344,6 +8654,634 @@ static CYTHON_INLINE int __Pyx_ArgTypeTest(PyObject *obj, PyTypeObject *type, in
     return 0;
 }
 
+/* unicode_tailmatch */
+static int __Pyx_PyUnicode_TailmatchTuple(PyObject* s, PyObject* substrings,
+                                          Py_ssize_t start, Py_ssize_t end, int direction) {
+    Py_ssize_t i, count = __Pyx_PyTuple_GET_SIZE(substrings);
+    #if !CYTHON_ASSUME_SAFE_SIZE
+    if (unlikely(count < 0)) return -1;
+    #endif
+    for (i = 0; i < count; i++) {
+        Py_ssize_t result;
+#if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+        result = PyUnicode_Tailmatch(s, PyTuple_GET_ITEM(substrings, i),
+                                     start, end, direction);
+#else
+        PyObject* sub = __Pyx_PySequence_ITEM(substrings, i);
+        if (unlikely(!sub)) return -1;
+        result = PyUnicode_Tailmatch(s, sub, start, end, direction);
+        Py_DECREF(sub);
+#endif
+        if (result) {
+            return (int) result;
+        }
+    }
+    return 0;
+}
+static int __Pyx_PyUnicode_Tailmatch(PyObject* s, PyObject* substr,
+                                     Py_ssize_t start, Py_ssize_t end, int direction) {
+    if (unlikely(PyTuple_Check(substr))) {
+        return __Pyx_PyUnicode_TailmatchTuple(s, substr, start, end, direction);
+    }
+    return (int) PyUnicode_Tailmatch(s, substr, start, end, direction);
+}
+
+/* PyUCS4InUnicode */
+static CYTHON_INLINE int __Pyx_UnicodeContainsUCS4(Py_UCS4 character, PyObject* text, int eq) {
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL)
+    int str_kind = PyUnicode_KIND(text);
+    if (character <= 0xFF && str_kind == 1) {
+        Py_ssize_t len_text = PyUnicode_GET_LENGTH(text);
+        return (memchr(PyUnicode_1BYTE_DATA(text), (unsigned char) character, (size_t) len_text) != NULL) == (eq == Py_EQ);
+    }
+    if (character > 0xFF && str_kind == 1) return (eq == Py_NE);
+    if (character > 0xFFFF && str_kind == 2) return (eq == Py_NE);
+#endif
+    Py_ssize_t idx = PyUnicode_FindChar(text, character, 0, PY_SSIZE_T_MAX, 1);
+    if (unlikely(idx == -2)) return -1;
+    int result = idx >= 0;
+    return (result == (eq == Py_EQ));
+}
+
+/* PyUnicode_Substring */
+static CYTHON_INLINE PyObject* __Pyx_PyUnicode_Substring(
+            PyObject* text, Py_ssize_t start, Py_ssize_t stop) {
+    Py_ssize_t length;
+    if (unlikely(__Pyx_PyUnicode_READY(text) == -1)) return NULL;
+    length = __Pyx_PyUnicode_GET_LENGTH(text);
+    #if !CYTHON_ASSUME_SAFE_SIZE
+    if (unlikely(length < 0)) return NULL;
+    #endif
+    if (start < 0) {
+        start += length;
+        if (start < 0)
+            start = 0;
+    }
+    if (stop < 0)
+        stop += length;
+    else if (stop > length)
+        stop = length;
+    if (stop <= start)
+        return __Pyx_NewRef(__pyx_mstate_global->__pyx_empty_unicode);
+    if (start == 0 && stop == length)
+        return __Pyx_NewRef(text);
+#if CYTHON_COMPILING_IN_LIMITED_API
+    return PyUnicode_Substring(text, start, stop);
+#else
+    return PyUnicode_FromKindAndData(PyUnicode_KIND(text),
+        PyUnicode_1BYTE_DATA(text) + start*PyUnicode_KIND(text), stop-start);
+#endif
+}
+
+/* unicode_iter */
+static CYTHON_INLINE int __Pyx_init_unicode_iteration(
+    PyObject* ustring, Py_ssize_t *length, void** data, int *kind) {
+#if CYTHON_COMPILING_IN_LIMITED_API
+    *kind   = 0;
+    *length = PyUnicode_GetLength(ustring);
+    *data   = (void*)ustring;
+#else
+    if (unlikely(__Pyx_PyUnicode_READY(ustring) < 0)) return -1;
+    *kind   = PyUnicode_KIND(ustring);
+    *length = PyUnicode_GET_LENGTH(ustring);
+    *data   = PyUnicode_DATA(ustring);
+#endif
+    return 0;
+}
+
+/* PyLongBinop */
+#if !CYTHON_COMPILING_IN_PYPY
+static PyObject* __Pyx_Fallback___Pyx_PyLong_AddObjC(PyObject *op1, PyObject *op2, int inplace) {
+    return (inplace ? PyNumber_InPlaceAdd : PyNumber_Add)(op1, op2);
+}
+#if CYTHON_USE_PYLONG_INTERNALS
+static PyObject* __Pyx_Unpacked___Pyx_PyLong_AddObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check) {
+    CYTHON_MAYBE_UNUSED_VAR(inplace);
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    const long b = intval;
+    long a;
+    const PY_LONG_LONG llb = intval;
+    PY_LONG_LONG lla;
+    if (unlikely(__Pyx_PyLong_IsZero(op1))) {
+        return __Pyx_NewRef(op2);
+    }
+    const int is_positive = __Pyx_PyLong_IsPos(op1);
+    const digit* digits = __Pyx_PyLong_Digits(op1);
+    const Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+    if (likely(size == 1)) {
+        a = (long) digits[0];
+        if (!is_positive) a *= -1;
+    } else {
+        if (size == 2 && 8 * sizeof(long) - 1 > 2 * PyLong_SHIFT) {
+            a = (long) (((((unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 2 && 8 * sizeof(PY_LONG_LONG) - 1 > 2 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        if (size == 3 && 8 * sizeof(long) - 1 > 3 * PyLong_SHIFT) {
+            a = (long) (((((((unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 3 && 8 * sizeof(PY_LONG_LONG) - 1 > 3 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((((unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        if (size == 4 && 8 * sizeof(long) - 1 > 4 * PyLong_SHIFT) {
+            a = (long) (((((((((unsigned long)digits[3]) << PyLong_SHIFT) | (unsigned long)digits[2]) << PyLong_SHIFT) | (unsigned long)digits[1]) << PyLong_SHIFT) | (unsigned long)digits[0]));
+            if (!is_positive) a *= -1;
+            goto calculate_long;
+        } else if (size == 4 && 8 * sizeof(PY_LONG_LONG) - 1 > 4 * PyLong_SHIFT) {
+            lla = (PY_LONG_LONG) (((((((((unsigned PY_LONG_LONG)digits[3]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[2]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[1]) << PyLong_SHIFT) | (unsigned PY_LONG_LONG)digits[0]));
+            if (!is_positive) lla *= -1;
+            goto calculate_long_long;
+        } else
+        {}
+        return PyLong_Type.tp_as_number->nb_add(op1, op2);
+    }
+    calculate_long:
+        {
+            long x;
+            x = a + b;
+            return PyLong_FromLong(x);
+        }
+    calculate_long_long:
+        {
+            PY_LONG_LONG llx;
+            llx = lla + llb;
+            return PyLong_FromLongLong(llx);
+        }
+    
+}
+#endif
+static PyObject* __Pyx_Float___Pyx_PyLong_AddObjC(PyObject *float_val, long intval, int zerodivision_check) {
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    const long b = intval;
+    double a = __Pyx_PyFloat_AS_DOUBLE(float_val);
+        double result;
+        
+        result = ((double)a) + (double)b;
+        return PyFloat_FromDouble(result);
+}
+static CYTHON_INLINE PyObject* __Pyx_PyLong_AddObjC(PyObject *op1, PyObject *op2, long intval, int inplace, int zerodivision_check) {
+    CYTHON_MAYBE_UNUSED_VAR(intval);
+    CYTHON_UNUSED_VAR(zerodivision_check);
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (likely(PyLong_CheckExact(op1))) {
+        return __Pyx_Unpacked___Pyx_PyLong_AddObjC(op1, op2, intval, inplace, zerodivision_check);
+    }
+    #endif
+    if (PyFloat_CheckExact(op1)) {
+        return __Pyx_Float___Pyx_PyLong_AddObjC(op1, intval, zerodivision_check);
+    }
+    return __Pyx_Fallback___Pyx_PyLong_AddObjC(op1, op2, inplace);
+}
+#endif
+
+/* PyObjectCompare */
+#ifndef __Pyx_DEFINED_PyObject_CompareFloatIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareFloatIntBoolLt
+static int __Pyx_PyObject_CompareFloatIntBoolLt(PyObject *op1, PyObject *op2) {
+    double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(float_op1 == -1. && PyErr_Occurred())) return -1;
+    #endif
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsCompact(op2)) {
+        Py_ssize_t iop2 = __Pyx_PyLong_CompactValue(op2);
+        if (float_op1 < ((double)iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+    }
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 < 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int sign2 = __Pyx_PyLong_Sign(op2);
+        if (float_op1 >= 0.) {
+            if (sign2 < 0) goto __pyx_return_false;
+            if (float_op1 < (double) (1L << PyLong_SHIFT)) goto __pyx_return_true;
+        } else {
+            if (sign2 > 0) goto __pyx_return_true;
+            if (float_op1 > -(double) (1L << PyLong_SHIFT)) goto __pyx_return_false;
+        }
+    }
+    #else
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 < 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int overflow2;
+        long iop2 = PyLong_AsLongAndOverflow(op2, &overflow2);
+        if (likely(!overflow2)) {
+            if ((long long) iop2 >= (1LL << 53)) {
+                overflow2 = 1;
+            } else if ((long long) iop2 <= - (1LL << 53)) {
+                overflow2 = -1;
+            } else {
+                if (float_op1 < ((double) iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+            }
+        }
+        if (overflow2 > 0) {
+            if (float_op1 < ((double) (1LL << 53))) goto __pyx_return_true;
+        } else {
+            if (float_op1 > - ((double) (1LL << 53))) goto __pyx_return_false;
+        }
+    }
+    #endif
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_LT);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#if CYTHON_USE_PYLONG_INTERNALS
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+static int __Pyx_PyObject_CompareIntIntBoolLt(PyObject *op1, PyObject *op2) {
+    Py_ssize_t cmp = __Pyx_PyLong_CompareSignAndSize(op1, op2);
+    if (cmp == 0) {
+        Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+        if (size > 0) {
+            const digit* digits1 = __Pyx_PyLong_Digits(op1);
+            const digit* digits2 = __Pyx_PyLong_Digits(op2);
+            if (size == 1) {
+                cmp = (Py_ssize_t) digits1[0] - (Py_ssize_t) digits2[0];
+            } else if ((size == 2) && (8 * sizeof(Py_ssize_t) >= 2 * PyLong_SHIFT)) {
+                cmp = (Py_ssize_t) (((((size_t)digits1[1]) << PyLong_SHIFT) | (size_t)digits1[0])) - (Py_ssize_t) (((((size_t)digits2[1]) << PyLong_SHIFT) | (size_t)digits2[0]));
+            } else {
+                for (Py_ssize_t i=size-1; i >= 0 && !cmp; --i) {
+                    cmp = (Py_ssize_t) digits1[i] - (Py_ssize_t) digits2[i];
+                }
+            }
+        }
+        if (cmp == 0) return 0;
+        if (__Pyx_PyLong_IsNeg(op1)) cmp = -cmp;
+    }
+    return (cmp < 0);
+}
+#endif
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareIntIntLt(PyObject *op1, PyObject *op2) {
+    int result = __Pyx_PyObject_CompareIntIntBoolLt(op1, op2);
+    if (unlikely(result == -1)) return NULL;
+    return __Pyx_NewRef(result ? Py_True : Py_False);
+}
+#endif
+#else
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+static int __Pyx_PyObject_CompareIntIntBoolLt(PyObject *op1, PyObject *op2) {
+    int overflow1, overflow2;
+    long long iop1 = PyLong_AsLongLongAndOverflow(op1, &overflow1);
+    long long iop2 = PyLong_AsLongLongAndOverflow(op2, &overflow2);
+    if (likely(!(overflow1 | overflow2))) {
+        if (iop1 < iop2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else if (overflow1 != overflow2) {
+        if (overflow1 < overflow2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        return __Pyx_PyObject_RichCompareBool(op1, op2, Py_LT);
+    }
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#endif
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop) {
+    CYTHON_UNUSED_VAR(pyop);
+    if (unlikely(op2 == Py_None)) {
+        goto __pyx_richcmp;
+    }
+    if (op1 == op2) goto __pyx_return_false;
+    if (PyFloat_CheckExact(op1)) {
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareFloatIntBoolLt(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if (likely(PyLong_CheckExact(op1))) {
+        if (op1 == op2) goto __pyx_return_false;
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareIntIntBoolLt(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if ((0)) goto __pyx_richcmp;
+    if ((0)) goto __pyx_return_true;
+    if ((0)) goto __pyx_return_false;
+__pyx_richcmp:
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_LT);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+
+/* PyFrozenDict (used by GetItemInt) */
+#if CYTHON_COMPILING_IN_LIMITED_API
+static CYTHON_INLINE PyObject* __Pyx__PyFrozenDict_New(PyObject* frozendict_type, PyObject* it) {
+    return PyObject_CallFunctionObjArgs(frozendict_type, it, NULL);
+}
+#endif
+
+/* GettItemInt_wraparound (used by GetItemInt) */
+#if CYTHON_USE_TYPE_SLOTS && !CYTHON_COMPILING_IN_PYPY
+static int __Pyx_GetItemInt_wraparound(PyObject *o, PySequenceMethods *sm, Py_ssize_t *i) {
+    assert(*i < 0);
+    if (likely(sm->sq_length)) {
+        Py_ssize_t l = sm->sq_length(o);
+        if (likely(l >= 0)) {
+            *i += l;
+        } else {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return -1;
+            PyErr_Clear();
+        }
+    }
+    return 0;
+}
+#endif
+
+/* GetItemInt */
+static PyObject *__Pyx_GetItemInt_Generic(PyObject *o, PyObject* j) {
+    PyObject *r;
+    if (unlikely(!j)) return NULL;
+    r = PyObject_GetItem(o, j);
+    Py_DECREF(j);
+    return r;
+}
+static PyObject *__Pyx_GetItemInt_Generic_size(PyObject *o, Py_ssize_t i) {
+    return __Pyx_GetItemInt_Generic(o, PyLong_FromSsize_t(i));
+}
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_List_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared) {
+    CYTHON_MAYBE_UNUSED_VAR(unsafe_shared);
+#if CYTHON_AVOID_BORROWED_REFS
+    CYTHON_UNUSED_VAR(boundscheck);
+    Py_ssize_t wrapped_i = i;
+    if (wraparound & unlikely(i < 0)) {
+        Py_ssize_t size = __Pyx_PyList_GET_SIZE(o);
+        #if !CYTHON_ASSUME_SAFE_SIZE
+        if (unlikely(size < 0)) return NULL;
+        #endif
+        wrapped_i += size;
+    }
+    return __Pyx_PyList_GetItemRef(o, wrapped_i);
+#elif CYTHON_ASSUME_SAFE_SIZE && CYTHON_ASSUME_SAFE_MACROS
+    Py_ssize_t wrapped_i = i;
+    Py_ssize_t size = (wraparound | boundscheck) ? PyList_GET_SIZE(o) : -1;
+    if (wraparound & unlikely(i < 0)) {
+        wrapped_i += size;
+    }
+    if ((!boundscheck) || likely(__Pyx_is_valid_index(wrapped_i, size))) {
+        return __Pyx_PyList_GET_ITEM_REF(o, wrapped_i, unsafe_shared);
+    }
+    return __Pyx_GetItemInt_Generic_size(o, i);
+#else
+    (void)wraparound;
+    (void)boundscheck;
+    return PySequence_GetItem(o, i);
+#endif
+}
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Tuple_Fast(PyObject *o, Py_ssize_t i,
+                                                              int wraparound, int boundscheck, int unsafe_shared) {
+    CYTHON_MAYBE_UNUSED_VAR(unsafe_shared);
+#if CYTHON_AVOID_BORROWED_REFS
+    CYTHON_UNUSED_VAR(boundscheck);
+    Py_ssize_t wrapped_i = i;
+    if (wraparound & unlikely(i < 0)) {
+        Py_ssize_t size = __Pyx_PyTuple_GET_SIZE(o);
+        #if !CYTHON_ASSUME_SAFE_SIZE
+        if (unlikely(size < 0)) return NULL;
+        #endif
+        wrapped_i += size;
+    }
+    #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_COMPILING_IN_LIMITED_API
+    return PySequence_ITEM(o, wrapped_i);
+    #else
+    if (unlikely(wrapped_i < 0)) {
+        PyErr_SetString(PyExc_IndexError, "tuple index out of range");
+        return NULL;
+    }
+    return PySequence_GetItem(o, wrapped_i);
+    #endif
+#elif CYTHON_ASSUME_SAFE_SIZE && CYTHON_ASSUME_SAFE_MACROS
+    Py_ssize_t wrapped_i = i;
+    Py_ssize_t size = (wraparound | boundscheck) ? PyTuple_GET_SIZE(o) : -1;
+    if (wraparound & unlikely(i < 0)) {
+        wrapped_i += size;
+    }
+    if ((!boundscheck) || likely(__Pyx_is_valid_index(wrapped_i, size))) {
+        return __Pyx_NewRef(__Pyx_PyTuple_GET_ITEM(o, wrapped_i));
+    }
+    return __Pyx_GetItemInt_Generic_size(o, i);
+#else
+    (void)wraparound;
+    (void)boundscheck;
+    return PySequence_GetItem(o, i);
+#endif
+}
+#if CYTHON_USE_TYPE_SLOTS && !CYTHON_COMPILING_IN_PYPY
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast_mapping(PyObject *o, binaryfunc getitem, Py_ssize_t i) {
+    PyObject *r, *key = PyLong_FromSsize_t(i);
+    if (unlikely(!key)) return NULL;
+    r = getitem(o, key);
+    Py_DECREF(key);
+    return r;
+}
+#endif
+static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
+                                                     int wraparound, int boundscheck, int unsafe_shared) {
+    CYTHON_MAYBE_UNUSED_VAR(unsafe_shared);
+#if CYTHON_ASSUME_SAFE_SIZE
+    if (PyList_CheckExact(o)) {
+        return __Pyx_GetItemInt_List_Fast(o, i, wraparound, boundscheck, unsafe_shared);
+    } else
+    #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+    if (PyTuple_CheckExact(o)) {
+        return __Pyx_GetItemInt_Tuple_Fast(o, i, wraparound, boundscheck, unsafe_shared);
+    } else
+    #endif
+#else
+    if ((!wraparound || i >= 0) & PyList_CheckExact(o)) {
+        return boundscheck ? __Pyx_PyList_GetItemRef(o, i) : __Pyx_PyList_GET_ITEM_REF(o, i, unsafe_shared);
+    } else
+#endif
+#if CYTHON_USE_TYPE_SLOTS && !CYTHON_COMPILING_IN_PYPY
+    if (PyDict_CheckExact(o)) {
+        return __Pyx_GetItemInt_Fast_mapping(o, PyDict_Type.tp_as_mapping->mp_subscript, i);
+    #if defined(PyFrozenDict_CheckExact)
+    } else if (PyFrozenDict_CheckExact(o)) {
+        return __Pyx_GetItemInt_Fast_mapping(o, PyFrozenDict_Type.tp_as_mapping->mp_subscript, i);
+    #endif
+    } else
+    {
+        PyTypeObject *obj_type = Py_TYPE(o);
+        int seq_or_mapping = __Pyx_PyType_GetFlags(obj_type) & (Py_TPFLAGS_SEQUENCE|Py_TPFLAGS_MAPPING);
+        if (seq_or_mapping != Py_TPFLAGS_SEQUENCE) {
+            PyMappingMethods *mm = obj_type->tp_as_mapping;
+            if (mm && mm->mp_subscript)
+                return __Pyx_GetItemInt_Fast_mapping(o, mm->mp_subscript, i);
+        }
+        PySequenceMethods *sm = obj_type->tp_as_sequence;
+        if (likely(sm && sm->sq_item)) {
+            if (wraparound && (i < 0) && unlikely(__Pyx_GetItemInt_wraparound(o, sm, &i) == -1))
+                return NULL;
+            return sm->sq_item(o, i);
+        }
+        if (seq_or_mapping == Py_TPFLAGS_SEQUENCE) {
+            PyMappingMethods *mm = obj_type->tp_as_mapping;
+            if (likely(mm && mm->mp_subscript))
+                return __Pyx_GetItemInt_Fast_mapping(o, mm->mp_subscript, i);
+        }
+    }
+#else
+    if (!PyMapping_Check(o)) {
+        return PySequence_GetItem(o, i);
+    }
+#endif
+    (void)wraparound;
+    (void)boundscheck;
+    return __Pyx_GetItemInt_Generic_size(o, i);
+}
+
+/* RaiseErrorWithObjectType (used by ObjectGetItem) */
+static void __Pyx_RaiseErrorWithType(PyObject* exc_type, const char* message, PyTypeObject *type_obj) {
+    __Pyx_TypeName type_name = __Pyx_PyType_GetFullyQualifiedName(type_obj);
+    #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030d0000
+    if (unlikely(!type_name)) return;
+    #endif
+    PyErr_Format(exc_type, message, type_name);
+    __Pyx_DECREF_TypeName(type_name);
+}
+
+/* ObjectGetItem */
+#if CYTHON_USE_TYPE_SLOTS
+static PyObject *__Pyx_PyObject_GetIndex(PyObject *obj, PyObject *index) {
+    PyObject *runerr = NULL;
+    Py_ssize_t key_value;
+    key_value = __Pyx_PyIndex_AsSsize_t(index);
+    if (likely(key_value != -1 || !(runerr = PyErr_Occurred()))) {
+        return __Pyx_GetItemInt_Fast(obj, key_value, 1, 1, 1);
+    }
+    if (PyErr_GivenExceptionMatches(runerr, PyExc_OverflowError)) {
+        PyErr_Clear();
+        __Pyx_RaiseErrorWithObjectType(
+            PyExc_IndexError,
+            "cannot fit '" __Pyx_FMT_TYPENAME "' into an index-sized integer",
+            index);
+    }
+    return NULL;
+}
+static PyObject *__Pyx_PyObject_GetItem_Slow(PyObject *obj, PyObject *key) {
+    if (likely(PyType_Check(obj))) {
+        if ((PyTypeObject*)obj == &PyType_Type) {
+            return Py_GenericAlias(obj, key);
+        }
+        PyObject *meth = __Pyx_PyObject_GetAttrStrNoError(obj, __pyx_mstate_global->__pyx_n_u_class_getitem);
+        if (!meth) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+        } else {
+            PyObject *result = __Pyx_PyObject_CallOneArg(meth, key);
+            Py_DECREF(meth);
+            return result;
+        }
+    }
+    __Pyx_RaiseTypeErrorWithObjectType(
+        "'" __Pyx_FMT_TYPENAME "' object is not subscriptable", obj);
+    return NULL;
+}
+static PyObject *__Pyx_PyObject_GetItem(PyObject *obj, PyObject *key) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    PyMappingMethods *mm = tp->tp_as_mapping;
+    PySequenceMethods *sm = tp->tp_as_sequence;
+    if (likely(mm && mm->mp_subscript)) {
+        return mm->mp_subscript(obj, key);
+    }
+    if (likely(sm && sm->sq_item)) {
+        return __Pyx_PyObject_GetIndex(obj, key);
+    }
+    return __Pyx_PyObject_GetItem_Slow(obj, key);
+}
+#endif
+
+/* UnicodeEqualsUCS4 (used by UnicodeEquals_uchar) */
+#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL)
+static CYTHON_INLINE int __Pyx__PyUnicode_EqualsUCS4(PyObject* s1, Py_UCS4 ch2, int equals) {
+    Py_ssize_t length;
+    Py_UCS4 ch1;
+    int kind;
+    if (unlikely(__Pyx_PyUnicode_READY(s1) < 0)) goto bad;
+    length = __Pyx_PyUnicode_GET_LENGTH(s1);
+    #if !CYTHON_ASSUME_SAFE_SIZE
+    if (unlikely(length < 0)) goto bad;
+    #endif
+    if (length != 1) goto return_ne;
+    kind = PyUnicode_KIND(s1);
+    if (ch2 < 256) {
+        if (likely(kind == PyUnicode_1BYTE_KIND)) {
+            ch1 = PyUnicode_1BYTE_DATA(s1)[0];
+        } else if (kind == PyUnicode_2BYTE_KIND) {
+            ch1 = PyUnicode_2BYTE_DATA(s1)[0];
+        } else {
+            ch1 = PyUnicode_4BYTE_DATA(s1)[0];
+        }
+    } else if (ch2 < 65536) {
+        if (kind == PyUnicode_2BYTE_KIND) {
+            ch1 = PyUnicode_2BYTE_DATA(s1)[0];
+        } else if (kind == PyUnicode_4BYTE_KIND) {
+            ch1 = PyUnicode_4BYTE_DATA(s1)[0];
+        } else {
+            goto return_ne;
+        }
+    } else {
+        if (kind == PyUnicode_4BYTE_KIND){
+            ch1 = PyUnicode_4BYTE_DATA(s1)[0];
+        } else {
+            goto return_ne;
+        }
+    }
+    if (ch1 == ch2) {
+        goto return_eq;
+    } else {
+        goto return_ne;
+    }
+return_eq:
+    return (equals == Py_EQ);
+return_ne:
+    return (equals == Py_NE);
+bad:
+    return -1;
+}
+#endif
+
+/* ListAppendAndDecrefInternal (used by ListAppend) */
+#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
+static CYTHON_INLINE void __Pyx__ListComp_AppendAndDecref(PyObject* list, Py_ssize_t len, PyObject* x) {
+    PyList_SET_ITEM(list, len, x);
+    Py_SET_SIZE(list, len + 1);
+}
+#endif
+
+/* ListAppend */
+#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
+static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x) {
+    PyListObject* L = (PyListObject*) list;
+    Py_ssize_t len = Py_SIZE(list);
+    if (likely(L->allocated > len) & likely(len > (L->allocated >> 1))) {
+        Py_INCREF(x);
+        __Pyx__ListComp_AppendAndDecref(list, len, x);
+        return 0;
+    }
+    return PyList_Append(list, x);
+}
+#endif
+
 /* GetTopmostException (used by SaveResetException) */
 #if CYTHON_USE_EXC_INFO_STACK && CYTHON_FAST_THREAD_STATE
 static _PyErr_StackItem *
@@ -7423,95 +9361,6 @@ static CYTHON_INLINE void __Pyx__ExceptionReset(PyThreadState *tstate, PyObject 
     Py_XDECREF(tmp_value);
     Py_XDECREF(tmp_tb);
   #endif
-}
-#endif
-
-/* GivenExceptionMatches (used by PyErrExceptionMatches) */
-#if CYTHON_COMPILING_IN_CPYTHON
-static CYTHON_INLINE int __Pyx_inner_PyErr_GivenExceptionMatches2(PyObject *err, PyObject* exc_type1, PyObject *exc_type2) {
-    if (exc_type1) {
-        return __Pyx_IsAnySubtype2((PyTypeObject*)err, (PyTypeObject*)exc_type1, (PyTypeObject*)exc_type2);
-    } else {
-        return __Pyx_IsSubtype((PyTypeObject*)err, (PyTypeObject*)exc_type2);
-    }
-}
-static int __Pyx_PyErr_GivenExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
-    Py_ssize_t i, n;
-    assert(PyExceptionClass_Check(exc_type));
-    n = PyTuple_GET_SIZE(tuple);
-    for (i=0; i<n; i++) {
-        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
-    }
-    for (i=0; i<n; i++) {
-        PyObject *t = PyTuple_GET_ITEM(tuple, i);
-        if (likely(PyExceptionClass_Check(t))) {
-            if (__Pyx_inner_PyErr_GivenExceptionMatches2(exc_type, NULL, t)) return 1;
-        } else {
-        }
-    }
-    return 0;
-}
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches(PyObject *err, PyObject* exc_type) {
-    if (likely(err == exc_type)) return 1;
-    if (likely(PyExceptionClass_Check(err))) {
-        if (likely(PyExceptionClass_Check(exc_type))) {
-            return __Pyx_inner_PyErr_GivenExceptionMatches2(err, NULL, exc_type);
-        } else if (likely(PyTuple_Check(exc_type))) {
-            return __Pyx_PyErr_GivenExceptionMatchesTuple(err, exc_type);
-        } else {
-        }
-    }
-    return PyErr_GivenExceptionMatches(err, exc_type);
-}
-static CYTHON_INLINE int __Pyx_PyErr_GivenExceptionMatches2(PyObject *err, PyObject *exc_type1, PyObject *exc_type2) {
-    assert(PyExceptionClass_Check(exc_type1));
-    assert(PyExceptionClass_Check(exc_type2));
-    if (likely(err == exc_type1 || err == exc_type2)) return 1;
-    if (likely(PyExceptionClass_Check(err))) {
-        return __Pyx_inner_PyErr_GivenExceptionMatches2(err, exc_type1, exc_type2);
-    }
-    return (PyErr_GivenExceptionMatches(err, exc_type1) || PyErr_GivenExceptionMatches(err, exc_type2));
-}
-#endif
-
-/* PyErrExceptionMatches */
-#if CYTHON_FAST_THREAD_STATE
-static int __Pyx_PyErr_ExceptionMatchesTuple(PyObject *exc_type, PyObject *tuple) {
-    Py_ssize_t i, n;
-    n = PyTuple_GET_SIZE(tuple);
-    for (i=0; i<n; i++) {
-        if (exc_type == PyTuple_GET_ITEM(tuple, i)) return 1;
-    }
-    for (i=0; i<n; i++) {
-        if (__Pyx_PyErr_GivenExceptionMatches(exc_type, PyTuple_GET_ITEM(tuple, i))) return 1;
-    }
-    return 0;
-}
-static CYTHON_INLINE int __Pyx_PyErr_ExceptionMatchesInState(PyThreadState* tstate, PyObject* err) {
-    int result;
-    PyObject *exc_type;
-#if PY_VERSION_HEX >= 0x030C00A6
-    PyObject *current_exception = tstate->current_exception;
-    if (unlikely(!current_exception)) return 0;
-    exc_type = (PyObject*) Py_TYPE(current_exception);
-    if (exc_type == err) return 1;
-#else
-    exc_type = tstate->curexc_type;
-    if (exc_type == err) return 1;
-    if (unlikely(!exc_type)) return 0;
-#endif
-    #if CYTHON_AVOID_BORROWED_REFS
-    Py_INCREF(exc_type);
-    #endif
-    if (unlikely(PyTuple_Check(err))) {
-        result = __Pyx_PyErr_ExceptionMatchesTuple(exc_type, err);
-    } else {
-        result = __Pyx_PyErr_GivenExceptionMatches(exc_type, err);
-    }
-    #if CYTHON_AVOID_BORROWED_REFS
-    Py_DECREF(exc_type);
-    #endif
-    return result;
 }
 #endif
 
@@ -7671,104 +9520,6 @@ static CYTHON_INLINE void __Pyx_ExceptionSwap(PyObject **type, PyObject **value,
     *tb = tmp_tb;
 }
 #endif
-
-/* unicode_iter */
-static CYTHON_INLINE int __Pyx_init_unicode_iteration(
-    PyObject* ustring, Py_ssize_t *length, void** data, int *kind) {
-#if CYTHON_COMPILING_IN_LIMITED_API
-    *kind   = 0;
-    *length = PyUnicode_GetLength(ustring);
-    *data   = (void*)ustring;
-#else
-    if (unlikely(__Pyx_PyUnicode_READY(ustring) < 0)) return -1;
-    *kind   = PyUnicode_KIND(ustring);
-    *length = PyUnicode_GET_LENGTH(ustring);
-    *data   = PyUnicode_DATA(ustring);
-#endif
-    return 0;
-}
-
-/* UnicodeEqualsUCS4 (used by UnicodeEquals_uchar) */
-#if !(CYTHON_COMPILING_IN_PYPY || CYTHON_COMPILING_IN_LIMITED_API || CYTHON_COMPILING_IN_GRAAL)
-static CYTHON_INLINE int __Pyx__PyUnicode_EqualsUCS4(PyObject* s1, Py_UCS4 ch2, int equals) {
-    Py_ssize_t length;
-    Py_UCS4 ch1;
-    int kind;
-    if (unlikely(__Pyx_PyUnicode_READY(s1) < 0)) goto bad;
-    length = __Pyx_PyUnicode_GET_LENGTH(s1);
-    #if !CYTHON_ASSUME_SAFE_SIZE
-    if (unlikely(length < 0)) goto bad;
-    #endif
-    if (length != 1) goto return_ne;
-    kind = PyUnicode_KIND(s1);
-    if (ch2 < 256) {
-        if (likely(kind == PyUnicode_1BYTE_KIND)) {
-            ch1 = PyUnicode_1BYTE_DATA(s1)[0];
-        } else if (kind == PyUnicode_2BYTE_KIND) {
-            ch1 = PyUnicode_2BYTE_DATA(s1)[0];
-        } else {
-            ch1 = PyUnicode_4BYTE_DATA(s1)[0];
-        }
-    } else if (ch2 < 65536) {
-        if (kind == PyUnicode_2BYTE_KIND) {
-            ch1 = PyUnicode_2BYTE_DATA(s1)[0];
-        } else if (kind == PyUnicode_4BYTE_KIND) {
-            ch1 = PyUnicode_4BYTE_DATA(s1)[0];
-        } else {
-            goto return_ne;
-        }
-    } else {
-        if (kind == PyUnicode_4BYTE_KIND){
-            ch1 = PyUnicode_4BYTE_DATA(s1)[0];
-        } else {
-            goto return_ne;
-        }
-    }
-    if (ch1 == ch2) {
-        goto return_eq;
-    } else {
-        goto return_ne;
-    }
-return_eq:
-    return (equals == Py_EQ);
-return_ne:
-    return (equals == Py_NE);
-bad:
-    return -1;
-}
-#endif
-
-/* ListAppendAndDecrefInternal (used by ListAppend) */
-#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
-static CYTHON_INLINE void __Pyx__ListComp_AppendAndDecref(PyObject* list, Py_ssize_t len, PyObject* x) {
-    PyList_SET_ITEM(list, len, x);
-    Py_SET_SIZE(list, len + 1);
-}
-#endif
-
-/* ListAppend */
-#if CYTHON_USE_PYLIST_INTERNALS && CYTHON_ASSUME_SAFE_MACROS && CYTHON_ASSUME_SAFE_SIZE
-static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x) {
-    PyListObject* L = (PyListObject*) list;
-    Py_ssize_t len = Py_SIZE(list);
-    if (likely(L->allocated > len) & likely(len > (L->allocated >> 1))) {
-        Py_INCREF(x);
-        __Pyx__ListComp_AppendAndDecref(list, len, x);
-        return 0;
-    }
-    return PyList_Append(list, x);
-}
-#endif
-
-/* RaiseErrorWithObjectType (used by object_ord) */
-static void __Pyx_RaiseErrorWithType(PyObject* exc_type, const char* message, PyTypeObject *type_obj) {
-    __Pyx_TypeName type_name = __Pyx_PyType_GetFullyQualifiedName(type_obj);
-    #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030d0000
-    if (unlikely(!type_name)) return;
-    #endif
-    PyErr_Format(exc_type, message, type_name);
-    __Pyx_DECREF_TypeName(type_name);
-}
 
 /* UnicodeAsUCS4 (used by object_ord) */
 static void __Pyx_PyUnicode_AsPy_UCS4_error(Py_ssize_t length) {
@@ -8404,35 +10155,6 @@ static int __Pyx__DelItemOnTypeDict(PyTypeObject *tp, PyObject *k) {
     result = PyDict_DelItem(tp_dict, k);
     if (likely(!result)) PyType_Modified(tp);
     return result;
-}
-
-/* PyObjectGetAttrStrNoError (used by SetupReduce) */
-#if __PYX_LIMITED_VERSION_HEX < 0x030d0000
-static void __Pyx_PyObject_GetAttrStr_ClearAttributeError(void) {
-    __Pyx_PyThreadState_declare
-    __Pyx_PyThreadState_assign
-    if (likely(__Pyx_PyErr_ExceptionMatches(PyExc_AttributeError)))
-        __Pyx_PyErr_Clear();
-}
-#endif
-static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStrNoError(PyObject* obj, PyObject* attr_name) {
-    PyObject *result;
-#if __PYX_LIMITED_VERSION_HEX >= 0x030d0000
-    (void) PyObject_GetOptionalAttr(obj, attr_name, &result);
-    return result;
-#else
-#if CYTHON_COMPILING_IN_CPYTHON && CYTHON_USE_TYPE_SLOTS
-    PyTypeObject* tp = Py_TYPE(obj);
-    if (likely(tp->tp_getattro == PyObject_GenericGetAttr)) {
-        return _PyObject_GenericGetAttrWithDict(obj, attr_name, NULL, 1);
-    }
-#endif
-    result = __Pyx_PyObject_GetAttrStr(obj, attr_name);
-    if (unlikely(!result)) {
-        __Pyx_PyObject_GetAttrStr_ClearAttributeError();
-    }
-    return result;
-#endif
 }
 
 /* SetItemOnTypeDict (used by SetupReduce) */
@@ -10166,31 +11888,35 @@ static PyTypeObject *__Pyx_Get_CyFunction_Type(void) {
     return tp;
 }
 
-/* PyDictVersioning (used by CLineInTraceback) */
-#if CYTHON_USE_DICT_VERSIONS && CYTHON_USE_TYPE_SLOTS
-static CYTHON_INLINE PY_UINT64_T __Pyx_get_tp_dict_version(PyObject *obj) {
-    PyObject *dict = Py_TYPE(obj)->tp_dict;
-    return likely(dict) ? __PYX_GET_DICT_VERSION(dict) : 0;
-}
-static CYTHON_INLINE PY_UINT64_T __Pyx_get_object_dict_version(PyObject *obj) {
-    PyObject **dictptr = NULL;
-    Py_ssize_t offset = Py_TYPE(obj)->tp_dictoffset;
-    if (offset) {
-#if CYTHON_COMPILING_IN_CPYTHON
-        dictptr = (likely(offset > 0)) ? (PyObject **) ((char *)obj + offset) : _PyObject_GetDictPtr(obj);
-#else
-        dictptr = _PyObject_GetDictPtr(obj);
-#endif
+/* pyfrozenset_new */
+static PyObject* __Pyx_PyFrozenSet_New(PyObject* it) {
+    PyObject* result;
+    if (PyFrozenSet_CheckExact(it)) {
+        Py_INCREF(it);
+        return it;
     }
-    return (dictptr && *dictptr) ? __PYX_GET_DICT_VERSION(*dictptr) : 0;
-}
-static CYTHON_INLINE int __Pyx_object_dict_version_matches(PyObject* obj, PY_UINT64_T tp_dict_version, PY_UINT64_T obj_dict_version) {
-    PyObject *dict = Py_TYPE(obj)->tp_dict;
-    if (unlikely(!dict) || unlikely(tp_dict_version != __PYX_GET_DICT_VERSION(dict)))
-        return 0;
-    return obj_dict_version == __Pyx_get_object_dict_version(obj);
-}
+    result = PyFrozenSet_New(it);
+    if (unlikely(!result)) {
+        return NULL;
+    }
+    if ((__PYX_LIMITED_VERSION_HEX >= 0x030A0000)
+#if CYTHON_COMPILING_IN_LIMITED_API
+        || likely(__Pyx_get_runtime_version() >= 0x030A0000)
 #endif
+        )
+        return result;
+    Py_ssize_t size = __Pyx_PySet_GET_SIZE(result);
+    if (likely(size > 0))
+        return result;
+#if !CYTHON_ASSUME_SAFE_SIZE
+    if (unlikely(size < 0)) {
+        Py_DECREF(result);
+        return NULL;
+    }
+#endif
+    Py_DECREF(result);
+    return PyFrozenSet_New(NULL);
+}
 
 /* CLineInTraceback (used by AddTraceback) */
 #if CYTHON_CLINE_IN_TRACEBACK && CYTHON_CLINE_IN_TRACEBACK_RUNTIME
@@ -11527,6 +13253,65 @@ import_failed:
 bad:
     Py_XDECREF(module);
     Py_DECREF(methodname);
+    return NULL;
+#endif
+}
+
+/* DecompressString_LZSS */
+#ifndef __Pyx_DecompressString_LZSS_UNUSED
+CYTHON_UNUSED
+static CYTHON_SMALL_CODE size_t __pyx_lzss_decompress(const uint8_t* src, uint8_t* dst, size_t dst_len) {
+    size_t pos = 0, out_pos = 0;
+    while (1) {
+        uint32_t flags = src[pos++] | 0xFF00;
+        while (flags & 0x100) {
+            if (flags & 1) {
+                dst[out_pos++] = src[pos++];
+            } else {
+                uint32_t lo = src[pos++], hi = src[pos++];
+                uint32_t end_offset_of_last_occurrence, match_length;
+                if (!(lo & 0x80)) {
+                    end_offset_of_last_occurrence = lo;
+                    match_length = hi;
+                } else if (!(hi & 0x80)) {
+                    end_offset_of_last_occurrence = 0x80 + (((hi << 2) & 0x180) | (lo & 0x7F));
+                    match_length = hi & 0x1F;
+                } else {
+                    end_offset_of_last_occurrence = 0x80 + ((hi & 0x7F) << 7 | (lo & 0x7F));
+                    match_length = src[pos++];
+                }
+                match_length += 3;
+                size_t ref_pos = out_pos - end_offset_of_last_occurrence - match_length;
+                memcpy(dst + out_pos, dst + ref_pos, match_length);
+                out_pos += match_length;
+            }
+            if (out_pos >= dst_len) return pos;
+            flags >>= 1;
+        }
+    }
+}
+#endif
+static CYTHON_SMALL_CODE PyObject *__Pyx_DecompressString_LZSS(const char *s, size_t compressed_length, size_t uncompressed_length) {
+#ifdef __Pyx_DecompressString_LZSS_UNUSED
+    CYTHON_UNUSED_VAR(s);
+    CYTHON_UNUSED_VAR(compressed_length);
+    CYTHON_UNUSED_VAR(uncompressed_length);
+    return NULL;
+#else
+    PyObject *result;
+    unsigned char *result_data;
+    size_t src_length;
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t) uncompressed_length);
+    if (unlikely(!result)) return NULL;
+    result_data = __Pyx_PyBytes_AsWritableUString(result);
+    if (unlikely(!result_data)) goto bad;
+    src_length = __pyx_lzss_decompress((const uint8_t*) s, result_data, uncompressed_length);
+    if (unlikely(src_length != compressed_length)) goto decompression_failed;
+    return result;
+decompression_failed:
+    PyErr_SetString(PyExc_RuntimeError, "LZSS string data decompression failed");
+bad:
+    Py_DECREF(result);
     return NULL;
 #endif
 }

@@ -37,4 +37,5 @@ cdef class Regex:
     cdef RE2* re
     cdef int anchor
     cdef readonly bytes pattern
+    cdef readonly bytes prefix          # every match starts the subject with these bytes
     cdef bint match(self, bytes subject) noexcept

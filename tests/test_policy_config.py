@@ -143,3 +143,36 @@ def test_check_cli_reports_policy_faults(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert f"{path}:7" in r.stdout + r.stderr and "nope" in r.stdout + r.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["host", "exact", "prefix", "method", "header",
+                                           "regex", "glob", "none"]),
+                          st.sampled_from(["a", "b", "ab"])), min_size=1, max_size=12),
+       st.sampled_from([b"a.test", b"b.test", b"ab.test"]),
+       st.sampled_from([b"/a", b"/b", b"/ab", b"/abx", b"/"]),
+       st.sampled_from([b"GET", b"POST"]),
+       st.sampled_from([None, b"a", b"b", b"AB"]))
+def test_the_candidate_index_never_changes_the_answer(specs, host, path, method, field):
+    """The indexes only skip policies that can't match: the first match is
+    the one a plain walk of every policy in order finds."""
+    rule = {"host": "{{type: host, values: [{v}.test]}}",
+            "exact": "{{type: path, match: exact, values: [/{v}]}}",
+            "prefix": "{{type: path, values: [/{v}]}}",
+            "method": "{{type: method, values: [{m}]}}",
+            "header": "{{type: header, name: X-K, values: [{v}]}}",
+            "regex": "{{type: path, match: regex, values: ['^/{v}']}}",
+            "glob": "{{type: header, name: X-K, values: ['{v}*']}}",
+            "none": ""}
+    lines = []
+    for i, (kind, v) in enumerate(specs):
+        r = rule[kind].format(v=v, m="GET" if v == "a" else "POST")
+        lines.append(f"{{name: p{i}, priority: {i}, rules: [{r}], "
+                     "action: {type: forward, pool: q}}")
+    t = table(*lines)
+    headers = [(b"x-k", field)] if field is not None else []
+    got = t.route_for_test(method=method, host=host, path=path, headers=headers)
+    walk = next((p for p in t.policies if t.matches_for_test(p, method=method, host=host,
+                                                              path=path, headers=headers)),
+                None)
+    assert got is walk, (specs, host, path, method, field)
