@@ -304,14 +304,19 @@ def test_ticket_key_rotation_keeps_one_previous_key(running, slow_backends, ca,
         with handshake(port, ctx, session=session) as s:
             return s.session, s.session_reused
 
-    while True:      # a ticket sealed under a known key (no rotation in between)
-        rotations = lb.status()["tls"]["ticket_key_rotations"]
-        session, _ = connect()
-        if lb.status()["tls"]["ticket_key_rotations"] == rotations:
+    for _attempt in range(5):
+        while True:      # a ticket sealed under a known key (no rotation in between)
+            rotations = lb.status()["tls"]["ticket_key_rotations"]
+            session, _ = connect()
+            if lb.status()["tls"]["ticket_key_rotations"] == rotations:
+                break
+        lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 1, timeout=5)
+        time.sleep(0.3)                       # workers pick the keys up within 0.1 s
+        resumed = connect(session)[1]
+        # On a loaded machine a second rotation may come first: that try says nothing.
+        if lb.status()["tls"]["ticket_key_rotations"] == rotations + 1:
             break
-    lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 1, timeout=5)
-    time.sleep(0.3)                           # workers pick the keys up within 0.1 s
-    assert connect(session)[1], "the previous key still opens the ticket"
+    assert resumed, "the previous key still opens the ticket"
     lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 2, timeout=5)
     time.sleep(0.3)
     assert not connect(session)[1], "two rotations later the ticket is refused"
