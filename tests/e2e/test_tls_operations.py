@@ -310,7 +310,7 @@ def test_ticket_key_rotation_keeps_one_previous_key(running, slow_backends, ca,
             session, _ = connect()
             if lb.status()["tls"]["ticket_key_rotations"] == rotations:
                 break
-        lb.wait(lambda s: s["tls"]["ticket_key_rotations"] == rotations + 1, timeout=5)
+        lb.wait(lambda s, r=rotations: s["tls"]["ticket_key_rotations"] == r + 1, timeout=5)
         time.sleep(0.3)                       # workers pick the keys up within 0.1 s
         resumed = connect(session)[1]
         # On a loaded machine a second rotation may come first: that try says nothing.
