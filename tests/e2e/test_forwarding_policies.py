@@ -345,3 +345,53 @@ def test_local_answers_keep_the_connection_and_pipelining_order(site):
             data += s.recv(65536)
         first, second = data.index(b"HTTP/1.1 200"), data.index(b"HTTP/1.1 418")
         assert first < second, data[:300]
+
+
+def test_the_http_to_https_example_acts_as_written(tmp_path, certs, backends):
+    """examples/http-to-https.yaml, with its members swapped for echo
+    backends and its ports for free ones: every policy does what its
+    comment says."""
+    import yaml
+
+    from tests.support.lbproc import LbProcess as Lb
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    cfg = yaml.safe_load((root / "examples" / "http-to-https.yaml").read_text())
+    cfg["certificates"]["www"] = {"type": "server", "certificate": str(certs["crt"]),
+                                  "private_key": str(certs["key"])}
+    admin = free_port()
+    cfg["load_balancer"] = {"workers": 1, "admin": {"port": admin},
+                            "access_log": {"path": "off"}}
+    ports = {}
+    for lst in cfg["listeners"]:
+        lst["address"], lst["port"] = "127.0.0.1", free_port()
+        ports[lst["name"]] = lst["port"]
+    names = {}
+    for (name, pool), port in zip(cfg["pools"].items(), backends(len(cfg["pools"])),
+                                  strict=True):
+        pool["members"] = [{"address": "127.0.0.1", "port": port}]
+        pool["health_check"] = {"enabled": False}
+        names[name] = "abcdefgh"[len(names)]
+    (tmp_path / "lb.yaml").write_text(yaml.safe_dump(cfg))
+    lb = Lb(["run", "-c", str(tmp_path / "lb.yaml")])
+    try:
+        for p in ports.values():
+            wait_port(p, lb.proc)
+        site = {"port": ports["https"], "ca": str(certs["ca"])}
+        got = h1_raw(ports["http"], b"GET /a?b=1 HTTP/1.1\r\nHost: www.example.com\r\n"
+                     b"Connection: close\r\n\r\n")
+        assert got.status == 308 and got.header("location") == "https://www.example.com/a?b=1"
+        for proto in PROTOS:
+            assert request(site, proto, "/v1/x", host="api.example.com").backend == names["api"]
+            assert request(site, proto, "/v1/x").backend == names["web"]
+            got = request(site, proto, "/docs", host="www.example.com")
+            assert got.status == 301
+            assert got.header("location") == "https://www.example.com/documentation"
+            got = request(site, proto, "/admin/users")
+            assert got.status == 503 and got.body == b"down for maintenance\n"
+            assert request(site, proto, "/search?q=x").backend == names["web"]
+            canary = {request(site, proto, "/", headers=(("X-Canary", "1"),)).backend
+                      for _ in range(10)}
+            assert canary == {names["web"], names["web-canary"]}, canary   # 90/10: 9 + 1
+    finally:
+        lb.stop()
