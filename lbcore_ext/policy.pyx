@@ -22,7 +22,10 @@ cdef extern from *:
 
 include "consts.pxi"
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_AsSsize_t
+from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp
@@ -85,19 +88,25 @@ cdef inline bint ends_with_label(bytes s, bytes suffix) noexcept:
     return m > n and memcmp(PyBytes_AS_STRING(s) + m - n, PyBytes_AS_STRING(suffix), n) == 0
 
 
-cdef Py_ssize_t _host_end(bytes host):
+cdef Py_ssize_t _host_end(bytes host) noexcept:
     """Where the host name ends and ":port" begins (IPv6 literals in brackets)."""
-    cdef Py_ssize_t i
-    if host[:1] == b"[":
-        i = host.find(b"]")
-        return PyBytes_GET_SIZE(host) if i < 0 else i + 1
-    i = host.rfind(b":")
-    return PyBytes_GET_SIZE(host) if i < 0 else i
+    cdef const char* p = PyBytes_AS_STRING(host)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(host)
+    if n and p[0] == 91:                                # '['
+        for i in range(n):
+            if p[i] == 93:                              # ']'
+                return i + 1
+        return n
+    for i in range(n - 1, -1, -1):
+        if p[i] == 58:                                  # ':'
+            return i
+    return n
 
 
 cdef bytes host_part(bytes host):
     """The host without its port, as received."""
-    return host[:_host_end(host)]
+    cdef Py_ssize_t end = _host_end(host)
+    return host if end == PyBytes_GET_SIZE(host) else host[:end]
 
 
 cdef bytes port_part(bytes host):
@@ -106,14 +115,36 @@ cdef bytes port_part(bytes host):
     return host[i + 1:] if i + 1 < PyBytes_GET_SIZE(host) else None
 
 
+cdef bytes lower(bytes s, Py_ssize_t n):
+    """The first `n` bytes of `s` in ASCII lower case: `s` itself when that
+    is all of it and already lower case (no copy), else one new object."""
+    cdef const char* p = PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i
+    cdef char c
+    cdef bint upper = False
+    for i in range(n):
+        if 65 <= p[i] <= 90:
+            upper = True
+            break
+    if not upper:
+        return s if n == PyBytes_GET_SIZE(s) else p[:n]
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* q = PyBytes_AS_STRING(out)
+    for i in range(n):
+        c = p[i]
+        q[i] = c + 32 if 65 <= c <= 90 else c
+    return out
+
+
 cdef bytes host_key(bytes host):
     """What host rules compare: lower case, no port, no trailing dot."""
     if host is None:
         return b""
-    cdef bytes h = host_part(host).lower()
-    while h.endswith(b"."):
-        h = h[:-1]
-    return h
+    cdef Py_ssize_t n = _host_end(host)
+    cdef const char* p = PyBytes_AS_STRING(host)
+    while n > 0 and p[n - 1] == 46:                     # '.'
+        n -= 1
+    return lower(host, n)
 
 
 cdef bytes pct_decode(bytes s, bint plus):
@@ -154,7 +185,8 @@ cdef class Facts:
         if self.hvals is None:
             self.hvals = [None] * nslots
         old = self.hvals[slot]
-        self.hvals[slot] = value.lower() if old is None else old + b", " + value.lower()
+        value = lower(value, PyBytes_GET_SIZE(value))
+        self.hvals[slot] = value if old is None else old + b", " + value
         return 0
 
 
@@ -317,10 +349,10 @@ cdef class PolicyTable:
         free(self.masks)
 
     cdef inline int _or(self, uint64_t* c, dict index, object key) except -1:
-        cdef object entry = index.get(key)
+        cdef PyObject* entry = PyDict_GetItem(index, key)      # borrowed; no exception
         cdef Py_ssize_t e, w
-        if entry is not None:
-            e = <Py_ssize_t>entry
+        if entry != NULL:
+            e = PyLong_AsSsize_t(<object>entry)
             for w in range(MASK_WORDS):
                 c[w] |= self.masks[e * MASK_WORDS + w]
         return 0

@@ -14,6 +14,7 @@ HTTP/2 a response or, for a malformed request, RST_STREAM(PROTOCOL_ERROR)."""
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memchr
 
 from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
 from lbcore_ext.counters cimport count_reason, count_response, inc, shared_cell
@@ -479,7 +480,9 @@ cdef class Request:
         if f is None:
             f = self.facts = Facts.__new__(Facts)
         cdef bytes t = self.target
-        cdef Py_ssize_t q = t.find(b"?")
+        cdef const char* tp = PyBytes_AS_STRING(t)
+        cdef const char* qp = <const char*>memchr(tp, 63, PyBytes_GET_SIZE(t))   # '?'
+        cdef Py_ssize_t q = -1 if qp == NULL else qp - tp
         cdef bytes raw = t if q < 0 else t[:q]
         f.query = None if q < 0 else t[q + 1:]
         if raw == b"*":

@@ -59,6 +59,7 @@ cdef class Exchange:
     cdef bint body_held                # the member sent bytes mid-body: wait for its head
     cdef int _hold_body(self) except -1
     cdef int _release_body(self) except -1
+    cdef bint _send_buffered(self) except -1
     cdef public bint client_http10
     cdef public bint client_keep_alive
     cdef Member member

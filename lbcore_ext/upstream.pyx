@@ -312,6 +312,12 @@ cdef class Exchange:
 
     cdef int _release_body(self) except -1:
         self.body_held = False
+        self._send_buffered()
+        return 0
+
+    cdef bint _send_buffered(self) except -1:
+        """The body buffered so far, then, if the request is complete, its
+        end and the wait for the response (True)."""
         if self.body_buf:
             buf = self.body_buf
             self.body_buf = []
@@ -319,13 +325,14 @@ cdef class Exchange:
             for chunk in buf:
                 self._write_body(chunk)
             self.ds.ds_resume_reading()
-        if self.req_done:
-            if self.req_chunked:
-                self.conn.transport.write(self._last_chunk())
-            self.state = S_WAITING
-            self.last_read = monotonic()
-            self._arm(self.lrt.response_timeout)
-        return 0
+        if not self.req_done:
+            return False
+        if self.req_chunked:
+            self.conn.transport.write(self._last_chunk())
+        self.state = S_WAITING
+        self.last_read = monotonic()
+        self._arm(self.lrt.response_timeout)
+        return True
 
     cdef bytes _last_chunk(self):
         if self.req.trailers is not None:
@@ -393,20 +400,7 @@ cdef class Exchange:
         self.conn = conn
         conn.write(self.head)
         self.t_sent = monotonic()
-        if self.body_buf:
-            buf = self.body_buf
-            self.body_buf = []
-            self.body_buf_len = 0
-            for chunk in buf:
-                self._write_body(chunk)
-            self.ds.ds_resume_reading()
-        if self.req_done:
-            if self.req_chunked:
-                conn.transport.write(self._last_chunk())
-            self.state = S_WAITING
-            self.last_read = monotonic()
-            self._arm(self.lrt.response_timeout)
-        else:
+        if not self._send_buffered():
             self.state = S_SENDING
         return 0
 

@@ -1,7 +1,10 @@
 #!/bin/bash
 # Instructions per request of the lbcore data plane under callgrind: stable to
 # about 0.5% where a timed benchmark moves by 10% on these machines.
-#   bench/callgrind/run.sh [keepalive|close|tls-close] [requests]
+#   bench/callgrind/run.sh [keepalive|close|tls-close|policies|policies-base] [requests]
+# policies: keep-alive through bench/policies.py's 100 forwarding policies (the
+# request matching the last); policies-base: the same request on a listener
+# without policies. Their difference is what the policies cost.
 # Needs valgrind, nginx (the origin) and h2load/wrk; loopback ports 28080-28081.
 # Leaves the callgrind file in /tmp/lbcore-callgrind/ for callgrind_annotate.
 set -euo pipefail
@@ -27,6 +30,7 @@ listeners:
   - {name: h, protocol: HTTP, address: 127.0.0.1, port: 28080, default_pool: p}
   - {name: s, protocol: HTTPS, address: 127.0.0.1, port: 28443, default_pool: p,
      server_certificate: c, security_policy: tls-1-2}
+$(cd "$ROOT" && "$ROOT/.venv/bin/python" -c 'from bench import policies; print(policies.lbcore_listener(28082, "p"), end="")')
 pools:
   p:
     health_check: {enabled: false}
@@ -40,12 +44,17 @@ trap 'kill $V $NG 2>/dev/null || true' EXIT
 for _ in $(seq 120); do sleep 1; curl -s -o /dev/null http://127.0.0.1:28080/ && break; done
 URL=http://127.0.0.1:28080/
 [ "$MODE" = tls-close ] && URL=https://127.0.0.1:28443/
-taskset -c 1 h2load --h1 -n 500 -c 10 $URL > /dev/null      # warm-up, not counted
+HDR=()
+if [ "$MODE" = policies ] || [ "$MODE" = policies-base ]; then
+    URL=http://127.0.0.1:28082/last/x; [ "$MODE" = policies-base ] && URL=http://127.0.0.1:28080/last/x
+    HDR=(-H ":authority: bench.test" -H "x-route: go")
+fi
+taskset -c 1 h2load --h1 -n 500 -c 10 "${HDR[@]}" $URL > /dev/null      # warm-up, not counted
 callgrind_control -z $V > /dev/null
 if [ "$MODE" = close ] || [ "$MODE" = tls-close ]; then
     N=$(taskset -c 1 wrk -t1 -c10 -d10 -H "Connection: close" $URL | awk '/requests in/ {print $1}')
 else
-    taskset -c 1 h2load --h1 -n "$N" -c 10 $URL | grep -E "^requests:"
+    taskset -c 1 h2load --h1 -n "$N" -c 10 "${HDR[@]}" $URL | grep -E "^requests:"
 fi
 callgrind_control -d $V > /dev/null; sleep 1
 F=$(ls -t $D/cg.*.1 | head -1)
