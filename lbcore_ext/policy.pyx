@@ -550,8 +550,8 @@ def _policy(fp, pools: dict, slots: dict) -> Policy:
 
 def _index(PolicyTable t):
     """Index each policy by its first rule whose values are all exact, in
-    the order host, exact path, prefix, method, field; the rest are always
-    candidates."""
+    the order host, exact path, prefix, field, method, then a path regex
+    whose every pattern has a literal start; the rest are always candidates."""
     cdef Policy p
     cdef Rule r
     cdef Py_ssize_t i, w
@@ -569,6 +569,10 @@ def _index(PolicyTable t):
                 key = (r.kind, -1, r.exact)
             elif r.kind == K_PATH_PREFIX:
                 key = (K_PATH_PREFIX, -1, frozenset(r.prefixes))
+            elif r.kind == K_PATH_REGEX and all((<Regex>x).prefix for x in r.regexes):
+                # Every match starts the path with the regex's literal start:
+                # as a candidate, the policy is a prefix rule's.
+                key = (K_PATH_PREFIX, -1, frozenset((<Regex>x).prefix for x in r.regexes))
             elif r.kind == K_HEADER and not r.regexes:
                 key = (K_HEADER, r.slot, r.exact)
             else:
@@ -605,7 +609,8 @@ def _index(PolicyTable t):
 
 
 # Which exact rule indexes a policy: the most selective first.
-_INDEX_ORDER = {K_HOST: 0, K_PATH_EXACT: 1, K_PATH_PREFIX: 2, K_HEADER: 3, K_METHOD: 4}
+_INDEX_ORDER = {K_HOST: 0, K_PATH_EXACT: 1, K_PATH_PREFIX: 2, K_HEADER: 3, K_METHOD: 4,
+                K_PATH_REGEX: 5}
 
 
 def compile_table(policies, pools: dict) -> PolicyTable | None:
