@@ -93,11 +93,11 @@ cdef class PolicyTable:
     cdef Py_ssize_t nmasks
     cdef dict by_host                   # host key -> entry
     cdef dict by_path                   # exact path -> entry
-    cdef dict by_prefix                 # path prefix -> entry
-    cdef tuple prefix_lens              # the distinct lengths of those prefixes
+    cdef tuple prefix_trie              # path prefixes: (children by byte, entry) nodes
     cdef dict by_method
     cdef list by_field                  # per header slot: value -> entry, or None
     cdef int _or(self, uint64_t* c, dict index, object key) except -1
+    cdef int _prefixes(self, uint64_t* c, bytes path) except -1
     cdef readonly Py_ssize_t nslots     # header-rule slots
     cdef readonly dict slots            # lower-case field name -> slot
     cdef Policy route(self, Facts f)

@@ -23,7 +23,7 @@ cdef extern from *:
 include "consts.pxi"
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsSsize_t
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
@@ -67,6 +67,8 @@ TEMPLATE_VARS = {"protocol": V_PROTOCOL, "host": V_HOST, "port": V_PORT, "path":
 _VAR = re.compile(r"\$\{([A-Za-z_]+)\}")
 ACTIONS = {"forward": A_FORWARD, "redirect": A_REDIRECT, "fixed_response": A_FIXED}
 CONN_RATE_BURST_NS = int(CONN_RATE_BURST_SECONDS * 1e9)     # (consts.pxi)
+# The trie's keys: one int object per byte value (never made per request).
+cdef tuple BYTE_KEYS = tuple(range(256))
 # What x-router-code says when a policy's qps_limit turned a request away.
 ROUTER_CODE_QPS = b"50002"
 
@@ -349,12 +351,30 @@ cdef class PolicyTable:
         free(self.masks)
 
     cdef inline int _or(self, uint64_t* c, dict index, object key) except -1:
-        cdef PyObject* entry = PyDict_GetItem(index, key)      # borrowed; no exception
+        cdef PyObject* entry = PyDict_GetItemWithError(index, key)     # borrowed
         cdef Py_ssize_t e, w
         if entry != NULL:
             e = PyLong_AsSsize_t(<object>entry)
             for w in range(MASK_WORDS):
                 c[w] |= self.masks[e * MASK_WORDS + w]
+        return 0
+
+    cdef int _prefixes(self, uint64_t* c, bytes path) except -1:
+        """The prefix rules' candidates: a walk down a byte trie of the
+        prefixes along the path, as far as it goes (no copy of the path)."""
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(path)
+        cdef Py_ssize_t i, e, w, n = PyBytes_GET_SIZE(path)
+        cdef tuple node = self.prefix_trie
+        cdef PyObject* child
+        for i in range(n):
+            child = PyDict_GetItemWithError(<dict>node[0], BYTE_KEYS[p[i]])
+            if child == NULL:
+                return 0
+            node = <tuple>child
+            e = node[1]
+            if e >= 0:
+                for w in range(MASK_WORDS):
+                    c[w] |= self.masks[e * MASK_WORDS + w]
         return 0
 
     cdef Policy route(self, Facts f):
@@ -376,14 +396,13 @@ cdef class PolicyTable:
             self._or(c, self.by_host, f.host_key)
         if self.by_path is not None:
             self._or(c, self.by_path, path)
-        if self.by_prefix is not None:
-            for n in self.prefix_lens:
-                if PyBytes_GET_SIZE(path) >= n:
-                    self._or(c, self.by_prefix, path[:n])
+        if self.prefix_trie is not None:
+            self._prefixes(c, path)
         if self.by_method is not None:
             self._or(c, self.by_method, f.method)
         if self.by_field is not None and f.hvals is not None:
-            for slot in range(len(self.by_field)):
+            n = len(self.by_field)
+            for slot in range(n):
                 index = self.by_field[slot]
                 if index is not None and f.hvals[slot] is not None:
                     self._or(c, <dict>index, f.hvals[slot])
@@ -601,11 +620,26 @@ def _index(PolicyTable t):
             dicts.setdefault(kind, {})[v] = e
     t.by_host = dicts.get(K_HOST)
     t.by_path = dicts.get(K_PATH_EXACT)
-    t.by_prefix = dicts.get(K_PATH_PREFIX)
+    prefixes = dicts.get(K_PATH_PREFIX)
+    t.prefix_trie = _trie(prefixes) if prefixes else None
     t.by_method = dicts.get(K_METHOD)
-    t.prefix_lens = tuple(sorted({len(v) for v in t.by_prefix})) if t.by_prefix else ()
     if fields:
         t.by_field = [fields.get(slot) for slot in range(t.nslots)]
+
+
+def _trie(prefixes: dict) -> tuple:
+    """{prefix: entry} as nested (children by byte, entry or -1) nodes."""
+    root: list = [{}, -1]
+    for prefix, entry in prefixes.items():
+        node = root
+        for byte in prefix:
+            node = node[0].setdefault(BYTE_KEYS[byte], [{}, -1])
+        node[1] = entry
+
+    def freeze(node: list) -> tuple:
+        return ({k: freeze(v) for k, v in node[0].items()}, node[1])
+
+    return freeze(root)
 
 
 # Which exact rule indexes a policy: the most selective first.
