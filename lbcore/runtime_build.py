@@ -132,6 +132,9 @@ def build_pool(name: str, pool, resolved: tuple[Resolved, ...]) -> Pool:
     p.max_retries = retries.max_retries
     p.budget_percent = float(retries.budget.percent)
     p.budget_min = retries.budget.min_concurrent
+    buffering = pool.request_buffering
+    p.buffer_max = buffering.max_bytes if buffering.enabled else 0
+    p.buffer_timeout = float(buffering.timeout)
     return p
 
 

@@ -35,6 +35,10 @@ cdef class Pool:
     cdef public int max_retries
     cdef public double budget_percent
     cdef public long budget_min
+    # Request buffering (a pool's request_buffering): body bytes read from the
+    # client before a member is chosen (0 = off), and the time they may take.
+    cdef public long long buffer_max
+    cdef public double buffer_timeout
     cdef public long retrying
     cdef bint retry_allowed(self, bint already)
     cdef dict by_token

@@ -55,11 +55,14 @@ cdef class Exchange:
     cdef list body_buf
     cdef Py_ssize_t body_buf_len
     cdef bint body_sent
+    cdef bint buffered                  # request buffering is over (or never began)
+    cdef double t_buffer                # when it began
     cdef bint body_dropped             # the member answered before the body ended: stop sending
     cdef bint body_held                # the member sent bytes mid-body: wait for its head
     cdef int _hold_body(self) except -1
     cdef int _release_body(self) except -1
     cdef bint _send_buffered(self) except -1
+    cdef int _end_buffering(self) except -1
     cdef public bint client_http10
     cdef public bint client_keep_alive
     cdef Member member

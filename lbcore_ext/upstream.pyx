@@ -19,7 +19,8 @@ from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts
 
 from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRY_BUDGET_EXHAUSTED,
-                                 RETRY_REASON, TIMEOUT_CONNECT, TIMEOUT_RESPONSE, UPSTREAM_HIST,
+                                 RETRY_REASON, TIMEOUT_CONNECT, TIMEOUT_REQUEST,
+                                 TIMEOUT_RESPONSE, UPSTREAM_HIST,
                                  W_LIVE_EXCHANGES, W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
@@ -67,6 +68,7 @@ cdef int B_RETRY_502 = RETRY_502
 cdef int B_RETRY_503 = RETRY_503
 cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
+cdef Py_ssize_t O_TIMEOUT_REQUEST = TIMEOUT_REQUEST
 cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
 cdef int G_TOO_BIG = R_UPSTREAM_HEADER_TOO_BIG
 # Live objects, counted in the worker's cells (leak checks in the tests).
@@ -87,6 +89,7 @@ DEF S_CONNECTING = 1
 DEF S_SENDING = 2        # upstream attached, request body still streaming
 DEF S_WAITING = 3        # request sent, waiting for/relaying the response
 DEF S_DONE = 4
+DEF S_BUFFERING = 5     # reading the request body before a member is chosen
 DEF S_TUNNEL = 5       # 101 Switching Protocols: raw bytes both ways
 
 
@@ -221,6 +224,13 @@ cdef class Exchange:
     cdef int start(self) except -1:
         cdef Pool pool = self.pool
         cdef Member m = None
+        if pool.buffer_max and self.has_body and not self.req_done and self.state == S_NEW \
+                and not self.buffered:
+            # Request buffering: the body first, then the member (spec 13.3).
+            self.state = S_BUFFERING
+            self.t_buffer = monotonic()
+            self.ds.ds_deadline(self.t_buffer + pool.buffer_timeout)
+            return 0
         if self.lrt.hooks & K_UPSTREAM_PEER:
             choice = self.lrt.phases.upstream_peer(self.req.view, pool.members)
             if isinstance(choice, str):
@@ -264,6 +274,12 @@ cdef class Exchange:
     cdef int feed_body(self, object data) except -1:
         if self.state == S_DONE or self.body_dropped:
             return 0
+        if self.state == S_BUFFERING:
+            self.body_buf.append(data)
+            self.body_buf_len += len(data)
+            if self.body_buf_len > self.pool.buffer_max:
+                self._end_buffering()       # more than it buffers: streamed from here
+            return 0
         if self.state == S_SENDING and not self.body_held and not readable(self.conn.fd):
             self._write_body(data)
         else:
@@ -277,6 +293,8 @@ cdef class Exchange:
 
     cdef int body_done(self) except -1:
         self.req_done = True
+        if self.state == S_BUFFERING:
+            return self._end_buffering()
         if self.body_dropped or self.body_held:
             return 0
         if self.state == S_SENDING:
@@ -285,6 +303,17 @@ cdef class Exchange:
             self.state = S_WAITING
             self.last_read = monotonic()
             self._arm(self.lrt.response_timeout)
+        return 0
+
+    cdef int _end_buffering(self) except -1:
+        """The body is in (or more than the pool buffers): choose the member
+        now, and send it what was read."""
+        self.buffered = True
+        self.state = S_NEW
+        self.t_start = monotonic()          # the request's time starts with its member
+        self.start()
+        if self.state == S_CONNECTING and self.body_buf_len > BODY_BUFFER_HIGH:
+            self.ds.ds_pause_reading()
         return 0
 
     cdef int abort(self) except -1:
@@ -449,10 +478,21 @@ cdef class Exchange:
             return self.t_connect + self.lrt.connect_timeout
         if self.state == S_WAITING:
             return self.last_read + self.lrt.response_timeout
+        if self.state == S_BUFFERING:
+            return self.t_buffer + self.pool.buffer_timeout
         return 0.0
 
     cdef int expire(self) except -1:
         """The downstream's timer found deadline() passed."""
+        if self.state == S_BUFFERING:
+            # The body did not arrive within the pool's request_buffering
+            # time-out: 408, as for a request the client is too slow to send.
+            inc(self.lrt.counters, self.lrt.cbase + O_TIMEOUT_REQUEST)
+            self.state = S_DONE
+            self.body_buf = []
+            self.body_buf_len = 0
+            self._error(408, None)
+            return 0
         if self.state == S_CONNECTING:
             task = self.connect_task
             self.connect_task = None

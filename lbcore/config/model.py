@@ -385,6 +385,18 @@ class Retries(Model):
     budget: RetryBudget = RetryBudget()
 
 
+class RequestBuffering(Model):
+    """nginx's proxy_request_buffering, HAProxy's http-buffer-request: a
+    request body up to max_bytes is read from the client before a member is
+    chosen, so a slow upload holds no member connection. A larger body is
+    streamed from max_bytes on. The whole body must arrive within timeout
+    seconds while it is buffered; over it: 408."""
+
+    enabled: bool = False
+    max_bytes: Int(1024, 1 << 30) = 1 << 20
+    timeout: Int(1, 3600) = 60
+
+
 class Pool(Model):
     description: str = ""
     protocol: Literal["HTTP"] = "HTTP"
@@ -403,6 +415,7 @@ class Pool(Model):
     # answer swaps in the new member set); 0 = only when the config loads.
     resolve_interval: Int(0, 86400) = 30
     retries: Retries = Retries()
+    request_buffering: RequestBuffering = RequestBuffering()
 
     @model_validator(mode="after")
     def slow_start_wrr_only(self):

@@ -279,6 +279,14 @@ MEANINGS: dict[str, str] = {
                                            "active requests",
     "pools.<name>.retries.budget.min_concurrent": "retries always allowed in flight, whatever "
                                                   "the share",
+    "pools.<name>.request_buffering": "read a request body before choosing a member "
+                                      "(nginx's proxy_request_buffering): a slow upload "
+                                      "holds no member connection",
+    "pools.<name>.request_buffering.enabled": "buffer request bodies for this pool",
+    "pools.<name>.request_buffering.max_bytes": "bytes buffered; a larger body is streamed "
+                                                "from there on",
+    "pools.<name>.request_buffering.timeout": "seconds the buffered body may take in all; "
+                                              "over it: 408",
     "pools.<name>.max_response_header": "bytes of a member's response head, 1xx included; "
                                         "over it: 502. null: the listener's "
                                         "limits.max_header_block",
