@@ -23,6 +23,10 @@ DEF QPS_BURST_SECONDS = 0.1
 DEF CONN_RATE_BURST_SECONDS = 0.1
 
 # ---- HTTP/2 (spec 9) -------------------------------------------------------------
+# Request body bytes read and dropped on a stream answered before its body
+# ended (a 413, an early member reply), before it is reset with NO_ERROR:
+# enough for clients that send a whole upload before reading the answer.
+DEF H2_DISCARD_MAX = 16777216
 # SETTINGS_MAX_CONCURRENT_STREAMS: nginx's http2_max_concurrent_streams and
 # HAProxy's default are both 100.
 DEF H2_MAX_STREAMS = 100

@@ -336,10 +336,14 @@ cdef int cb_frame_send(nghttp2_session* s, const nghttp2_frame* f, void* ud) noe
             st = stream_of(s, f.hd.stream_id)
             if st is not None and not st.req_ended:
                 # The response is complete before the request (an answer of
-                # our own, a member's early reply): RFC 9113 8.1 lets us ask
-                # the client to stop sending, without error.
-                nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f.hd.stream_id,
-                                          NGHTTP2_NO_ERROR)
+                # our own, a member's early reply, a 413). RFC 9113 8.1 lets us
+                # reset the stream with NO_ERROR at once, but clients that
+                # send the whole body before they read (httpx, curl) then
+                # fail instead of showing the answer. So, as nginx lingers
+                # on HTTP/1.1: the rest of the body is read and dropped, up
+                # to H2_DISCARD_MAX bytes or a request_timeout gap, then the
+                # stream is reset with NO_ERROR.
+                st.discarding = True
         return 0
     except BaseException as exc:
         return fail(c, exc)
@@ -536,8 +540,19 @@ cdef class H2Stream(Downstream):
     cdef Py_ssize_t decoded             # decoded header bytes (HPACK bomb check)
     cdef bint req_ended                 # the client's END_STREAM arrived
     cdef double last_in                 # when its HEADERS or last DATA arrived
+    cdef bint discarding                # answered before its body ended: DATA dropped
+    cdef long long discarded            # bytes dropped so far
 
     # ---- requests in ----------------------------------------------------------------
+
+    cdef int stop_discarding(self) except -1:
+        """Enough of a body nobody reads: the client may stop (NO_ERROR)."""
+        self.discarding = False
+        if not self.closed:
+            nghttp2_submit_rst_stream(self.conn.session, NGHTTP2_FLAG_NONE, self.sid,
+                                      NGHTTP2_NO_ERROR)
+            self.conn.flush()
+        return 0
 
     cdef int refused_as(self, int code) except -1:
         """What every refusal of a stream shares, whatever its framing: later
@@ -1092,8 +1107,12 @@ cdef class H2Connection:
     cdef int on_data(self, int32_t sid, const uint8_t* data, size_t length) except -1:
         cdef H2Stream st = stream_of(self.session, sid)
         cdef Exchange ex
-        if st is None or st.ex is None:
+        if st is None or st.ex is None or st.discarding:
             nghttp2_session_consume(self.session, sid, length)
+            if st is not None and st.discarding:
+                st.discarded += length
+                if st.discarded > H2_DISCARD_MAX:
+                    st.stop_discarding()
             return 0
         if st.req.body_bytes(length):
             nghttp2_session_consume(self.session, sid, length)
@@ -1189,6 +1208,13 @@ cdef class H2Connection:
         cdef double now = self.loop.time(), d, due = 1e300
         cdef H2Stream st
         for st in list(self.streams.values()):
+            if st.discarding and not st.req_ended:
+                d = st.last_in + self.lrt.request_timeout
+                if now >= d:
+                    st.stop_discarding()
+                else:
+                    due = min(due, d)
+                continue
             if not st.req_ended and not st.responded:
                 # A head or body gap longer than request_timeout (spec 2): the
                 # stream is reset, as HTTP/1.1 answers 408 or closes.
