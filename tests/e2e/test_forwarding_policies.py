@@ -7,10 +7,12 @@ of them seeing the request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -138,7 +140,12 @@ class Reply:
 
 
 def _tls(site, alpn: str) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context(cafile=site["ca"])
+    if site["ca"] is None:                   # an example's own certificates: not verified
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cafile=site["ca"])
     ctx.set_alpn_protocols([alpn])
     sock = socket.create_connection(("127.0.0.1", site["port"]), timeout=5)
     return ctx.wrap_socket(sock, server_hostname="localhost")
@@ -347,40 +354,55 @@ def test_local_answers_keep_the_connection_and_pipelining_order(site):
         assert first < second, data[:300]
 
 
-def test_the_http_to_https_example_acts_as_written(tmp_path, certs, backends):
-    """examples/http-to-https.yaml, with its members swapped for echo
-    backends and its ports for free ones: every policy does what its
-    comment says."""
+@contextlib.contextmanager
+def example(tmp_path, name: str, backends):
+    """examples/<name>, run as written but for its certificate files (made
+    here), its ports (free ones on 127.0.0.1) and its members (echo
+    backends a, b, c... in pool order, health checks off). Yields (ports by
+    listener name, backend name by pool name, site for request())."""
     import yaml
 
     from tests.support.lbproc import LbProcess as Lb
+    from tests.test_docs import make_certificates
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    cfg = yaml.safe_load((root / "examples" / "http-to-https.yaml").read_text())
-    cfg["certificates"]["www"] = {"type": "server", "certificate": str(certs["crt"]),
-                                  "private_key": str(certs["key"])}
-    admin = free_port()
-    cfg["load_balancer"] = {"workers": 1, "admin": {"port": admin},
-                            "access_log": {"path": "off"}}
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "examples" / name).read_text()
+    make_certificates(text, tmp_path)
+    cfg = yaml.safe_load(text)
+    for c in cfg["certificates"].values():
+        for k in ("certificate", "private_key", "crl"):
+            if c.get(k):
+                c[k] = str(tmp_path / c[k])
+    lb_cfg = cfg.setdefault("load_balancer", {})
+    lb_cfg.update(workers=1, admin={"address": "127.0.0.1", "port": free_port()},
+                  access_log={"path": "off"})
     ports = {}
     for lst in cfg["listeners"]:
         lst["address"], lst["port"] = "127.0.0.1", free_port()
         ports[lst["name"]] = lst["port"]
     names = {}
-    for (name, pool), port in zip(cfg["pools"].items(), backends(len(cfg["pools"])),
-                                  strict=True):
+    for (pool_name, pool), port in zip(cfg["pools"].items(), backends(len(cfg["pools"])),
+                                       strict=True):
         pool["members"] = [{"address": "127.0.0.1", "port": port}]
         pool["health_check"] = {"enabled": False}
-        names[name] = "abcdefgh"[len(names)]
+        names[pool_name] = "abcdefgh"[len(names)]
     (tmp_path / "lb.yaml").write_text(yaml.safe_dump(cfg))
     lb = Lb(["run", "-c", str(tmp_path / "lb.yaml")])
     try:
         for p in ports.values():
             wait_port(p, lb.proc)
-        site = {"port": ports["https"], "ca": str(certs["ca"])}
+        yield ports, names, lambda listener: {"port": ports[listener], "ca": None}
+    finally:
+        lb.stop()
+
+
+def test_the_http_to_https_example_acts_as_written(tmp_path, backends):
+    """examples/http-to-https.yaml: every policy does what its comment says."""
+    with example(tmp_path, "http-to-https.yaml", backends) as (ports, names, site_of):
         got = h1_raw(ports["http"], b"GET /a?b=1 HTTP/1.1\r\nHost: www.example.com\r\n"
                      b"Connection: close\r\n\r\n")
         assert got.status == 308 and got.header("location") == "https://www.example.com/a?b=1"
+        site = site_of("https")
         for proto in PROTOS:
             assert request(site, proto, "/v1/x", host="api.example.com").backend == names["api"]
             assert request(site, proto, "/v1/x").backend == names["web"]
@@ -393,5 +415,31 @@ def test_the_http_to_https_example_acts_as_written(tmp_path, certs, backends):
             canary = {request(site, proto, "/", headers=(("X-Canary", "1"),)).backend
                       for _ in range(10)}
             assert canary == {names["web"], names["web-canary"]}, canary   # 90/10: 9 + 1
-    finally:
-        lb.stop()
+
+
+def test_the_reference_example_acts_as_written(tmp_path, backends):
+    """examples/reference.yaml (every key set): its policies, as written."""
+    with example(tmp_path, "reference.yaml", backends) as (ports, names, site_of):
+        plain = next(n for n in ports if n != "https-443")
+        got = h1_raw(ports[plain], b"GET /x HTTP/1.1\r\nHost: www.example.com\r\n"
+                     b"Connection: close\r\n\r\n")
+        assert got.status == 308 and got.header("location") == "https://www.example.com:8443/x"
+        site = site_of("https-443")
+        for proto in PROTOS:
+            got = request(site, proto, "/v1/users", host="api.example.com",
+                          headers=(("X-Api-Version", "1.2"),))
+            assert got.backend == names["api"], got.body[:200]
+            got = request(site, proto, "/docs", host="www.example.com")
+            assert got.status == 301
+            assert got.header("location") == "https://docs.example.com/documentation?from=www"
+            got = request(site, proto, "/robots.txt")
+            assert got.status == 200 and got.body == b"User-agent: *\nDisallow:\n"
+            got = request(site, proto, "/app/42?x=1", headers=(
+                ("Cookie", "beta=team-blue"), ("X-Debug", "1"), ("X-Beta", "0")))
+            assert got.backend == names["api"]
+            fields = [(n.lower(), v) for n, v in got.seen["headers"]]
+            assert got.seen["path"] == "/beta/app/42?x=1"
+            assert ("host", "beta.internal") in fields and ("x-beta", "1") in fields
+            assert not any(n in ("x-debug",) for n, _ in fields)
+            assert [v for n, v in fields if n == "x-beta"] == ["1"]
+            assert request(site, proto, "/other").backend == names["web"]
