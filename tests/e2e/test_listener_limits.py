@@ -138,7 +138,8 @@ def test_max_connections_across_two_workers(running, slow_backends):
     while scrape(admin)[active] > len(alive) - 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     more = _alive(_open(port, 10))
-    assert 5 <= len(more) <= 7, len(more)
+    room = max(0, 20 - (len(alive) - 5))         # (alive may be 20-22)
+    assert room <= len(more) <= room + 2, (len(alive), len(more))
     keep = alive[5]
     keep.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     keep.settimeout(5)
