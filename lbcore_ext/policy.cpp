@@ -1513,7 +1513,7 @@ static const char* const __pyx_f[] = {
   "lbcore_ext/policy.pxd",
   "lbcore_ext/balancer.pxd",
   "lbcore_ext/iptrie.pxd",
-  ".venv/lib/python3.11/site-packages/Cython/Includes/cpython/type.pxd",
+  "cpython/type.pxd",
   "lbcore_ext/regex.pxd",
 };
 /* #### Code section: utility_code_proto_before_types ### */
@@ -1784,11 +1784,12 @@ struct __pyx_obj_10lbcore_ext_8balancer_Member {
   PyObject *idle;
   PyObject *token;
   int config_index;
+  PyObject *cells;
   long current_weight;
 };
 
 
-/* "lbcore_ext/balancer.pxd":18
+/* "lbcore_ext/balancer.pxd":20
  *     cdef int eff_weight(self, double now, double slow_start)
  * 
  * cdef class Pool:             # <<<<<<<<<<<<<<
@@ -2253,7 +2254,7 @@ struct __pyx_vtabstruct_10lbcore_ext_8balancer_Member {
 static struct __pyx_vtabstruct_10lbcore_ext_8balancer_Member *__pyx_vtabptr_10lbcore_ext_8balancer_Member;
 
 
-/* "lbcore_ext/balancer.pxd":18
+/* "lbcore_ext/balancer.pxd":20
  *     cdef int eff_weight(self, double now, double slow_start)
  * 
  * cdef class Pool:             # <<<<<<<<<<<<<<
@@ -27996,8 +27997,8 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_10lbcore_ext_8balancer_Pool), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_10lbcore_ext_8balancer_Pool),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool) __PYX_ERR(3, 18, __pyx_L1_error)
-  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool, (void**)&__pyx_vtabptr_10lbcore_ext_8balancer_Pool) != 1)) __PYX_ERR(3, 18, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool) __PYX_ERR(3, 20, __pyx_L1_error)
+  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_10lbcore_ext_8balancer_Pool, (void**)&__pyx_vtabptr_10lbcore_ext_8balancer_Pool) != 1)) __PYX_ERR(3, 20, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_1 = PyImport_ImportModule("lbcore_ext.iptrie"); if (unlikely(!__pyx_t_1)) __PYX_ERR(4, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
