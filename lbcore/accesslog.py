@@ -65,8 +65,15 @@ def _j(v) -> str:
     return _esc(v.decode("latin-1") if isinstance(v, bytes) else v)
 
 
+def _fixed(v: float, digits: int) -> str:
+    """v >= 0 with `digits` decimals: v * 10**digits rounded half to even
+    (the C formatter's way; %f would differ on rare halves)."""
+    n = round(v * 10 ** digits)
+    return f"{n // 10 ** digits}.{n % 10 ** digits:0{digits}d}"
+
+
 def _secs(v: float) -> str:
-    return "null" if v < 0 else f"{v:.6f}"
+    return "null" if v < 0 else _fixed(v, 6)
 
 
 def to_json(entry) -> str:
@@ -81,7 +88,7 @@ def to_json(entry) -> str:
     line = (f'{{"time":"{_iso(ts)}","request_id":{_j(rid)},'
             f'"client":"{_s(ip)}:{_s(port)}","method":{_j(method)},"target":{_j(target)},'
             f'"protocol":{_j(f"HTTP/{version}" if version else None)},"host":{_j(host)},'
-            f'"status":{status},"duration_s":{seconds:.6f},"bytes_received":{received},'
+            f'"status":{status},"duration_s":{_fixed(seconds, 6)},"bytes_received":{received},'
             f'"bytes_sent":{sent},"body_bytes_sent":{body_sent},"upstream":[{ups}],'
             f'"user_agent":{_j(ua)},"referer":{_j(referer)},"x_forwarded_for":{_j(xff)},'
             f'"listener":{_j(listener)},"pool":{_j(pool)},"policy":{_j(policy)}')
@@ -129,7 +136,7 @@ class ElbContext:
 
 
 def _ms(v: float) -> str:
-    return "-" if v < 0 else f"{v:.3f}"
+    return "-" if v < 0 else _fixed(v, 3)
 
 
 def _upstream_status(result) -> str:
@@ -167,8 +174,8 @@ def to_elb(entry, ctx: tuple) -> str:
                f"{_protocol(version)}")
     addrs = multi(f"{h}:{p}" for h, p, *_ in tries)
     return " ".join([
-        f"{ts:.3f}", "-", f"[{_iso_seconds(ts)}]", "elb_01", f"{_s(ip)}:{_s(port)}",
-        str(status), q(request), str(received), str(sent), str(body_sent), f"{seconds:.3f}",
+        _fixed(ts, 3), "-", f"[{_iso_seconds(ts)}]", "elb_01", f"{_s(ip)}:{_s(port)}",
+        str(status), q(request), str(received), str(sent), str(body_sent), _fixed(seconds, 3),
         q(multi(_upstream_status(t[2]) for t in tries)), q(multi(_ms(t[3]) for t in tries)),
         q(multi(_ms(t[4]) for t in tries)), q(multi(_ms(t[5]) for t in tries)), q(addrs),
         q(_nginx_esc(ua)), q(_nginx_esc(referer)), q(_nginx_esc(xff)), _nginx_esc(lb_name),

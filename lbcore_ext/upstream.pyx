@@ -768,7 +768,7 @@ cdef class Exchange:
                     return 0
                 self._start_tunnel()
                 return 0
-            if not self.client_http10:
+            if not self.client_http10 and not self.req.is_h2:      # (as ds_interim)
                 self._down_out(15 + (len(self.reason) if self.reason is not None else 0)
                                + (len(self.rhead) if self.rhead is not None else 0) + 2, False)
             self.ds.ds_interim(self, status, self.reason, self.rhead)
