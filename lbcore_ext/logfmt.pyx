@@ -163,20 +163,12 @@ cdef int put_fixed(bytearray out, double v, int digits) except -1:
 
 cdef int put_secs(bytearray out, double v) except -1:
     """JSON seconds, µs resolution; null for a step never reached (-1)."""
-    if v < 0:
-        put(out, b"null")
-    else:
-        put_fixed(out, v, 6)
-    return 0
+    return put_fixed(out, v, 6) if v >= 0 else put(out, b"null")
 
 
 cdef int put_ms(bytearray out, double v) except -1:
     """nginx's seconds.ms; `-` for a step never reached."""
-    if v < 0:
-        put(out, b"-")
-    else:
-        put_fixed(out, v, 3)
-    return 0
+    return put_fixed(out, v, 3) if v >= 0 else put(out, b"-")
 
 
 cdef int put_iso(bytearray out, double ts, bint ms) except -1:

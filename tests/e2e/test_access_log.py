@@ -96,14 +96,20 @@ def test_json_access_log(tmp_path, backends):
     assert local["bytes_sent"] > local["body_bytes_sent"] > 0
 
 
-def test_elb_access_log(tmp_path, backends):
+def logged(tmp_path, backends, fmt):
+    """(listener port, live member port, the two answers, their lines)."""
     (b,) = backends(1)
-    lb, port, log = start(tmp_path, b, "elb")
+    lb, port, log = start(tmp_path, b, fmt)
     try:
         answers = two_tries(port)
         lines = read_lines(log, 2)
     finally:
         lb.stop()
+    return port, b, answers, lines
+
+
+def test_elb_access_log(tmp_path, backends):
+    port, b, answers, lines = logged(tmp_path, backends, "elb")
     line = next(x for x in lines if '"502, 200"' in x)
     answer = answers[int(re.search(r"/x(\d) ", line)[1])]
     assert f'"GET http://127.0.0.1:{port}/x' in line and '"http://r/"' in line
@@ -119,13 +125,7 @@ def test_elb_access_log(tmp_path, backends):
 
 
 def test_combined_access_log(tmp_path, backends):
-    (b,) = backends(1)
-    lb, port, log = start(tmp_path, b, "combined")
-    try:
-        answers = two_tries(port)
-        lines = read_lines(log, 2)
-    finally:
-        lb.stop()
+    _, _, answers, lines = logged(tmp_path, backends, "combined")
     for line in lines:
         i = int(re.search(r"/x(\d) ", line)[1])
         answer = answers[i]
