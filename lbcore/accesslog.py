@@ -1,7 +1,19 @@
-"""The access log (spec 11): one line per request, JSON lines (default) or the
-field order of ELB's access log. The data plane only appends a tuple per
+"""The access log (spec 11): one line per request, JSON lines (default), ELB's
+`elb_01` line, or nginx's "combined". The data plane only appends a tuple per
 finished request to its listener's list; this writer swaps the lists out and
-formats them in batches, off the request path."""
+formats them in batches, off the request path, with the C formatters of
+lbcore_ext.logfmt. The functions here are their readable reference (the
+tests hold them equal); docs/access-log.md says what every field means.
+
+An entry is (meta, status, seconds, tries, received, sent, body_sent):
+- meta: (time, client ip, client port, method, target, version, request id,
+  user agent, referer, x-forwarded-for, host, listener, pool, tls, policy),
+  tls (version, cipher, sni, resumed) or None;
+- seconds: from the request's first byte to its log entry;
+- tries: None or [(host, port, result, connect, header, response, member)],
+  the times in seconds from the try's start, -1 where it never got there;
+- received: the request's bytes (head as HTTP/1.1 text, body, tunnel);
+- sent, body_sent: the response's bytes, and its body's."""
 
 from __future__ import annotations
 
@@ -13,8 +25,9 @@ import os
 import select
 import stat
 import sys
+from dataclasses import dataclass
 
-from lbcore_ext.logfmt import json_line
+from lbcore_ext.logfmt import combined_line, elb_line, json_line
 
 # Entries are written every 20 ms: small batches, so formatting never holds
 # the loop long enough to show in p99 latency (a 250 ms batch at 70k req/s
@@ -22,6 +35,7 @@ from lbcore_ext.logfmt import json_line
 FLUSH_INTERVAL = 0.02
 # Bytes per write() to a regular file (appends are atomic per call there).
 FILE_WRITE_LIMIT = 1 << 20
+FORMATS = ("json", "elb", "combined")
 
 
 def _s(v) -> str | None:
@@ -51,44 +65,149 @@ def _j(v) -> str:
     return _esc(v.decode("latin-1") if isinstance(v, bytes) else v)
 
 
+def _fixed(v: float, digits: int) -> str:
+    """v >= 0 with `digits` decimals: v * 10**digits rounded half to even
+    (the C formatter's way; %f would differ on rare halves)."""
+    n = round(v * 10 ** digits)
+    return f"{n // 10 ** digits}.{n % 10 ** digits:0{digits}d}"
+
+
+def _secs(v: float) -> str:
+    return "null" if v < 0 else _fixed(v, 6)
+
+
 def to_json(entry) -> str:
-    """One JSON object per line: the readable reference for the C formatter
-    the writer uses (lbcore_ext.logfmt.json_line; tests hold them equal)."""
-    meta, status, seconds, tries = entry
+    """One JSON object per line."""
+    meta, status, seconds, tries, received, sent, body_sent = entry
     (ts, ip, port, method, target, version, rid, ua, referer, xff, host, listener, pool,
      tls, policy) = meta
-    ups = ",".join(f'{{"address":"{h}:{p}","result":{_j(r)}}}' for h, p, r in tries or ())
+    ups = ",".join(
+        f'{{"member":{_j(m)},"address":"{h}:{p}","result":{_j(r)},"connect_s":{_secs(c)},'
+        f'"header_s":{_secs(hd)},"response_s":{_secs(rs)}}}'
+        for h, p, r, c, hd, rs, m in tries or ())
     line = (f'{{"time":"{_iso(ts)}","request_id":{_j(rid)},'
             f'"client":"{_s(ip)}:{_s(port)}","method":{_j(method)},"target":{_j(target)},'
             f'"protocol":{_j(f"HTTP/{version}" if version else None)},"host":{_j(host)},'
-            f'"status":{status},"duration_s":{seconds:.6f},"upstream":[{ups}],'
+            f'"status":{status},"duration_s":{_fixed(seconds, 6)},"bytes_received":{received},'
+            f'"bytes_sent":{sent},"body_bytes_sent":{body_sent},"upstream":[{ups}],'
             f'"user_agent":{_j(ua)},"referer":{_j(referer)},"x_forwarded_for":{_j(xff)},'
             f'"listener":{_j(listener)},"pool":{_j(pool)},"policy":{_j(policy)}')
     if tls and tls[0]:
-        line += f',"tls":{{"version":{_j(tls[0])},"cipher":{_j(tls[1])},"sni":{_j(tls[2])}}}'
+        line += (f',"tls":{{"version":{_j(tls[0])},"cipher":{_j(tls[1])},"sni":{_j(tls[2])},'
+                 f'"resumed":{"true" if tls[3] else "false"}}}')
     return line + "}"
 
 
-def to_elb(entry) -> str:
-    """ELB's field order: time, client, status, request line, bytes, request
-    time, upstream status and address (all tries), user agent, referer, XFF,
-    listener, pool, TLS protocol, cipher, SNI, request id, forwarding policy."""
-    meta, status, seconds, tries = entry
+def _raw(v) -> bytes:
+    if v is None:
+        return b""
+    return v if isinstance(v, bytes) else str(v).encode("utf-8")
+
+
+def _nginx_esc(v) -> str:
+    """nginx's escaping of logged values (escape=default): `"`, `\\`, control
+    bytes and bytes above 126 as \\xHH; None and empty as `-`."""
+    b = _raw(v)
+    if not b:
+        return "-"
+    return "".join(chr(c) if 32 <= c <= 126 and c not in (34, 92) else f"\\x{c:02X}"
+                   for c in b)
+
+
+def _protocol(version) -> str:
+    """$server_protocol: HTTP/1.1, HTTP/1.0, HTTP/2.0."""
+    if not version:
+        return "-"
+    return "HTTP/2.0" if version == "2" else f"HTTP/{version}"
+
+
+@dataclass(frozen=True)
+class ElbContext:
+    """A listener's constant fields of the elb_01 line."""
+
+    lb_name: str = "-"
+    scheme: str = "http"
+    eip: str = "-"
+    port: int = 0
+    certificate: str = "-"
+
+    def as_tuple(self) -> tuple:
+        return (self.lb_name, self.scheme, self.eip, self.port, self.certificate)
+
+
+def _ms(v: float) -> str:
+    return "-" if v < 0 else _fixed(v, 3)
+
+
+def _upstream_status(result) -> str:
+    """nginx's $upstream_status of a try: its status, or 502 (504 on a
+    time-out) when no response came."""
+    r = _s(result) or ""
+    if r.isascii() and r.isdigit():
+        return r
+    return "504" if r.endswith("timeout") else "502"
+
+
+def to_elb(entry, ctx: tuple) -> str:
+    """ELB's fixed `elb_01` line, its 33 fields in order (docs/access-log.md):
+    msec, topic id, [time], log version, client, status, "request", request
+    length, bytes sent, body bytes sent, request time, "upstream status",
+    "connect", "header", "response" times, "upstream address", "user agent",
+    "referer", "x-forwarded-for", load balancer, listener, listener id, pool,
+    "members", tenant, eip:port, "upstream private address", certificate,
+    TLS protocol, cipher, SNI, RTT, and the request id as the self-defined
+    header. Multi-valued fields list every try, ", "-separated."""
+    meta, status, seconds, tries, received, sent, body_sent = entry
     (ts, ip, port, method, target, version, rid, ua, referer, xff, host, listener, pool,
      tls, policy) = meta
-    when = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("[%d/%b/%Y:%H:%M:%S +0000]")
-    request = f"{_s(method) or '-'} {_s(target) or '-'} HTTP/{version or '-'}"
+    lb_name, scheme, eip, lport, certificate = ctx
+    tries = tries or ()
+    tls = tls or (None, None, None, None)
 
     def q(v):
-        return '"' + (_s(v) or "-").replace('"', '\\"') + '"'
+        return f'"{v}"'
 
-    ups = ",".join(_s(r) for _, _, r in tries or ()) or "-"
-    addrs = ",".join(f"{h}:{p}" for h, p, _ in tries or ()) or "-"
-    tls = tls or (None, None, None)
-    return " ".join([when, f"{_s(ip)}:{_s(port)}", str(status), q(request), "-",
-                     f"{seconds:.3f}", ups, addrs, q(ua), q(referer), q(xff), listener, pool,
-                     tls[0] or "-", tls[1] or "-", _s(tls[2]) or "-", _s(rid) or "-",
-                     policy or "-"])
+    def multi(values):
+        return ", ".join(values) if tries else "-"
+
+    request = (f"{_nginx_esc(method)} {scheme}://{_nginx_esc(host)}{_nginx_esc(target)} "
+               f"{_protocol(version)}")
+    addrs = multi(f"{h}:{p}" for h, p, *_ in tries)
+    return " ".join([
+        _fixed(ts, 3), "-", f"[{_iso_seconds(ts)}]", "elb_01", f"{_s(ip)}:{_s(port)}",
+        str(status), q(request), str(received), str(sent), str(body_sent), _fixed(seconds, 3),
+        q(multi(_upstream_status(t[2]) for t in tries)), q(multi(_ms(t[3]) for t in tries)),
+        q(multi(_ms(t[4]) for t in tries)), q(multi(_ms(t[5]) for t in tries)), q(addrs),
+        q(_nginx_esc(ua)), q(_nginx_esc(referer)), q(_nginx_esc(xff)), _nginx_esc(lb_name),
+        _nginx_esc(listener), "-", _nginx_esc(pool), q(multi(_nginx_esc(t[6]) for t in tries)),
+        "-", f"{eip}:{lport}", q(addrs), _nginx_esc(certificate if tls[0] else None),
+        _nginx_esc(tls[0]), _nginx_esc(tls[1]), _nginx_esc(tls[2]), "-", q(_nginx_esc(rid))])
+
+
+def _iso_seconds(ts: float) -> str:
+    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def to_combined(entry) -> str:
+    """nginx's "combined": $remote_addr - $remote_user [$time_local] "$request"
+    $status $body_bytes_sent "$http_referer" "$http_user_agent"."""
+    meta, status, seconds, tries, received, sent, body_sent = entry
+    (ts, ip, port, method, target, version, rid, ua, referer, xff, host, listener, pool,
+     tls, policy) = meta
+    when = dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).strftime(
+        "%d/%b/%Y:%H:%M:%S +0000")
+    request = (f"{_nginx_esc(method)} {_nginx_esc(target)} {_protocol(version)}"
+               if method is not None or target is not None else "-")
+    return (f'{_s(ip)} - - [{when}] "{request}" {status} {body_sent} '
+            f'"{_nginx_esc(referer)}" "{_nginx_esc(ua)}"')
+
+
+def elb_context(cfg, listener) -> tuple:
+    """The constant fields of a listener's elb_01 lines."""
+    lb = cfg.load_balancer
+    return ElbContext(lb.name, "https" if listener.protocol == "HTTPS" else "http",
+                      lb.eip or "-", listener.port,
+                      listener.server_certificate or "-").as_tuple()
 
 
 def atomic_chunks(data: bytes, limit: int) -> list[bytes]:
@@ -115,10 +234,13 @@ class AccessLogWriter:
     opened O_APPEND for the whole call: batches are cut at line ends to fit,
     so lines of different workers never interleave."""
 
-    def __init__(self, listeners, path: str, fmt: str) -> None:
+    def __init__(self, listeners, path: str, fmt: str, contexts: list[tuple] | None = None
+                 ) -> None:
         self.listeners = listeners
         self.path = path
-        self.format = _elb_bytes if fmt == "elb" else json_line
+        self.fmt = fmt
+        # per listener: what its elb_01 lines share (elb_context)
+        self.contexts = contexts or [ElbContext().as_tuple() for _ in listeners]
         self.fd = -1
         self.limit = FILE_WRITE_LIMIT
         self.task: asyncio.Task | None = None
@@ -141,11 +263,16 @@ class AccessLogWriter:
 
     def flush(self) -> None:
         lines: list[bytes] = []
-        for lrt in self.listeners:
+        for lrt, ctx in zip(self.listeners, self.contexts, strict=True):
             entries = lrt.access_log
             if entries:
                 lrt.access_log = []
-                lines += [self.format(e) for e in entries]
+                if self.fmt == "elb":
+                    lines += [elb_line(e, ctx) for e in entries]
+                elif self.fmt == "combined":
+                    lines += [combined_line(e) for e in entries]
+                else:
+                    lines += [json_line(e) for e in entries]
         if lines and self.fd >= 0:
             lines.append(b"")
             for chunk in atomic_chunks(b"\n".join(lines), self.limit):
@@ -174,6 +301,3 @@ class AccessLogWriter:
                 await self.task
         self.flush()
 
-
-def _elb_bytes(entry) -> bytes:
-    return to_elb(entry).encode("utf-8", "backslashreplace")

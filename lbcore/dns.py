@@ -130,13 +130,20 @@ def _expand(name: str, pool, answers: list[tuple[int, str]]) -> tuple[Resolved, 
     return tuple(out)
 
 
-def from_sets(cfg, sets: Mapping[str, list[tuple[int, str, int]]]
-              ) -> tuple[dict[str, tuple[Resolved, ...]], dict[tuple[str, int, str], int]]:
-    """The master's shared member sets -> (resolution, slot of each member)."""
-    resolution = {name: _expand(name, pool, [(i, a) for i, a, _ in sets.get(name, ())])
+MemberKey = tuple[str, int, str]        # (pool, config index, address)
+
+
+def from_sets(cfg, sets: Mapping[str, list[tuple]]
+              ) -> tuple[dict[str, tuple[Resolved, ...]], dict[MemberKey, int],
+                         dict[MemberKey, list[int]]]:
+    """The master's shared member sets -> (resolution, slot of each member,
+    its member blocks per listener)."""
+    resolution = {name: _expand(name, pool, [(e[0], e[1]) for e in sets.get(name, ())])
                   for name, pool in cfg.pools.items()}
-    slots = {(name, i, a): slot for name, entries in sets.items() for i, a, slot in entries}
-    return resolution, slots
+    slots = {(name, e[0], e[1]): e[2] for name, entries in sets.items() for e in entries}
+    blocks = {(name, e[0], e[1]): list(e[3]) if len(e) > 3 else []
+              for name, entries in sets.items() for e in entries}
+    return resolution, slots, blocks
 
 
 def resolve_config(cfg) -> dict[str, tuple[Resolved, ...]]:

@@ -16,7 +16,7 @@ from prometheus_client.core import (
 )
 
 from lbcore import __version__
-from lbcore.cells import CellMap, ListenerCells, apply_layout
+from lbcore.cells import CellMap, ListenerCells, apply_layout, apply_member_cells
 from lbcore_ext import counters as C
 
 TIMEOUT_KINDS = (("idle", C.TIMEOUT_IDLE), ("request", C.TIMEOUT_REQUEST),
@@ -26,10 +26,12 @@ TLS_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
 def attach_counters(cfg, runtime) -> tuple[C.Counters, list[ListenerCells]]:
     """A process alone: one row, sized for its config (lbcore.cells)."""
-    cells = CellMap.sized_for(cfg)
+    cells = CellMap.sized_for(cfg, sum(len(p.members) for p in runtime.pools.values()))
     layout = cells.layout(cfg)
     block = C.Counters(cells.row, 1)
     apply_layout(runtime, block, layout)
+    apply_member_cells(runtime.pools,
+                       lambda pool, m: cells.member_cells(cfg, layout, pool, m.name))
     return block, layout
 
 
@@ -46,16 +48,20 @@ class Serving:
 class LbcoreCollector:
     """Sums the shared cells of every worker row for the listeners of what
     `serving()` returns (the master's current generation changes on reload);
-    member state comes from `members()`, and `extra()` adds the families only
-    the master knows (reloads, workers)."""
+    member state comes from `members()`, the serving members' counter blocks
+    from `member_blocks()` ((listener, pool, member, block)), and `extra()`
+    adds the families only the master knows (reloads, workers)."""
 
     def __init__(self, serving: Callable[[], Serving], counters: C.Counters,
                  members: Callable[[], Iterable[tuple[str, str, bool]]],
-                 extra: Callable[[], Iterable] | None = None) -> None:
+                 extra: Callable[[], Iterable] | None = None,
+                 member_blocks: Callable[[], Iterable[tuple[str, str, str, int]]] | None = None
+                 ) -> None:
         self.serving = serving
         self.counters = counters
         self.members = members
         self.extra = extra
+        self.member_blocks = member_blocks
 
     def collect(self):
         c = self.counters
@@ -101,6 +107,12 @@ class LbcoreCollector:
             "sni": CounterMetricFamily("lbcore_sni_unmatched",
                                        "Handshakes whose SNI matched no certificate "
                                        "(the default one was served)", labels=["listener"]),
+            "rx": CounterMetricFamily("lbcore_received_bytes", "Bytes received from clients "
+                                      "(heads as HTTP/1.1 text, bodies, tunnels)",
+                                      labels=["listener"]),
+            "tx": CounterMetricFamily("lbcore_sent_bytes", "Bytes sent to clients "
+                                      "(heads as HTTP/1.1 text, bodies, tunnels)",
+                                      labels=["listener"]),
         }
         hist = HistogramMetricFamily("lbcore_request_duration_seconds",
                                      "Time from the complete request header to the end of "
@@ -136,6 +148,8 @@ class LbcoreCollector:
             for k, (code, reason) in enumerate(C.GENERATED_CODES):
                 fam["errors"].add_metric([name, str(code), reason], c.total(b + C.GENERATED + k))
             fam["refused"].add_metric([name], c.total(b + C.REFUSED))
+            fam["rx"].add_metric([name], c.total(b + C.BYTES_IN))
+            fam["tx"].add_metric([name], c.total(b + C.BYTES_OUT))
             if lst.protocol == "HTTPS":
                 for k, version in enumerate(TLS_NAMES):
                     fam["tls"].add_metric([name, version], c.total(b + C.TLS_VERSIONS + k))
@@ -148,6 +162,8 @@ class LbcoreCollector:
         yield from fam.values()
         yield hist
         yield upstream
+        if self.member_blocks is not None:
+            yield from member_families(c, self.member_blocks())
         up = GaugeMetricFamily("lbcore_member_up", "1 if the member takes new requests",
                                labels=["pool", "member"])
         for pool_name, member, healthy in self.members():
@@ -170,6 +186,52 @@ class LbcoreCollector:
         yield info
         if self.extra is not None:
             yield from self.extra()
+
+
+def member_families(c: C.Counters, blocks: Iterable[tuple[str, str, str, int]]):
+    """The per-member series: one block per (listener, pool, member)."""
+    labels = ["listener", "pool", "member"]
+    fam = {
+        "req": CounterMetricFamily("lbcore_member_requests", "Tries sent to the member "
+                                   "(a request retried elsewhere counts on each)", labels=labels),
+        "resp": CounterMetricFamily("lbcore_member_responses", "The member's responses by "
+                                    "status class", labels=[*labels, "code"]),
+        "fail": CounterMetricFamily("lbcore_member_failures", "Tries that failed on the member, "
+                                    "by kind", labels=[*labels, "kind"]),
+        "retries": CounterMetricFamily("lbcore_member_retries", "Retries away from the member "
+                                       "after it failed, by the failure retried",
+                                       labels=[*labels, "reason"]),
+        "active": GaugeMetricFamily("lbcore_member_requests_active", "Requests on the member "
+                                    "now", labels=labels),
+        "conns": GaugeMetricFamily("lbcore_member_connections_active", "Connections open to "
+                                   "the member (busy or idle)", labels=labels),
+        "opened": CounterMetricFamily("lbcore_member_connections", "Connections opened to the "
+                                      "member", labels=labels),
+        "rx": CounterMetricFamily("lbcore_member_received_bytes", "Bytes read from the member",
+                                  labels=labels),
+        "tx": CounterMetricFamily("lbcore_member_sent_bytes", "Bytes written to the member",
+                                  labels=labels),
+    }
+    hist = HistogramMetricFamily("lbcore_member_response_duration_seconds",
+                                 "Time from sending the request to the member to its "
+                                 "response header", labels=labels)
+    for listener, pool, member, b in blocks:
+        lv = [listener, pool, member]
+        fam["req"].add_metric(lv, c.total(b + C.M_REQUESTS))
+        for k in range(5):
+            fam["resp"].add_metric([*lv, f"{k + 1}xx"], c.total(b + C.M_RESP_CLASS + k))
+        for k, kind in enumerate(C.MEMBER_FAILURES):
+            fam["fail"].add_metric([*lv, kind], c.total(b + C.M_FAIL + k))
+        for k, reason in enumerate(C.RETRY_REASONS):
+            fam["retries"].add_metric([*lv, reason], c.total(b + C.M_RETRIES + k))
+        fam["active"].add_metric(lv, c.total(b + C.M_ACTIVE))
+        fam["conns"].add_metric(lv, c.total(b + C.M_CONN_ACTIVE))
+        fam["opened"].add_metric(lv, c.total(b + C.M_CONN_TOTAL))
+        fam["rx"].add_metric(lv, c.total(b + C.M_BYTES_IN))
+        fam["tx"].add_metric(lv, c.total(b + C.M_BYTES_OUT))
+        _histogram(hist, c, lv, b + C.M_HIST)
+    yield from fam.values()
+    yield hist
 
 
 def _histogram(family: HistogramMetricFamily, c: C.Counters, labels: list[str],

@@ -21,8 +21,9 @@ from lbcore_ext.tlsctl import TICKET_KEYS_LEN
 # version, one (state, up_since in microseconds of CLOCK_MONOTONIC) pair per
 # member slot, then the member sets: a version (odd while the master writes),
 # a length and that many bytes of JSON, {pool: [[config index, address,
-# slot], ...]}. A slot is one runtime member's health cell; it stays the same
-# while the member's address stays in its pool's DNS answer.
+# slot, [member block per listener]], ...]}. A slot is one runtime member's
+# health cell; it stays the same while the member's address stays in its
+# pool's DNS answer. The member blocks are its counter cells (lbcore/cells.py).
 _I64 = struct.Struct("<q")
 _MEMBER = struct.Struct("<qq")
 _TICKET_VERSION = 0
@@ -31,16 +32,19 @@ _HEALTH_VERSION = _TICKET_KEYS + ((2 * TICKET_KEYS_LEN + 7) // 8) * 8
 _MEMBERS = _HEALTH_VERSION + 8
 
 UNKNOWN, DOWN, UP = -1, 0, 1
-# Bytes of member-set JSON per slot: an IPv6 address, two indexes, the punctuation.
+# Bytes of member-set JSON per slot: an IPv6 address, two indexes, the
+# punctuation; and a member block (or -1) per listener.
 _TABLE_PER_SLOT = 96
+_TABLE_PER_LISTENER = 10
 
 
 class SharedState:
-    def __init__(self, members: int, fd: int | None = None) -> None:
+    def __init__(self, members: int, fd: int | None = None, listeners: int = 1) -> None:
         """A new block (master) when `fd` is None, else the master's (worker)."""
         self.members = members
+        self.listeners = listeners
         self._table = _MEMBERS + _MEMBER.size * max(members, 1)
-        self._table_cap = 4096 + _TABLE_PER_SLOT * members
+        self._table_cap = 4096 + (_TABLE_PER_SLOT + _TABLE_PER_LISTENER * listeners) * members
         size = self._table + 16 + self._table_cap
         if fd is None:
             fd = os.memfd_create("lbcore-state", 0)
@@ -102,8 +106,8 @@ class SharedState:
     def members_version(self) -> int:
         return self._get(self._table)
 
-    def set_member_sets(self, sets: dict[str, list[tuple[int, str, int]]]) -> None:
-        """{pool: [(config index, address, slot)]}: the runtime members."""
+    def set_member_sets(self, sets: dict[str, list[tuple]]) -> None:
+        """{pool: [(config index, address, slot, member blocks)]}: the runtime members."""
         blob = json.dumps(sets, separators=(",", ":")).encode()
         if len(blob) > self._table_cap:
             raise ValueError(f"member sets of {len(blob)} bytes exceed {self._table_cap}")
@@ -113,7 +117,7 @@ class SharedState:
         self.mem[self._table + 16:self._table + 16 + len(blob)] = blob
         _I64.pack_into(self.mem, self._table, version + 2)
 
-    def member_sets(self) -> tuple[int, dict[str, list[tuple[int, str, int]]] | None]:
+    def member_sets(self) -> tuple[int, dict[str, list[tuple]] | None]:
         """(version, sets), or (version, None) if the master is writing them."""
         version = self.members_version
         if version % 2:

@@ -100,6 +100,8 @@ class Generation:
     members: dict[str, tuple[dns.Resolved, ...]]
     slots: dict[tuple[str, int, str], int]
     free: list[int]
+    # Each runtime member's counter blocks, one per listener (lbcore/cells.py).
+    blocks: dict[tuple[str, int, str], list[int]] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     workers: list[Worker] = field(default_factory=list)
     checker: HealthChecker | None = None
@@ -122,7 +124,8 @@ class Generation:
     def publish_members(self) -> None:
         """The member sets, for the workers (they poll the version)."""
         self.shared.set_member_sets({
-            pool: [(r.member, r.host, self.slot(r)) for r in members]
+            pool: [(r.member, r.host, self.slot(r), self.blocks.get((pool, r.member, r.host), []))
+                   for r in members]
             for pool, members in self.members.items()})
 
     def close(self) -> None:
@@ -298,6 +301,7 @@ class Master:
             "slot": slot, "config_fd": gen.config_fd, "config_path": str(self.path),
             "counters_fd": self.counters_fd, "row": self.row, "slots": self.slots,
             "state_fd": gen.shared.fd, "members": gen.shared.members,
+            "listeners": gen.shared.listeners,
             "layout": layout_to_json(gen.layout),
             "sockets": [[s.fileno() for s in socks] for socks in gen.sockets],
             "master_pid": os.getpid(), "phases": self.phases,
@@ -392,7 +396,7 @@ class Master:
         layout = self._layout(cfg)
         sockets = self._sockets_for(cfg)
         capacity = dns.capacity(cfg)
-        shared = SharedState(capacity)
+        shared = SharedState(capacity, listeners=len(cfg.listeners))
         shared.set_ticket_keys(*self.ticket_keys)
         config_fd = os.memfd_create("lbcore-config", 0)
         os.write(config_fd, text.encode())
@@ -402,6 +406,10 @@ class Master:
                 slots[(pool, r.member, r.host)] = len(slots)
         gen = Generation(self.number, cfg, text, layout, sockets, shared, config_fd,
                          dict(resolution), slots, list(range(capacity - 1, len(slots) - 1, -1)))
+        for pool, members in resolution.items():
+            for r in members:
+                gen.blocks[(pool, r.member, r.host)] = self.cells.member_cells(
+                    cfg, layout, pool, r.name)
         gen.publish_members()
         initial = self._carry_health(gen)
         self.generations.append(gen)
@@ -501,6 +509,7 @@ class Master:
             return
         for r in old:
             if r.key not in after:
+                gen.blocks.pop((pool, r.member, r.host), None)
                 slot = gen.slots.pop((pool, r.member, r.host))
                 if gen.checker is not None:
                     gen.checker.remove((pool, slot))
@@ -514,6 +523,11 @@ class Master:
                 gen.shared.set_member(slot, UNKNOWN, 0.0)
                 added.append(r)
         old_names = {r.key: r.name for r in old}
+        for r in members:
+            if r.key not in before or old_names[r.key] != r.name:
+                # A new member label: its blocks, for the life of the counters.
+                gen.blocks[(pool, r.member, r.host)] = self.cells.member_cells(
+                    gen.cfg, gen.layout, pool, r.name)
         gen.members[pool] = members
         gen.publish_members()
         if gen.checker is not None:
@@ -642,7 +656,19 @@ class Master:
             gen = self.current
             return Serving(gen.cfg, gen.layout, gen.loaded_at)
 
-        return LbcoreCollector(serving, self.counters, self._members, extra=self._families)
+        return LbcoreCollector(serving, self.counters, self._members, extra=self._families,
+                               member_blocks=self._member_blocks)
+
+    def _member_blocks(self):
+        """(listener, pool, member, block) of the serving members."""
+        gen = self.current
+        names = [lst.name for lst in gen.cfg.listeners]
+        for pool_name, members in gen.members.items():
+            for r in members:
+                for listener, b in zip(names, gen.blocks.get((pool_name, r.member, r.host), ()),
+                                       strict=False):
+                    if b >= 0:
+                        yield listener, pool_name, r.name, b
 
     def _families(self):
         reloads = CounterMetricFamily("lbcore_reloads", "Configuration reloads by result",
@@ -738,5 +764,6 @@ def worker_main() -> int:
         phases = load_phases(spec["phases"])
     sockets = [[socket.socket(fileno=fd) for fd in fds] for fds in spec["sockets"]]
     inherited = Inherited(spec["slot"], counters, layout_from_json(spec["layout"]), sockets,
-                          SharedState(spec["members"], spec["state_fd"]), spec["master_pid"])
+                          SharedState(spec["members"], spec["state_fd"], spec["listeners"]),
+                          spec["master_pid"])
     return serve(cfg, phases=phases, inherited=inherited)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import uvloop
 
 from lbcore import dns
-from lbcore.accesslog import AccessLogWriter
+from lbcore.accesslog import AccessLogWriter, elb_context
 from lbcore.admin import Admin
-from lbcore.cells import apply_layout
+from lbcore.cells import apply_layout, apply_member_cells
 from lbcore.health import HealthChecker, targets_from_config
 from lbcore.metrics import LbcoreCollector, Serving, attach_counters
 from lbcore.runtime_build import Runtime, build_members, build_runtime
@@ -178,7 +178,7 @@ def start_health_checks(cfg, runtime: Runtime) -> HealthChecker:
 
 
 def shared_members(cfg, shared: SharedState):
-    """The master's member sets: (version, resolution, slots)."""
+    """The master's member sets: (version, resolution, slots, member blocks)."""
     while True:
         version, sets = shared.member_sets()
         if sets is not None:
@@ -196,6 +196,7 @@ class MasterLink:
     def __init__(self, cfg, runtime: Runtime, inherited: Inherited,
                  on_orphaned: Callable[[], None], members_version: int,
                  slots: dict[tuple[str, int, str], int]) -> None:
+        # (the members' counter blocks were applied when the runtime was built)
         self.cfg = cfg
         self.runtime = runtime
         self.inh = inherited
@@ -219,7 +220,7 @@ class MasterLink:
         version, sets = self.inh.shared.member_sets()
         if sets is None:
             return                      # being written: next tick
-        resolution, slots = dns.from_sets(self.cfg, sets)
+        resolution, slots, blocks = dns.from_sets(self.cfg, sets)
         for pool_name, pool in self.runtime.pools.items():
             old = {(m.config_index, m.host): m for m in pool.members}
             fresh = resolution[pool_name]
@@ -232,6 +233,8 @@ class MasterLink:
                 if m is None or m.name != r.name:
                     m = build_members((r,))[0]
                 members.append(m)
+            for m in members:
+                m.cells = tuple(blocks.get((pool_name, m.config_index, m.host), ()))
             pool.set_members(members)
             for gone in old.values():
                 close_idle(gone)
@@ -323,10 +326,10 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
             selectors[listener.name] = selector
         return ctx, selector
 
-    resolution = slots = None
+    resolution = slots = blocks = None
     members_version = 0
     if inherited is not None:
-        members_version, resolution, slots = shared_members(cfg, inherited.shared)
+        members_version, resolution, slots, blocks = shared_members(cfg, inherited.shared)
     try:
         runtime = build_runtime(cfg, ssl_for, phases, resolution)
         if inherited is None:
@@ -335,6 +338,7 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
             counters, layout = inherited.counters, inherited.layout
             counters.use_slot(inherited.slot)
             apply_layout(runtime, counters, layout)
+            apply_member_cells(runtime.pools, _blocks_of(blocks))
         for lrt in runtime.listeners:
             selector = selectors.get(lrt.name)
             if selector is not None:
@@ -351,7 +355,8 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
     log_cfg = cfg.load_balancer.access_log
     access_log = None
     if log_cfg.path != "off":
-        access_log = AccessLogWriter(runtime.listeners, log_cfg.path, log_cfg.format)
+        access_log = AccessLogWriter(runtime.listeners, log_cfg.path, log_cfg.format,
+                                     [elb_context(cfg, lst) for lst in cfg.listeners])
         access_log.start()
         loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
     checker = admin = link = None
@@ -360,7 +365,9 @@ async def _serve(cfg, on_loop_started, phases, inherited: Inherited | None) -> i
         serving = Serving(cfg, layout, time.time())
         admin = Admin(cfg.load_balancer.admin,
                       LbcoreCollector(lambda: serving, counters,
-                                      functools.partial(runtime_members, runtime)),
+                                      functools.partial(runtime_members, runtime),
+                                      member_blocks=functools.partial(runtime_member_blocks,
+                                                                      cfg, runtime)),
                       functools.partial(runtime_status, cfg, runtime))
         try:
             await admin.start()
@@ -408,6 +415,22 @@ def runtime_members(runtime: Runtime):
     for pool_name, pool in runtime.pools.items():
         for m in pool.members:
             yield pool_name, m.name, bool(m.healthy)
+
+
+def runtime_member_blocks(cfg, runtime: Runtime):
+    """(listener, pool, member, block) for the exposition, alone."""
+    names = [lst.name for lst in cfg.listeners]
+    for pool_name, pool in runtime.pools.items():
+        for m in pool.members:
+            for listener, b in zip(names, m.cells, strict=False):
+                if b >= 0:
+                    yield listener, pool_name, m.name, b
+
+
+def _blocks_of(blocks: dict | None):
+    """cells_of() for apply_member_cells, from the master's published blocks."""
+    blocks = blocks or {}
+    return lambda pool, m: blocks.get((pool, m.config_index, m.host))
 
 
 def runtime_status(cfg, runtime: Runtime) -> dict:

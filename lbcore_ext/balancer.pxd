@@ -12,6 +12,8 @@ cdef class Member:
     cdef public list idle               # idle upstream connections, most recent last
     cdef public bytes token             # opaque id for the lb_cookie (never the address)
     cdef public int config_index        # its member's position in the config's pool (-1: none)
+    # Its member block (counters.M_*) per listener position, -1 where none.
+    cdef public tuple cells
     cdef long current_weight            # smooth WRR state
     cdef int eff_weight(self, double now, double slow_start)
 

@@ -79,6 +79,7 @@ cdef class Member:
         self.idle = []
         self.current_weight = 0
         self.config_index = -1
+        self.cells = ()
         key = f"{host}:{port}".encode()
         self.token = b"%016x" % fnv1a(key, len(key))
 

@@ -17,6 +17,11 @@ cdef inline void add(Counters c, Py_ssize_t i, int64_t v) noexcept:
     if c is not None and i >= 0:
         c.row[i] += v
 
+cdef inline void add_at(Counters c, Py_ssize_t base, Py_ssize_t off, int64_t v) noexcept:
+    """Cell `off` of the block at `base`; nothing where the block is -1."""
+    if c is not None and base >= 0:
+        c.row[base + off] += v
+
 cdef inline int64_t sum_cell(Counters c, Py_ssize_t i) noexcept:
     """Cell `i` summed over every worker's row (a gauge across workers)."""
     cdef int64_t t = 0

@@ -108,7 +108,11 @@ H2_GOAWAY = SNI_UNMATCHED + 1    # one cell per H2_GOAWAY_REASONS entry
 H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_flood",
                      "window_update_flood", "empty_frames", "continuation_flood",
                      "header_flood", "output_flood", "protocol_error", "drain", "idle")
-BLOCK = H2_GOAWAY + len(H2_GOAWAY_REASONS)
+# HTTP bytes the listener's clients sent and were sent (request and response
+# heads as HTTP/1.1 text, bodies as relayed, tunnels' raw bytes).
+BYTES_IN = H2_GOAWAY + len(H2_GOAWAY_REASONS)
+BYTES_OUT = BYTES_IN + 1
+BLOCK = BYTES_OUT + 1
 GAUGES = (CONN_ACTIVE, CONN_OPENING)   # per-listener cells that are not counters
 
 # Layout of one route block: the cells of the responses one listener sent for
@@ -126,6 +130,25 @@ HIST_SUM_US = HIST + len(BUCKETS) + 1
 HIST_COUNT = HIST_SUM_US + 1
 UPSTREAM_HIST = HIST_COUNT + 1    # like HIST
 ROUTE_BLOCK = UPSTREAM_HIST + len(BUCKETS) + 3
+
+# Layout of one member block: what one listener sent one member of one pool
+# (offsets from Exchange.mbase; lbcore/cells.py gives each (listener, pool,
+# member) name its block for the life of the memory).
+M_REQUESTS = 0            # tries sent to it (a retry elsewhere counts there too)
+M_RESP_CLASS = 1          # 5 cells: its responses by class, 1xx .. 5xx
+# Tries that failed on it, by kind (a 502/503 it answered is a 5xx above).
+MEMBER_FAILURES = ("refused", "connect_timeout", "lost", "response_timeout",
+                   "invalid_response", "header_too_big")
+M_FAIL = M_RESP_CLASS + 5
+M_RETRIES = M_FAIL + len(MEMBER_FAILURES)   # retries away from it, by RETRY_REASONS
+M_HIST = M_RETRIES + len(RETRY_REASONS)     # response-header time, like HIST
+M_ACTIVE = M_HIST + len(BUCKETS) + 3        # gauge: requests on it now
+M_CONN_ACTIVE = M_ACTIVE + 1                # gauge: connections open to it
+M_CONN_TOTAL = M_CONN_ACTIVE + 1            # connections opened to it
+M_BYTES_IN = M_CONN_TOTAL + 1               # bytes read from it
+M_BYTES_OUT = M_BYTES_IN + 1                # bytes written to it
+MEMBER_BLOCK = M_BYTES_OUT + 1
+MEMBER_GAUGES = (M_ACTIVE, M_CONN_ACTIVE)
 
 cdef int[600] _gen_index
 for _i in range(600):

@@ -17,7 +17,7 @@ cdef class Client:
     cdef bytes peer_port
     cdef object sni_name                # SNI of the handshake (mutual+SNI listeners)
     cdef bytes _tls_lines               # X-Forwarded-TLS-* lines, built on first use
-    cdef tuple _tls_info                # (version, cipher, sni) for the access log
+    cdef tuple _tls_info                # (version, cipher, sni, resumed) for the access log
     cdef bytes tls_lines(self)
     cdef bytes local_authority(self)
     cdef tuple tls_info(self)
@@ -75,7 +75,8 @@ cdef class Request:
     cdef int answer_status
     cdef bytes answer_lines
     cdef bytes answer_body
-    cdef double t_start
+    cdef double t_start                 # its first byte (monotonic): the log's duration
+    cdef long long rx_head              # its head's bytes, as HTTP/1.1 text
 
     @staticmethod
     cdef Request new(Client client)
@@ -98,9 +99,12 @@ cdef class Request:
     cdef int answered(self, int status, bint generated) except -1
     cdef int _meta(self) except -1
     cdef int _count(self) except -1
+    cdef long long rx_bytes(self)
+    cdef long long answer_size(self, int status, bint generated, bint body)
 
 
 cdef tuple answer_parts(object answer)
+cdef long long local_size(int status, bytes lines, bytes body, bint head)
 cdef bytes normalise_path(bytes path)
 cdef bint valid_field_value(const unsigned char* p, Py_ssize_t n) noexcept
 cdef bint valid_token(const unsigned char* p, Py_ssize_t n) noexcept

@@ -17,13 +17,14 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
 from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
-from lbcore_ext.counters cimport count_reason, count_response, inc, shared_cell
-from lbcore_ext.headers cimport header_line
+from lbcore_ext.clock cimport monotonic
+from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
+from lbcore_ext.headers cimport error_body, error_response, header_line, reason_phrase
 from lbcore_ext.policy cimport A_FIXED, A_FORWARD, A_REDIRECT, Facts, Policy
 from lbcore_ext.ratelimit cimport take
 from lbcore_ext.runtime cimport ListenerRuntime
 
-from lbcore_ext.counters import R_QPS_LIMIT, REQUESTS
+from lbcore_ext.counters import BYTES_IN, BYTES_OUT, R_QPS_LIMIT, REQUESTS
 from lbcore_ext.policy import ROUTER_CODE_QPS
 from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
 
@@ -49,6 +50,8 @@ cdef int M_PRESERVE = XFF_PRESERVE
 cdef int M_OFF = XFF_OFF
 cdef int K_REQUEST_FILTER = HOOK_REQUEST_FILTER
 cdef Py_ssize_t O_REQUESTS = REQUESTS
+cdef Py_ssize_t O_BYTES_IN = BYTES_IN
+cdef Py_ssize_t O_BYTES_OUT = BYTES_OUT
 cdef object wall_time = __import__("time").time
 
 # RFC 9110 9.2.2: these may be retried after they were sent.
@@ -137,6 +140,25 @@ cdef long long parse_length(bytes value):
             return -1
         v = v * 10 + (p[i] - 48)
     return v
+
+
+cdef long long local_size(int status, bytes lines, bytes body, bint head):
+    """The bytes of http1.local_response(status, lines, body, head):
+    "HTTP/1.1 200 " reason CRLF, lines, "Content-Length: " digits CRLF,
+    "Connection: close" CRLF CRLF, the body unless HEAD."""
+    cdef long long nbody = PyBytes_GET_SIZE(body) if body is not None else 0
+    cdef long long n = 13 + PyBytes_GET_SIZE(reason_phrase(status)) + 2 + 16 + 23
+    cdef long long v = nbody
+    if lines is not None:
+        n += PyBytes_GET_SIZE(lines)
+    if not head:
+        n += nbody
+    while True:
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    return n
 
 
 cdef tuple answer_parts(object answer):
@@ -233,8 +255,8 @@ cdef class Client:
             sslobj = (self.transport.get_extra_info("ssl_object")
                       if self.lrt.ssl_ctx is not None and self.transport is not None else None)
             self._tls_info = ((sslobj.version(), sslobj.cipher()[0],
-                               getattr(sslobj, "lbcore_sni", None)) if sslobj is not None
-                              else (None, None, None))
+                               getattr(sslobj, "lbcore_sni", None), bool(sslobj.session_reused))
+                              if sslobj is not None else (None, None, None, None))
         return self._tls_info
 
 
@@ -248,6 +270,7 @@ cdef class Request:
         self.hbuf = bytearray()
         self.cl = -1
         self.pbase = client.lrt.pbase_local
+        self.t_start = monotonic()
         return self
 
     # ---- admission --------------------------------------------------------------
@@ -405,6 +428,8 @@ cdef class Request:
         Returns 0, or the status of the refusal."""
         cdef ListenerRuntime lrt = self.lrt
         self._count()
+        self.rx_head = self.rx_bytes()
+        add(lrt.counters, lrt.cbase + O_BYTES_IN, self.rx_head)
         if self.nheaders == 0 and not self.is_h2:
             self.absolute_form()
         if self.error:
@@ -502,6 +527,7 @@ cdef class Request:
     cdef int body_bytes(self, Py_ssize_t n) except -1:
         """Body bytes received; returns 413 once max_body is passed."""
         self.body_seen += n
+        add(self.lrt.counters, self.lrt.cbase + O_BYTES_IN, n)
         if self.body_seen > self.lrt.max_body:
             return self.refuse(413)
         return 0
@@ -661,6 +687,32 @@ cdef class Request:
             inc(self.lrt.counters, self.lrt.cbase + O_REQUESTS)
         return 0
 
+    cdef long long rx_bytes(self):
+        """The head as HTTP/1.1 text: request line, fields as received (an
+        HTTP/2 :authority as its host line), the blank line."""
+        if self.rx_head:
+            return self.rx_head
+        cdef long long n = self.block_size + 14        # " " " HTTP/1.1\r\n" "\r\n"
+        if self.method is not None:
+            n += PyBytes_GET_SIZE(self.method)
+        if self.target is not None:
+            n += PyBytes_GET_SIZE(self.target)
+        if self.is_h2 and self.authority is not None:
+            n += PyBytes_GET_SIZE(self.authority) + 8
+        return n
+
+    cdef long long answer_size(self, int status, bint generated, bint body):
+        """Bytes of an answer of lbcore's own as HTTP/1.1 writes it; with
+        `body` False, its body's alone."""
+        cdef bint head = self.is_head()
+        if generated:
+            if not body:
+                return 0 if head else PyBytes_GET_SIZE(error_body(status))
+            return PyBytes_GET_SIZE(error_response(status, None, True, head))
+        if not body:
+            return 0 if head or self.answer_body is None else PyBytes_GET_SIZE(self.answer_body)
+        return local_size(status, self.answer_lines, self.answer_body, head)
+
     cdef int refused(self, int code) except -1:
         """A refusal was written: count it and log it."""
         return self.answered(code, True)
@@ -668,12 +720,16 @@ cdef class Request:
     cdef int answered(self, int status, bint generated) except -1:
         """lbcore answered this request itself (refusal, hook answer)."""
         cdef ListenerRuntime lrt = self.lrt
+        cdef long long tx = self.answer_size(status, generated, True)
         self._count()
+        add(lrt.counters, lrt.cbase + O_BYTES_OUT, tx)
         if self.gen_reason:
             count_reason(lrt.counters, lrt.cbase, self.pbase, status, self.gen_reason - 1, -1.0)
         else:
             count_response(lrt.counters, lrt.cbase, self.pbase, status, generated, -1.0)
         if lrt.access_log is not None:
             self._meta()
-            lrt.access_log.append((self.meta, status, 0.0, None))
+            lrt.access_log.append((self.meta, status, monotonic() - self.t_start,
+                                   None, self.rx_bytes() + self.body_seen, tx,
+                                   self.answer_size(status, generated, False)))
         return 0

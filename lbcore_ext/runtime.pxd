@@ -54,6 +54,7 @@ cdef class ListenerRuntime:
     cdef public object sni_guard        # SniSelector on mutual+SNI listeners (421 rule)
     cdef public Counters counters       # shared-memory counters, or None
     cdef public Py_ssize_t cbase        # this listener's first cell
+    cdef public Py_ssize_t index        # its position in the config (Member.cells)
     cdef public list access_log         # finished requests as tuples, or None when off
     cdef public bytes rid_prefix
     cdef public long long rid_seq

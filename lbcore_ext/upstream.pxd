@@ -66,6 +66,7 @@ cdef class Exchange:
     cdef public bint client_http10
     cdef public bint client_keep_alive
     cdef Member member
+    cdef Py_ssize_t mbase              # the member's block for this listener, -1: none
     cdef list tried
     cdef int retries
     cdef bint retrying                 # counted in pool.retrying (the retry budget)
@@ -88,9 +89,18 @@ cdef class Exchange:
     cdef bint sticky_bound
     cdef public int gen_reason         # GENERATED_CODES index of a non-default reason, or -1
     cdef Py_ssize_t head_size          # bytes of the member's response heads so far
-    cdef list tries                    # [(member, outcome)] for the access log
+    cdef list tries                    # per try, for the access log (see _try)
+    cdef double t_try                  # this try began (monotonic)
+    cdef double t_connected            # its connection was ready; 0: not yet
+    cdef double t_header               # its final response head came; 0: not yet
+    cdef long long tx_head             # bytes of response heads sent to the client
+    cdef long long tx_body             # bytes of response body sent to the client
+    cdef long long rx_tunnel           # client bytes sent into a 101 tunnel
     cdef int _log(self, int status) except -1
     cdef int _try(self, bytes outcome) except -1
+    cdef int _begin_try(self) except -1
+    cdef int _up_out(self, Py_ssize_t n) except -1
+    cdef int _down_out(self, long long n, bint body) except -1
     cdef bytes resp_upgrade
     cdef int tunnel_write(self, object data) except -1
     cdef bytes _last_chunk(self)
@@ -117,6 +127,7 @@ cdef class Exchange:
     cdef int _finish(self, bint reusable) except -1
     cdef _restart(self)
     cdef _start_tunnel(self)
+    cdef long long _head_size(self, int status)
     cdef _response_filter(self, int status)
     cdef _error(self, int code, bytes router_code)
     cdef int _connect(self) except -1
@@ -135,6 +146,8 @@ cdef class UpstreamConnection:
     cdef object transport
     cdef Member member
     cdef Counters counters              # the worker's, for the live-object counts
+    cdef Py_ssize_t mbase               # the member block it counts open in, -1: none
+    cdef bint counted_open              # counted in M_CONN_ACTIVE
     cdef object parser
     cdef object feed                    # parser.feed_data, bound once
     cdef object write                   # transport.write, bound once

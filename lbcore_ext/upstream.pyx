@@ -15,18 +15,20 @@ import httptools
 from lbcore_ext.bufs cimport put_header
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
-from lbcore_ext.counters cimport Counters, add, count_response, inc, observe
-from lbcore_ext.request cimport Request, answer_parts
+from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
+from lbcore_ext.request cimport Request, answer_parts, local_size
 
-from lbcore_ext.counters import (R_UPSTREAM_HEADER_TOO_BIG, RETRY_BUDGET_EXHAUSTED,
-                                 RETRY_REASON, TIMEOUT_CONNECT, TIMEOUT_REQUEST,
-                                 TIMEOUT_RESPONSE, UPSTREAM_HIST,
-                                 W_LIVE_EXCHANGES, W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
+from lbcore_ext.counters import (BYTES_IN, BYTES_OUT, M_ACTIVE, M_BYTES_IN, M_BYTES_OUT,
+                                 M_CONN_ACTIVE, M_CONN_TOTAL, M_FAIL, M_HIST, M_REQUESTS,
+                                 M_RESP_CLASS, M_RETRIES, R_UPSTREAM_HEADER_TOO_BIG,
+                                 RETRY_BUDGET_EXHAUSTED, RETRY_REASON, TIMEOUT_CONNECT,
+                                 TIMEOUT_REQUEST, TIMEOUT_RESPONSE, UPSTREAM_HIST, W_LIVE_EXCHANGES,
+                                 W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
 from lbcore_ext.balancer import (RETRY_502, RETRY_503, STICKY_APP_COOKIE, STICKY_LB_COOKIE,
                                  STICKY_SOURCE_IP)
-from lbcore_ext.headers cimport chunk_header, header_line
+from lbcore_ext.headers cimport chunk_header, error_response, header_line
 
 
 cdef extern from "<poll.h>" nogil:
@@ -70,6 +72,19 @@ cdef Py_ssize_t O_TIMEOUT_CONNECT = TIMEOUT_CONNECT
 cdef Py_ssize_t O_TIMEOUT_RESPONSE = TIMEOUT_RESPONSE
 cdef Py_ssize_t O_TIMEOUT_REQUEST = TIMEOUT_REQUEST
 cdef Py_ssize_t O_UPSTREAM_HIST = UPSTREAM_HIST
+cdef Py_ssize_t O_BYTES_IN = BYTES_IN
+cdef Py_ssize_t O_BYTES_OUT = BYTES_OUT
+# A member block's cells (counters.M_*).
+cdef Py_ssize_t O_M_REQUESTS = M_REQUESTS
+cdef Py_ssize_t O_M_RESP_CLASS = M_RESP_CLASS
+cdef Py_ssize_t O_M_FAIL = M_FAIL
+cdef Py_ssize_t O_M_RETRIES = M_RETRIES
+cdef Py_ssize_t O_M_HIST = M_HIST
+cdef Py_ssize_t O_M_ACTIVE = M_ACTIVE
+cdef Py_ssize_t O_M_CONN_ACTIVE = M_CONN_ACTIVE
+cdef Py_ssize_t O_M_CONN_TOTAL = M_CONN_TOTAL
+cdef Py_ssize_t O_M_BYTES_IN = M_BYTES_IN
+cdef Py_ssize_t O_M_BYTES_OUT = M_BYTES_OUT
 cdef int G_TOO_BIG = R_UPSTREAM_HEADER_TOO_BIG
 # Live objects, counted in the worker's cells (leak checks in the tests).
 cdef Py_ssize_t O_LIVE_EX = W_LIVE_EXCHANGES
@@ -102,6 +117,19 @@ DEF F_INVALID = 5        # malformed response
 DEF F_TOO_BIG = 6        # response head (with its interim responses) over the limit
 DEF F_STATUS_502 = 7     # the member answered 502 / 503 (retried only if the pool asks)
 DEF F_STATUS_503 = 8
+
+
+cdef inline Py_ssize_t member_block(Member m, Py_ssize_t listener):
+    """The member's block for the listener at that position, or -1."""
+    cdef tuple cells = m.cells
+    if cells is None or listener < 0 or listener >= len(cells):
+        return -1
+    return <Py_ssize_t>cells[listener]
+
+
+cdef inline double since(double t, double now):
+    """Seconds from `t` to `now`; -1 (logged "-") when `t` never happened."""
+    return now - t if t > 0.0 else -1.0
 
 
 cdef inline int retry_reason(int kind):
@@ -209,6 +237,7 @@ cdef class Exchange:
         self.state = S_NEW
         self.resp_cl = -1
         self.gen_reason = -1
+        self.mbase = -1
         self.t_start = monotonic()
         add(lrt.counters, O_LIVE_EX, 1)
         return self
@@ -263,10 +292,15 @@ cdef class Exchange:
         so least-connections sees load as soon as it is decided."""
         if self.member is not None:
             self.member.active -= 1
+            add_at(self.lrt.counters, self.mbase, O_M_ACTIVE, -1)
         self.member = m
         if m is not None:
             m.active += 1
-        elif self.retrying:             # the end of the request: out of the retry budget
+            self.mbase = member_block(m, self.lrt.index)
+            add_at(self.lrt.counters, self.mbase, O_M_ACTIVE, 1)
+        else:
+            self.mbase = -1
+        if m is None and self.retrying:             # the end of the request: out of the retry budget
             self.retrying = False
             self.pool.retrying -= 1
         return 0
@@ -310,7 +344,6 @@ cdef class Exchange:
         now, and send it what was read."""
         self.buffered = True
         self.state = S_NEW
-        self.t_start = monotonic()          # the request's time starts with its member
         self.start()
         if self.state == S_CONNECTING and self.body_buf_len > BODY_BUFFER_HIGH:
             self.ds.ds_pause_reading()
@@ -364,9 +397,12 @@ cdef class Exchange:
         return True
 
     cdef bytes _last_chunk(self):
+        """The chunked body's end (counted: the caller writes it)."""
+        cdef bytes out = b"0\r\n\r\n"
         if self.req.trailers is not None:
-            return b"0\r\n" + self.req.trailers + b"\r\n"
-        return b"0\r\n\r\n"
+            out = b"0\r\n" + self.req.trailers + b"\r\n"
+        self._up_out(len(out))
+        return out
 
     cdef int pause_upstream(self) except -1:
         if self.conn is not None and not self.conn.closed and not self.conn.read_paused:
@@ -382,10 +418,32 @@ cdef class Exchange:
 
     # ---- upstream connection ------------------------------------------------------
 
+    cdef int _begin_try(self) except -1:
+        self.t_try = monotonic()
+        self.t_connected = 0.0
+        self.t_header = 0.0
+        add_at(self.lrt.counters, self.mbase, O_M_REQUESTS, 1)
+        return 0
+
+    cdef int _up_out(self, Py_ssize_t n) except -1:
+        """`n` bytes were written to the member."""
+        add_at(self.lrt.counters, self.mbase, O_M_BYTES_OUT, n)
+        return 0
+
+    cdef int _down_out(self, long long n, bint body) except -1:
+        """`n` bytes of the response went to the client."""
+        if body:
+            self.tx_body += n
+        else:
+            self.tx_head += n
+        add(self.lrt.counters, self.lrt.cbase + O_BYTES_OUT, n)
+        return 0
+
     cdef int _acquire(self) except -1:
         cdef Member m = self.member
         cdef UpstreamConnection c
         cdef double now = monotonic()
+        self._begin_try()
         while m.idle:
             c = m.idle.pop()
             add(self.lrt.counters, O_LIVE_IDLE, -1)
@@ -404,7 +462,7 @@ cdef class Exchange:
         cdef Member m = self.member
         self.state = S_CONNECTING
         self.connect_task = self.loop.create_task(self.loop.create_connection(
-            partial(UpstreamConnection, m, self.lrt.counters), m.host, m.port))
+            partial(UpstreamConnection, m, self.lrt.counters, self.mbase), m.host, m.port))
         self.connect_task.add_done_callback(self._connected)
         self._arm(self.lrt.connect_timeout)
         return 0
@@ -428,7 +486,9 @@ cdef class Exchange:
         conn.head_bytes = 0
         self.conn = conn
         conn.write(self.head)
+        self._up_out(len(self.head))
         self.t_sent = monotonic()
+        self.t_connected = self.t_sent
         if not self._send_buffered():
             self.state = S_SENDING
         return 0
@@ -440,6 +500,7 @@ cdef class Exchange:
         self.body_sent = True
         if self.req_chunked:
             data = b"".join((chunk_header(len(data)), data, b"\r\n"))
+        self._up_out(len(data))
         if c.fd < 0 or c.transport.get_write_buffer_size():
             c.transport.write(data)     # (behind bytes the transport holds: keep order)
             return 0
@@ -517,6 +578,8 @@ cdef class Exchange:
         """Nothing reached the client yet: retry where spec 7.2 allows, else answer."""
         cdef bint reused = self.conn is not None and self.conn.reused
         cdef bint sent = kind >= F_LOST
+        if kind <= F_TOO_BIG:
+            add_at(self.lrt.counters, self.mbase, O_M_FAIL + kind - 1, 1)
         if self.req.meta is not None:
             self._try(FAILURE_NAMES[kind].encode())
         cdef int hooks = self.lrt.hooks
@@ -532,6 +595,7 @@ cdef class Exchange:
                 and (not self.has_body or not self.body_sent)):
             self.fresh_retry_used = True
             self._restart()
+            self._begin_try()
             self._connect()
             return 0
         cdef Member m = self._retry_target(kind)
@@ -572,6 +636,8 @@ cdef class Exchange:
             self.pool.retrying += 1
         self.retries += 1
         inc(self.lrt.counters, self.pbase + O_RETRY_REASON + retry_reason(kind))
+        # (on the member that failed: it is the one to find on the dashboard)
+        add_at(self.lrt.counters, self.mbase, O_M_RETRIES + retry_reason(kind), 1)
         self._restart()
         self._assign(m)
         self._acquire()
@@ -585,24 +651,42 @@ cdef class Exchange:
                 status, lines, body = answer_parts(custom)
                 count_response(self.lrt.counters, self.lrt.cbase, self.pbase, status, True,
                                monotonic() - self.t_start)
+                n = local_size(status, lines, body, self.is_head_method)
+                self._down_out(n - (0 if self.is_head_method else len(body)), False)
+                if not self.is_head_method:
+                    self._down_out(len(body), True)
                 self.ds.ds_local(self, status, lines, body)
                 self._log(status)
                 return
+        cdef bytes page = error_response(code, router_code, True, self.is_head_method)
+        cdef long long nbody = 0 if self.is_head_method else len(page) - page.find(b"\r\n\r\n") - 4
+        self._down_out(len(page) - nbody, False)
+        self._down_out(nbody, True)
         self.ds.ds_error(self, code, router_code)
         self._log(code)
 
     cdef int _try(self, bytes outcome) except -1:
+        """One try ended: (host, port, outcome, connect, header and response
+        seconds, member name), each time from the try's start, -1 if the
+        try never got there; connect is ~0 on a reused connection."""
+        cdef double now = monotonic()
         if self.tries is None:
             self.tries = []
-        self.tries.append((self.member.host, self.member.port, outcome))
+        self.tries.append((self.member.host, self.member.port, outcome,
+                           since(self.t_try, self.t_connected) if self.t_connected else -1.0,
+                           since(self.t_try, self.t_header) if self.t_header else -1.0,
+                           now - self.t_try, self.member.name))
         return 0
 
     cdef int _log(self, int status) except -1:
-        if self.req.meta is not None:
+        cdef Request req = self.req
+        if req.meta is not None:
             if self.member is not None:
                 self._try(b"%d" % status)
-            self.lrt.access_log.append((self.req.meta, status, monotonic() - self.t_start,
-                                        self.tries))
+            self.lrt.access_log.append((req.meta, status, monotonic() - req.t_start,
+                                        self.tries, req.rx_bytes() + req.body_seen
+                                        + self.rx_tunnel, self.tx_head + self.tx_body,
+                                        self.tx_body))
         if self.lrt.hooks & K_LOGGING:
             self.lrt.phases.logging(self.req.view, status, self.member)
         return 0
@@ -687,9 +771,14 @@ cdef class Exchange:
             self.up_too_big()           # (closes the member connection)
             return 0
         self.status = status
-        if status >= 200:
-            observe(self.lrt.counters, self.pbase + O_UPSTREAM_HIST,
-                    monotonic() - self.t_sent)
+        cdef double now
+        if status >= 200 or status == 101:
+            now = monotonic()
+            self.t_header = now
+            observe(self.lrt.counters, self.pbase + O_UPSTREAM_HIST, now - self.t_sent)
+            if self.mbase >= 0:
+                observe(self.lrt.counters, self.mbase + O_M_HIST, now - self.t_sent)
+                add_at(self.lrt.counters, self.mbase, O_M_RESP_CLASS + status // 100 - 1, 1)
         cdef Member m
         if ((status == 502 and self.pool.retry_on & B_RETRY_502)
                 or (status == 503 and self.pool.retry_on & B_RETRY_503)):
@@ -711,6 +800,9 @@ cdef class Exchange:
                     return 0
                 self._start_tunnel()
                 return 0
+            if not self.client_http10 and not self.req.is_h2:      # (as ds_interim)
+                self._down_out(15 + (len(self.reason) if self.reason is not None else 0)
+                               + (len(self.rhead) if self.rhead is not None else 0) + 2, False)
             self.ds.ds_interim(self, status, self.reason, self.rhead)
             self.reason = None
             self.rhead = None
@@ -737,6 +829,7 @@ cdef class Exchange:
             self.rhead += (self.pool.set_cookie_suffix if self.lrt.ssl_ctx is None
                            else self.pool.set_cookie_suffix_tls) + b"\r\n"
         self.resp_started = True
+        self._down_out(self._head_size(status), False)
         self.ds.ds_head(self, status, self.reason, self.rhead,
                         -1 if self.resp_chunked else self.resp_cl,
                         self.is_head_method or status == 204 or status == 304)
@@ -745,6 +838,26 @@ cdef class Exchange:
             # wait for a body that never comes: finish now, never reuse.
             self._finish(False)
         return 0
+
+    cdef long long _head_size(self, int status):
+        """The response head as HTTP/1.1 sends it: status line, the relayed
+        fields, its framing field (Content-Length or chunked), the blank
+        line (a Connection field lbcore adds is not counted)."""
+        cdef long long n = 15 + (len(self.reason) if self.reason is not None else 0) + 2
+        cdef long long v
+        if self.rhead is not None:
+            n += len(self.rhead)
+        if not self.resp_chunked and self.resp_cl >= 0:
+            n += 18
+            v = self.resp_cl
+            while True:
+                n += 1
+                v //= 10
+                if v == 0:
+                    break
+        elif not (self.is_head_method or status == 204 or status == 304):
+            n += 28                     # Transfer-Encoding: chunked CRLF
+        return n
 
     cdef _response_filter(self, int status):
         """Hand the response headers to the hook as a list it may edit in place."""
@@ -767,18 +880,23 @@ cdef class Exchange:
         self.state = S_TUNNEL
         self.resp_started = True
         self.conn.tunnel = True
+        self._down_out(len(out), False)
         self.ds.ds_write(out)
         self.ds.ds_tunnel(self)
 
     cdef int tunnel_write(self, object data) except -1:
         """Client bytes in a tunnel go straight to the member."""
         if self.state == S_TUNNEL and self.conn is not None and not self.conn.closed:
+            self.rx_tunnel += len(data)
+            add(self.lrt.counters, self.lrt.cbase + O_BYTES_IN, len(data))
+            self._up_out(len(data))
             self.conn.transport.write(data)
         return 0
 
     cdef int up_body(self, bytes data) except -1:
         if self.state == S_DONE:
             return 0
+        self._down_out(len(data), True)
         self.ds.ds_body(self, data)
         return 0
 
@@ -842,19 +960,26 @@ cdef class Exchange:
 
 
 cdef class UpstreamConnection:
-    def __cinit__(self, Member member, Counters counters=None):
+    def __cinit__(self, Member member, Counters counters=None, Py_ssize_t mbase=-1):
         self.fd = -1
         self.member = member
         self.counters = counters
+        self.mbase = mbase
         add(counters, O_LIVE_MC, 1)
 
     def __dealloc__(self):
         add(self.counters, O_LIVE_MC, -1)
+        if self.counted_open:
+            add_at(self.counters, self.mbase, O_M_CONN_ACTIVE, -1)
 
     def connection_made(self, transport):
         # The parser holds bound methods of this object: made here, dropped in
         # connection_lost, so a connect cancelled half-way leaves no cycle.
         self.transport = transport
+        if self.mbase >= 0:
+            self.counted_open = True
+            add_at(self.counters, self.mbase, O_M_CONN_ACTIVE, 1)
+            add_at(self.counters, self.mbase, O_M_CONN_TOTAL, 1)
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         self.parser = HttpResponseParser(self)
@@ -869,7 +994,9 @@ cdef class UpstreamConnection:
             self.close()
             return
         ex.last_read = monotonic()
+        add_at(self.counters, ex.mbase, O_M_BYTES_IN, len(data))
         if self.tunnel:
+            ex._down_out(len(data), True)
             ex.ds.ds_write(data)
             return
         cdef Downstream ds = ex.ds
@@ -892,6 +1019,7 @@ cdef class UpstreamConnection:
             if ex is not None and self.tunnel:
                 rest = data[exc.args[0]:]
                 if rest:
+                    ex._down_out(len(rest), True)
                     ex.ds.ds_write(rest)
         except HttpParserError:
             ex = self.ex
@@ -906,6 +1034,9 @@ cdef class UpstreamConnection:
 
     def connection_lost(self, exc):
         self.closed = True
+        if self.counted_open:
+            self.counted_open = False
+            add_at(self.counters, self.mbase, O_M_CONN_ACTIVE, -1)
         cdef Exchange ex = self.ex
         if ex is not None:
             ex.up_lost()

@@ -32,6 +32,13 @@ METRICS = frozenset({
     "lbcore_certificate_expiry_timestamp_seconds", "lbcore_connections_active",
     "lbcore_access_refused_total", "lbcore_retries_total", "lbcore_reloads_total",
     "lbcore_workers", "lbcore_worker_restarts_total", "lbcore_build_info",
+    "lbcore_received_bytes_total", "lbcore_sent_bytes_total",
+    # per (listener, pool, member)
+    "lbcore_member_requests_total", "lbcore_member_responses_total",
+    "lbcore_member_failures_total", "lbcore_member_retries_total",
+    "lbcore_member_response_duration_seconds", "lbcore_member_requests_active",
+    "lbcore_member_connections_active", "lbcore_member_connections_total",
+    "lbcore_member_received_bytes_total", "lbcore_member_sent_bytes_total",
 })
 # Prometheus's own series an alert may use (lbcore down is `up == 0`).
 PROMETHEUS_SERIES = frozenset({"up"})
@@ -230,6 +237,23 @@ def test_dashboard_shape():
         assert p["targets"], p["title"]
         for t in p["targets"]:
             assert t["expr"].strip(), p["title"]
+
+
+def test_members_row_shows_each_member():
+    """The per-member panels group by member and follow the pool and listener
+    variables, so a failing or slow member stands out."""
+    dash = json.loads(DASHBOARD.read_text())
+    titles = [p["title"] for p in dash["panels"]]
+    row = titles.index("Members")
+    members = dash["panels"][row + 1:row + 6]
+    assert {p["title"] for p in members} >= {"Member responses by class",
+                                            "Member failures and retries",
+                                            "Member response time p50 / p99"}
+    for p in members:
+        for t in p["targets"]:
+            if "lbcore_member_" in t["expr"]:
+                assert "member" in re.search(r"by \(([^)]*)\)", t["expr"])[1], t["expr"]
+                assert 'pool=~"$pool"' in t["expr"] and 'listener=~"$listener"' in t["expr"]
 
 
 def test_every_panel_follows_job_and_instance():

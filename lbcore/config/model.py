@@ -50,7 +50,7 @@ class Admin(Model):
 
 class AccessLog(Model):
     path: str = "-"
-    format: Literal["json", "elb"] = "json"
+    format: Literal["json", "elb", "combined"] = "json"
 
 
 class LoadBalancer(Model):

@@ -64,8 +64,9 @@ MEANINGS: dict[str, str] = {
     "load_balancer.access_log": "one line per request",
     "load_balancer.access_log.path": "`-`: standard output; `off`: no access log; else a "
                                      "file, opened for appending and reopened on SIGUSR1",
-    "load_balancer.access_log.format": "`json`: JSON lines; `elb`: ELB's field order, "
-                                       "space-separated",
+    "load_balancer.access_log.format": "`json`: JSON lines; `elb`: ELB's `elb_01` line (33 "
+                                       "fields); `combined`: nginx's combined; every field in "
+                                       "[access-log.md](access-log.md)",
     # ---- certificates
     "certificates.<name>.type": "`server`: a certificate chain and key a listener serves; "
                                 "`ca`: a bundle that verifies client certificates (mutual TLS)",

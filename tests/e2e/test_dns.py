@@ -113,6 +113,11 @@ def test_dns_change_is_followed_without_restart(running, on_addresses, tmp_path,
     while names_served(lb, 10) != Counter({"c": 10}) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert names_served(lb, 40) == Counter({"c": 40})
+    # c appeared at runtime: the master gave it counter cells of its own.
+    c_label = (("listener", "web"), ("member", f"web.test:{mport}/127.0.0.3"), ("pool", "p"))
+    m = scrape(admin)
+    assert m[("lbcore_member_requests_total", c_label)] >= 40
+    assert m[("lbcore_member_responses_total", (("code", "2xx"), *c_label))] >= 40
 
     # One address: the member is named as written again.
     hosts.write_text("127.0.0.3 web.test\n")

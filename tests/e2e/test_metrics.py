@@ -76,3 +76,61 @@ pools:
         assert [lst["name"] for lst in status["listeners"]] == ["web", "dead"]
     finally:
         lb.stop()
+
+
+def test_per_member_series(tmp_path, backends):
+    """Traffic to two members and one that refuses: each member's requests,
+    responses, latency, connections and bytes, and the retry counted on the
+    member that failed (its pool's series count it too)."""
+    a, b = backends(2)
+    admin, port = free_port(), free_port()
+    text = f"""\
+load_balancer: {{workers: 2, admin: {{address: 127.0.0.1, port: {admin}}}}}
+listeners:
+  - {{name: web, protocol: HTTP, address: 127.0.0.1, port: {port}, default_pool: p}}
+pools:
+  p:
+    health_check: {{enabled: false}}
+    members: [{{name: a, address: 127.0.0.1, port: {a}}},
+              {{name: b, address: 127.0.0.1, port: {b}}},
+              {{name: dead, address: 127.0.0.1, port: {free_port()}}}]
+"""
+    lb = run_config(tmp_path, text, [port, admin])
+    try:
+        served = {}
+        with httpx.Client() as c:
+            for i in range(30):
+                r = c.get(f"http://127.0.0.1:{port}/{i}")
+                assert r.status_code == 200
+                served[r.json()["name"]] = served.get(r.json()["name"], 0) + 1
+        m = scrape(admin)
+    finally:
+        lb.stop()
+
+    def member(name, *extra):
+        return tuple(sorted([("listener", "web"), ("member", name), ("pool", "p"), *extra]))
+
+    assert set(served) == {"a", "b"}
+    for name, label in (("a", "a"), ("b", "b")):
+        assert m[("lbcore_member_requests_total", member(name))] == served[label]
+        assert m[("lbcore_member_responses_total", member(name, ("code", "2xx")))] == \
+            served[label]
+        assert m[("lbcore_member_response_duration_seconds_count", member(name))] == \
+            served[label]
+        assert m[("lbcore_member_failures_total", member(name, ("kind", "refused")))] == 0
+        assert m[("lbcore_member_sent_bytes_total", member(name))] > 40 * served[label]
+        assert m[("lbcore_member_received_bytes_total", member(name))] > 40 * served[label]
+        assert m[("lbcore_member_requests_active", member(name))] == 0
+        assert 1 <= m[("lbcore_member_connections_total", member(name))] <= 2   # keep-alive
+        assert m[("lbcore_member_connections_active", member(name))] <= 2
+    refused = m[("lbcore_member_failures_total", member("dead", ("kind", "refused")))]
+    retried = m[("lbcore_member_retries_total", member("dead", ("reason", "connect_failure")))]
+    assert refused >= 1 and retried == refused
+    assert m[("lbcore_member_requests_total", member("dead"))] == refused
+    assert m[("lbcore_member_responses_total", member("dead", ("code", "2xx")))] == 0
+    assert m[("lbcore_retries_total", (("listener", "web"), ("pool", "p"),
+                                       ("reason", "connect_failure")))] == retried
+    web = (("listener", "web"),)
+    assert m[("lbcore_received_bytes_total", web)] > 30 * 40
+    assert m[("lbcore_sent_bytes_total", web)] > sum(
+        m[("lbcore_member_received_bytes_total", member(n))] for n in ("a", "b")) * 0.9
