@@ -98,6 +98,12 @@ class LbcoreCollector:
                                           "HTTP/2 connections ended with a GOAWAY, by reason "
                                           "(abuse budgets send ENHANCE_YOUR_CALM)",
                                           labels=["listener", "reason"]),
+            "resumed": CounterMetricFamily("lbcore_tls_resumed_handshakes",
+                                           "TLS handshakes that resumed a session (ticket)",
+                                           labels=["listener"]),
+            "backoff": CounterMetricFamily("lbcore_accept_backoffs",
+                                           "Times accepting paused for lack of file "
+                                           "descriptors (EMFILE/ENFILE)", labels=["listener"]),
             "sni": CounterMetricFamily("lbcore_sni_unmatched",
                                        "Handshakes whose SNI matched no certificate "
                                        "(the default one was served)", labels=["listener"]),
@@ -136,12 +142,14 @@ class LbcoreCollector:
             for k, (code, reason) in enumerate(C.GENERATED_CODES):
                 fam["errors"].add_metric([name, str(code), reason], c.total(b + C.GENERATED + k))
             fam["refused"].add_metric([name], c.total(b + C.REFUSED))
+            fam["backoff"].add_metric([name], c.total(b + C.ACCEPT_BACKOFF))
             if lst.protocol == "HTTPS":
                 for k, version in enumerate(TLS_NAMES):
                     fam["tls"].add_metric([name, version], c.total(b + C.TLS_VERSIONS + k))
                 for k, reason in enumerate(C.TLS_FAIL_REASONS):
                     fam["tls_fail"].add_metric([name, reason], c.total(b + C.TLS_FAIL + k))
                 fam["sni"].add_metric([name], c.total(b + C.SNI_UNMATCHED))
+                fam["resumed"].add_metric([name], c.total(b + C.TLS_RESUMED))
                 if lst.http2:
                     for k, reason in enumerate(C.H2_GOAWAY_REASONS):
                         fam["goaway"].add_metric([name, reason], c.total(b + C.H2_GOAWAY + k))

@@ -108,7 +108,9 @@ H2_GOAWAY = SNI_UNMATCHED + 1    # one cell per H2_GOAWAY_REASONS entry
 H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_flood",
                      "window_update_flood", "empty_frames", "continuation_flood",
                      "header_flood", "output_flood", "protocol_error", "drain", "idle")
-BLOCK = H2_GOAWAY + len(H2_GOAWAY_REASONS)
+TLS_RESUMED = H2_GOAWAY + len(H2_GOAWAY_REASONS)   # handshakes that resumed a session
+ACCEPT_BACKOFF = TLS_RESUMED + 1  # accept() out of file descriptors: paused ACCEPT_BACKOFF
+BLOCK = ACCEPT_BACKOFF + 1
 GAUGES = (CONN_ACTIVE, CONN_OPENING)   # per-listener cells that are not counters
 
 # Layout of one route block: the cells of the responses one listener sent for
