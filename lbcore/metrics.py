@@ -65,6 +65,10 @@ class LbcoreCollector:
                                         labels=["listener"]),
             "active": GaugeMetricFamily("lbcore_connections_active", "Open client connections",
                                         labels=["listener"]),
+            "opening": GaugeMetricFamily("lbcore_connections_opening",
+                                         "Accepted client connections not yet handed to "
+                                         "HTTP (TLS handshake in progress)",
+                                         labels=["listener"]),
             "req": CounterMetricFamily("lbcore_requests", "Requests received",
                                        labels=["listener"]),
             "resp": CounterMetricFamily("lbcore_responses", "Responses sent by status class",
@@ -118,6 +122,7 @@ class LbcoreCollector:
             name, b = lst.name, cells.base
             fam["conn"].add_metric([name], c.total(b + C.CONN_TOTAL))
             fam["active"].add_metric([name], c.total(b + C.CONN_ACTIVE))
+            fam["opening"].add_metric([name], c.total(b + C.CONN_OPENING))
             fam["req"].add_metric([name], c.total(b + C.REQUESTS))
             for k, reason in enumerate(C.CONN_REFUSED_REASONS):
                 fam["conn_refused"].add_metric([name, reason], c.total(b + C.CONN_REFUSED + k))
