@@ -3,9 +3,12 @@
 connection limits: the peer is checked against the IP group before any byte
 is read or any TLS byte written (spec 4), the listener's limits hold across
 all workers (spec 8: max_connections, max_new_connections_per_second), and a
-failed handshake is seen (and counted by reason), which the loop's own server
-would swallow. Plain HTTP listeners without any of these use the loop's
-server."""
+TLS connection goes to lbcore's own transport (lbcore_ext/transport.pyx),
+which counts a failed handshake by reason. Out of file descriptors, accepting
+pauses for ACCEPT_BACKOFF (counted) instead of spinning on a backlog that
+stays readable. Plain HTTP listeners without any of these use the loop's
+server (libuv drops connections it can't take a descriptor for: its EMFILE
+reserve-descriptor trick)."""
 
 include "consts.pxi"
 

@@ -127,6 +127,7 @@ cdef ssl_get_error_t SSL_get_error
 cdef ssl_int_t SSL_shutdown
 cdef ssl_int_t SSL_has_pending
 cdef ssl_int_t SSL_get_verify_mode
+cdef ssl_int_t SSL_session_reused
 cdef ssl_set_ex_data_t SSL_set_ex_data
 cdef ssl_get_ex_data_t SSL_get_ex_data
 cdef ssl_get_servername_t SSL_get_servername
@@ -191,7 +192,7 @@ cdef extern from "<dlfcn.h>" nogil:
 cdef int _load() except -1:
     global SSL_new, SSL_free, SSL_set_accept_state, SSL_set_fd, SSL_ctrl, SSL_do_handshake
     global SSL_read, SSL_write, SSL_get_error, SSL_shutdown, SSL_has_pending
-    global SSL_get_verify_mode, SSL_set_ex_data, SSL_get_ex_data, SSL_get_servername
+    global SSL_get_verify_mode, SSL_session_reused, SSL_set_ex_data, SSL_get_ex_data, SSL_get_servername
     global SSL_set_SSL_CTX, SSL_get_version, SSL_get_current_cipher, SSL_CIPHER_get_name
     global SSL_get0_alpn_selected, SSL_get_verify_result, SSL_get1_peer_certificate
     global i2d_X509, X509_free, ERR_peek_last_error, ERR_clear_error
@@ -210,6 +211,8 @@ cdef int _load() except -1:
     SSL_shutdown = <ssl_int_t>_sym(s, "SSL_shutdown")
     SSL_has_pending = <ssl_int_t>_sym(s, "SSL_has_pending")
     SSL_get_verify_mode = <ssl_int_t>_sym(s, "SSL_get_verify_mode")
+    # A function since OpenSSL 3.0 (the SSL_ctrl it was in 1.1 answers 0 there).
+    SSL_session_reused = <ssl_int_t>dlsym(s, "SSL_session_reused")
     SSL_set_ex_data = <ssl_set_ex_data_t>_sym(s, "SSL_set_ex_data")
     SSL_get_ex_data = <ssl_get_ex_data_t>_sym(s, "SSL_get_ex_data")
     SSL_get_servername = <ssl_get_servername_t>_sym(s, "SSL_get_servername")
@@ -554,7 +557,8 @@ cdef class TlsTransport:
             self.alpn = ALPN_HTTP11
         elif alpn_len:
             self.alpn = ALPN_OTHER
-        self.resumed = SSL_ctrl(self.ssl, SSL_CTRL_GET_SESSION_REUSED, 0, NULL) == 1
+        self.resumed = (SSL_session_reused(self.ssl) if SSL_session_reused != NULL else
+                        SSL_ctrl(self.ssl, SSL_CTRL_GET_SESSION_REUSED, 0, NULL)) == 1
         if self.resumed:
             inc(lrt.counters, lrt.cbase + O_TLS_RESUMED)
         if self.lbcore_sni is None:
@@ -689,9 +693,27 @@ cdef class TlsTransport:
     # ---- writing ------------------------------------------------------------------
 
     def write(self, data):
+        cdef Py_ssize_t left, done
+        cdef int n
         if self.state != ST_OPEN:
             return
-        self._queue(data)
+        if (not self.batching and not self.wqueue and not self.writer_on
+                and type(data) is bytes):
+            # The common case: nothing queued, SSL_write straight from the bytes.
+            left = PyBytes_GET_SIZE(data)
+            done = 0
+            while done < left:
+                n = SSL_write(self.ssl, PyBytes_AS_STRING(data) + done,
+                              <int>(left - done if left - done < 0x40000000 else 0x40000000))
+                if n <= 0:
+                    break
+                done += n
+            if done == left:
+                return
+            self.wqueue.append(data[done:] if done else data)
+            self.wsize += left - done
+        else:
+            self._queue(data)
         if not self.batching and not self.writer_on:
             self._flush()
         if self.wsize > WRITE_HIGH and not self.write_paused and self.state == ST_OPEN:

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.e2e.test_metrics import scrape
-from tests.e2e.test_tls_operations import handshake, https_config, server_cert, trust  # noqa: F401 - a fixture
+from tests.e2e.test_tls_operations import handshake, https_config, trust, write_cert
 from tests.support.lbproc import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -54,6 +54,11 @@ def fetch_tls(port: int, ctx: ssl.SSLContext) -> bytes:
         while chunk := s.recv(65536):
             data += chunk
     return data
+
+
+@pytest.fixture
+def server_cert(ca, tmp_path):
+    return write_cert(ca.issue_cert("localhost", "127.0.0.1"), tmp_path, "site")
 
 
 @pytest.fixture
@@ -226,3 +231,53 @@ def test_reloads_fail_no_new_tls_connection(running, slow_backends, ca, server_c
     print(f"requests: {done}, failures: {len(failures)}")
     assert done["python"] > 200
     assert not failures, failures[:5]
+
+
+def test_sni_serves_ecdsa_or_rsa_for_one_name_and_counts_resumption(running, slow_backends,
+                                                                     ca, server_cert,
+                                                                     tmp_path):
+    """The SNI callback of the transport (C, on the SSL_CTX) picks the context
+    holding both key types for the name; OpenSSL then serves ECDSA to a client
+    that offers it, RSA to one that does not. A ticket resumes, and is counted."""
+    import trustme
+
+    (b,) = slow_backends(1)
+    admin, port = free_port(), free_port()
+    ec_crt, ec_key = write_cert(ca.issue_cert("api.test", key_type=trustme.KeyType.ECDSA),
+                                tmp_path, "api_ec")
+    rsa_crt, rsa_key = write_cert(ca.issue_cert("api.test", key_type=trustme.KeyType.RSA),
+                                  tmp_path, "api_rsa")
+    text = https_config(
+        admin, port, b, *server_cert,
+        extra="    security_policy: tls-1-2-fs-with-1-3\n"
+              "    sni: {enabled: true, certificates: [api_ec, api_rsa]}\n",
+        certificates=f'  api_ec: {{type: server, certificate: "{ec_crt}", '
+                     f'private_key: "{ec_key}"}}\n'
+                     f'  api_rsa: {{type: server, certificate: "{rsa_crt}", '
+                     f'private_key: "{rsa_key}"}}')
+    running(text, admin, port)
+
+    def served(cipher: str) -> tuple[str, list]:
+        ctx = trust(ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
+        with handshake(port, ctx, server_hostname="api.test") as s:
+            names = [v for k, v in s.getpeercert()["subjectAltName"]]
+            return s.cipher()[0], names
+
+    assert served("ECDHE-ECDSA-AES128-GCM-SHA256") == ("ECDHE-ECDSA-AES128-GCM-SHA256",
+                                                       ["api.test"])
+    assert served("ECDHE-RSA-AES128-GCM-SHA256") == ("ECDHE-RSA-AES128-GCM-SHA256",
+                                                     ["api.test"])
+    ctx = trust(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with handshake(port, ctx, server_hostname="api.test") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+        session = s.session
+    with handshake(port, ctx, server_hostname="api.test", session=session) as s:
+        assert s.session_reused
+    time.sleep(0.2)
+    assert metric(admin, "lbcore_tls_resumed_handshakes_total") == 1
+    assert metric(admin, "lbcore_sni_unmatched_total") == 0
