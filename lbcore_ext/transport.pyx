@@ -192,7 +192,8 @@ cdef extern from "<dlfcn.h>" nogil:
 cdef int _load() except -1:
     global SSL_new, SSL_free, SSL_set_accept_state, SSL_set_fd, SSL_ctrl, SSL_do_handshake
     global SSL_read, SSL_write, SSL_get_error, SSL_shutdown, SSL_has_pending
-    global SSL_get_verify_mode, SSL_session_reused, SSL_set_ex_data, SSL_get_ex_data, SSL_get_servername
+    global SSL_get_verify_mode, SSL_session_reused, SSL_set_ex_data, SSL_get_ex_data
+    global SSL_get_servername
     global SSL_set_SSL_CTX, SSL_get_version, SSL_get_current_cipher, SSL_CIPHER_get_name
     global SSL_get0_alpn_selected, SSL_get_verify_result, SSL_get1_peer_certificate
     global i2d_X509, X509_free, ERR_peek_last_error, ERR_clear_error

@@ -61,6 +61,17 @@ def server_cert(ca, tmp_path):
     return write_cert(ca.issue_cert("localhost", "127.0.0.1"), tmp_path, "site")
 
 
+def serving_tls(running, slow_backends, ca, server_cert) -> tuple:
+    """lbcore with one HTTPS listener, answering: (lb, admin, port, worker
+    pids, a client context that trusts it)."""
+    (b,) = slow_backends(1)
+    admin, port = free_port(), free_port()
+    lb = running(https_config(admin, port, b, *server_cert), admin, port)
+    ctx = trust(ca)
+    assert fetch_tls(port, ctx).startswith(b"HTTP/1.1 200")
+    return lb, admin, port, worker_pids(lb), ctx
+
+
 @pytest.fixture
 def many_fds():
     """This process opens thousands of sockets; lbcore inherits the limit."""
@@ -102,12 +113,7 @@ def test_connections_without_a_client_hello_leave_nothing_behind(running, slow_b
     """4 rounds of 2,000 connections that never send a byte: the workers' RSS
     stays within 5 MB of where it started (it grew by ~75 MB a round with
     uvloop's SSL transport)."""
-    (b,) = slow_backends(1)
-    admin, port = free_port(), free_port()
-    lb = running(https_config(admin, port, b, *server_cert), admin, port)
-    pids = worker_pids(lb)
-    ctx = trust(ca)
-    assert fetch_tls(port, ctx).startswith(b"HTTP/1.1 200")
+    lb, admin, port, pids, ctx = serving_tls(running, slow_backends, ca, server_cert)
 
     def one_round() -> None:
         socks = []
@@ -143,12 +149,7 @@ def test_out_of_file_descriptors_backs_off_and_recovers(running, slow_backends, 
     """With the workers' RLIMIT_NOFILE nearly used up, accept() fails with
     EMFILE: the listener pauses (counted) instead of spinning on a backlog
     that stays readable, and serves again once descriptors are free."""
-    (b,) = slow_backends(1)
-    admin, port = free_port(), free_port()
-    lb = running(https_config(admin, port, b, *server_cert), admin, port)
-    pids = worker_pids(lb)
-    ctx = trust(ca)
-    assert fetch_tls(port, ctx).startswith(b"HTTP/1.1 200")
+    lb, admin, port, pids, ctx = serving_tls(running, slow_backends, ca, server_cert)
     for pid in pids:
         used = len(os.listdir(f"/proc/{pid}/fd"))
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 8, used + 8))
