@@ -71,6 +71,10 @@ class LbcoreCollector:
                                         labels=["listener"]),
             "active": GaugeMetricFamily("lbcore_connections_active", "Open client connections",
                                         labels=["listener"]),
+            "opening": GaugeMetricFamily("lbcore_connections_opening",
+                                         "Accepted client connections not yet handed to "
+                                         "HTTP (TLS handshake in progress)",
+                                         labels=["listener"]),
             "req": CounterMetricFamily("lbcore_requests", "Requests received",
                                        labels=["listener"]),
             "resp": CounterMetricFamily("lbcore_responses", "Responses sent by status class",
@@ -104,6 +108,12 @@ class LbcoreCollector:
                                           "HTTP/2 connections ended with a GOAWAY, by reason "
                                           "(abuse budgets send ENHANCE_YOUR_CALM)",
                                           labels=["listener", "reason"]),
+            "resumed": CounterMetricFamily("lbcore_tls_resumed_handshakes",
+                                           "TLS handshakes that resumed a session (ticket)",
+                                           labels=["listener"]),
+            "backoff": CounterMetricFamily("lbcore_accept_backoffs",
+                                           "Times accepting paused for lack of file "
+                                           "descriptors (EMFILE/ENFILE)", labels=["listener"]),
             "sni": CounterMetricFamily("lbcore_sni_unmatched",
                                        "Handshakes whose SNI matched no certificate "
                                        "(the default one was served)", labels=["listener"]),
@@ -124,6 +134,7 @@ class LbcoreCollector:
             name, b = lst.name, cells.base
             fam["conn"].add_metric([name], c.total(b + C.CONN_TOTAL))
             fam["active"].add_metric([name], c.total(b + C.CONN_ACTIVE))
+            fam["opening"].add_metric([name], c.total(b + C.CONN_OPENING))
             fam["req"].add_metric([name], c.total(b + C.REQUESTS))
             for k, reason in enumerate(C.CONN_REFUSED_REASONS):
                 fam["conn_refused"].add_metric([name, reason], c.total(b + C.CONN_REFUSED + k))
@@ -150,12 +161,14 @@ class LbcoreCollector:
             fam["refused"].add_metric([name], c.total(b + C.REFUSED))
             fam["rx"].add_metric([name], c.total(b + C.BYTES_IN))
             fam["tx"].add_metric([name], c.total(b + C.BYTES_OUT))
+            fam["backoff"].add_metric([name], c.total(b + C.ACCEPT_BACKOFF))
             if lst.protocol == "HTTPS":
                 for k, version in enumerate(TLS_NAMES):
                     fam["tls"].add_metric([name, version], c.total(b + C.TLS_VERSIONS + k))
                 for k, reason in enumerate(C.TLS_FAIL_REASONS):
                     fam["tls_fail"].add_metric([name, reason], c.total(b + C.TLS_FAIL + k))
                 fam["sni"].add_metric([name], c.total(b + C.SNI_UNMATCHED))
+                fam["resumed"].add_metric([name], c.total(b + C.TLS_RESUMED))
                 if lst.http2:
                     for k, reason in enumerate(C.H2_GOAWAY_REASONS):
                         fam["goaway"].add_metric([name, reason], c.total(b + C.H2_GOAWAY + k))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import gc
 import logging
@@ -53,7 +52,6 @@ log = logging.getLogger("lbcore")
 # A client that connects and never finishes its handshake is dropped after this.
 TLS_HANDSHAKE_TIMEOUT = 10.0
 LISTEN_BACKLOG = 1024
-M_MMAP_THRESHOLD = -3            # glibc's malloc.h
 
 
 def listener_ssl_context(cfg, listener):
@@ -91,7 +89,7 @@ def listener_ssl_context(cfg, listener):
             by_domains.setdefault(tuple(cfg.certificates[name].info.domains), []).append(name)
         entries = [(domains, context_for(*names)) for domains, names in by_domains.items()]
         selector = SniSelector(entries, default, listener.sni.match)
-        selector.install(default)
+        selector.install_native(default)
     return default, selector
 
 
@@ -473,24 +471,9 @@ def policy_status(fp) -> dict:
     return out
 
 
-def fix_mmap_threshold() -> None:
-    """Every TLS connection gets a 256 KiB read buffer from uvloop, mostly
-    never touched. glibc's dynamic mmap threshold soon moves such blocks onto
-    the heap, where they end up resident: an idle HTTPS connection measured
-    47 KiB instead of 25. A fixed threshold keeps them mmapped (untouched
-    pages cost nothing); the per-read buffers stay below it (CappedSSLObject),
-    or every read would be an mmap. Not glibc: nothing to do."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
 def serve(cfg, *, on_loop_started: Callable[[asyncio.AbstractEventLoop], Awaitable[None]]
           | None = None, phases=None, inherited: Inherited | None = None) -> int:
     """Run until SIGTERM/SIGQUIT (drain) or SIGINT (at once); the exit code."""
-    fix_mmap_threshold()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

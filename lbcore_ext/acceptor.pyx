@@ -3,21 +3,27 @@
 connection limits: the peer is checked against the IP group before any byte
 is read or any TLS byte written (spec 4), the listener's limits hold across
 all workers (spec 8: max_connections, max_new_connections_per_second), and a
-failed handshake is seen (and counted by reason), which the loop's own server
-would swallow. Plain HTTP listeners without any of these use the loop's
-server."""
+TLS connection goes to lbcore's own transport (lbcore_ext/transport.pyx),
+which counts a failed handshake by reason. Out of file descriptors, accepting
+pauses for ACCEPT_BACKOFF (counted) instead of spinning on a backlog that
+stays readable. Plain HTTP listeners without any of these use the loop's
+server (libuv drops connections it can't take a descriptor for: its EMFILE
+reserve-descriptor trick)."""
 
+include "consts.pxi"
+
+import errno
 import socket
-import ssl
 from functools import partial
 
 from lbcore_ext.counters cimport add, inc, shared_cell, sum_cell
 from lbcore_ext.iptrie cimport IpTrie
 from lbcore_ext.ratelimit cimport take
 from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.transport cimport HandshakeQueue, TlsTransport
 
-from lbcore_ext.counters import (CONN_ACTIVE, CONN_OPENING, CONN_REFUSED, REFUSED,
-                                 TLS_FAIL, TLS_FAIL_REASONS)
+from lbcore_ext.counters import (ACCEPT_BACKOFF as C_ACCEPT_BACKOFF, CONN_ACTIVE,
+                                 CONN_OPENING, CONN_REFUSED, REFUSED)
 from lbcore_ext.runtime import ACL_ALL, ACL_WHITELIST
 
 cdef int C_WHITELIST = ACL_WHITELIST
@@ -27,6 +33,7 @@ cdef Py_ssize_t O_ACTIVE = CONN_ACTIVE
 cdef Py_ssize_t O_OPENING = CONN_OPENING
 cdef Py_ssize_t O_REFUSED_MAX = CONN_REFUSED            # CONN_REFUSED_REASONS order
 cdef Py_ssize_t O_REFUSED_RATE = CONN_REFUSED + 1
+cdef Py_ssize_t O_ACCEPT_BACKOFF = C_ACCEPT_BACKOFF
 # Connections taken per readiness event: bounded so one busy listener can't
 # starve the rest of the loop (nginx's multi_accept is unbounded; uvloop takes 1).
 DEF ACCEPT_BATCH = 64
@@ -35,6 +42,7 @@ cdef object BlockingIOError_ = BlockingIOError
 cdef object InterruptedError_ = InterruptedError
 cdef int IPPROTO_TCP = socket.IPPROTO_TCP
 cdef int TCP_NODELAY = socket.TCP_NODELAY
+cdef tuple OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 cdef class Acceptor:
@@ -43,6 +51,8 @@ cdef class Acceptor:
     cdef object factory
     cdef ListenerRuntime lrt
     cdef object ssl_ctx
+    cdef HandshakeQueue hq
+    cdef object backoff                 # TimerHandle while accepting is paused
     cdef bint closed
 
     def __init__(self, loop, sock, factory, ListenerRuntime lrt):
@@ -51,16 +61,28 @@ cdef class Acceptor:
         self.factory = factory
         self.lrt = lrt
         self.ssl_ctx = lrt.ssl_ctx
+        if self.ssl_ctx is not None:
+            self.hq = HandshakeQueue(loop, lrt.handshake_timeout)
         sock.setblocking(False)
 
     def start(self):
         self.loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def close(self):
+        """Stop accepting; handshakes in progress go on (a drain waits for them)."""
         if not self.closed:
             self.closed = True
-            self.loop.remove_reader(self.sock.fileno())
+            if self.backoff is not None:
+                self.backoff.cancel()
+                self.backoff = None
+            else:
+                self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
+
+    def _resume(self):
+        self.backoff = None
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def _on_readable(self):
         cdef ListenerRuntime lrt = self.lrt
@@ -71,9 +93,14 @@ cdef class Acceptor:
                 conn, addr = self.sock.accept()
             except (BlockingIOError_, InterruptedError_):
                 return
-            except OSError:
-                # EMFILE and friends: leave the rest in the backlog for later.
-                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_FDS:
+                    # The backlog stays readable: without a pause this is a busy
+                    # loop. Connections wait in the backlog (nginx: 500 ms).
+                    inc(lrt.counters, lrt.cbase + O_ACCEPT_BACKOFF)
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.backoff = self.loop.call_later(ACCEPT_BACKOFF, self._resume)
+                return       # ECONNABORTED and the like: the next event
             if lrt.acl_mode != C_ALL and (acl.lookup(addr[0]) >= 0) != (
                     lrt.acl_mode == C_WHITELIST):
                 lrt.refused += 1
@@ -85,14 +112,17 @@ cdef class Acceptor:
                 continue
             conn.setblocking(False)
             conn.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-            task = self.loop.create_task(self.loop.connect_accepted_socket(
-                self.factory, conn, ssl=self.ssl_ctx,
-                ssl_handshake_timeout=lrt.handshake_timeout if self.ssl_ctx is not None else None))
+            if self.ssl_ctx is not None:
+                # Ours from here: TLS on the fd (it counts itself in CONN_OPENING
+                # until its handshake ends either way).
+                TlsTransport.accept(self.loop, conn.detach(), addr, self.factory, lrt,
+                                    self.hq, self.ssl_ctx)
+                continue
+            task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
             # Counted from accept: the protocol counts itself only once the
-            # task runs (after the TLS handshake), and the limit must see
-            # every connection of this batch.
+            # task runs, and the limit must see every connection of this batch.
             add(lrt.counters, lrt.cbase + O_OPENING, 1)
-            task.add_done_callback(partial(_handshake_done, lrt))
+            task.add_done_callback(partial(_accepted, lrt))
 
     cdef bint _admit(self, ListenerRuntime lrt):
         """The listener's limits, over every worker's connections: the open
@@ -112,42 +142,9 @@ cdef class Acceptor:
         return True
 
 
-def _handshake_done(ListenerRuntime lrt, task):
-    """A failed handshake is the client's problem: count it by reason (and
-    retrieve it so asyncio does not log a never-retrieved exception)."""
+def _accepted(ListenerRuntime lrt, task):
+    """A plain connection became its protocol's (or failed to: retrieve it so
+    asyncio does not log a never-retrieved exception)."""
     add(lrt.counters, lrt.cbase + O_OPENING, -1)
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        inc(lrt.counters, lrt.cbase + TLS_FAIL + TLS_FAIL_REASONS.index(failure_reason(exc)))
-
-
-# OpenSSL reason codes (SSLError.reason) -> bounded metric label.
-_REASONS = {
-    "NO_SHARED_CIPHER": "no_shared_cipher",
-    "NO_SUITABLE_SIGNATURE_ALGORITHM": "no_shared_cipher",
-    "UNSUPPORTED_PROTOCOL": "protocol_version",
-    "NO_PROTOCOLS_AVAILABLE": "protocol_version",
-    "VERSION_TOO_LOW": "protocol_version",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
-    "HTTP_REQUEST": "plain_http",
-    "HTTPS_PROXY_REQUEST": "plain_http",
-    "UNEXPECTED_EOF_WHILE_READING": "closed",
-}
-# X509 verify codes of a refused client certificate.
-_VERIFY = {10: "client_certificate_expired", 23: "client_certificate_revoked"}
-
-
-def failure_reason(exc) -> str:
-    """The TLS_FAIL_REASONS label for a handshake's exception."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return _VERIFY.get(exc.verify_code, "client_certificate_invalid")
-    if isinstance(exc, ssl.SSLError):
-        return _REASONS.get(exc.reason or "", "other")
-    if isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc):
-        return "timeout"        # uvloop's handshake time-out
-    if isinstance(exc, (TimeoutError, ConnectionError, EOFError)):
-        return "closed"
-    return "other"
+    if not task.cancelled():
+        task.exception()

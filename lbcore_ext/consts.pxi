@@ -66,3 +66,23 @@ DEF H2_MAX_CONTINUATIONS = 32
 # A decoded header list this many times over max_header_block is an HPACK
 # bomb (GOAWAY); merely over the limit is a 431 on that stream.
 DEF H2_HEADER_FLOOD_FACTOR = 4
+
+# ---- Client connections: accept and TLS (lbcore_ext/transport.pyx) -------------
+# Plaintext read per readiness event, into one buffer the whole worker shares: a
+# TLS record is at most 16 KiB, so this is four records per data_received. uvloop
+# gives each TLS connection a 256 KiB buffer of its own.
+DEF TLS_READ_BUFFER = 65536
+# Write buffer marks for pause_writing/resume_writing: asyncio's defaults.
+DEF WRITE_HIGH = 65536
+DEF WRITE_LOW = 16384
+# A close() waits this long for queued bytes to leave before it aborts (uvloop's
+# ssl_shutdown_timeout is 30 s).
+DEF CLOSE_FLUSH_TIMEOUT = 30.0
+# After the 400 to plain HTTP on a TLS port, how long the rest of the client's
+# bytes are read and thrown away before closing, so that closing over unread
+# data does not reset the connection before the client read the answer
+# (nginx's lingering_time is 30 s, its lingering_timeout 5 s).
+DEF PLAIN_HTTP_LINGER = 2.0
+# Out of file descriptors (EMFILE/ENFILE), a listener stops accepting this long:
+# nginx's 500 ms. Connections wait in the kernel's backlog meanwhile.
+DEF ACCEPT_BACKOFF = 0.5

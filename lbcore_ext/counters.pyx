@@ -112,7 +112,9 @@ H2_GOAWAY_REASONS = ("rapid_reset", "ping_flood", "settings_flood", "priority_fl
 # heads as HTTP/1.1 text, bodies as relayed, tunnels' raw bytes).
 BYTES_IN = H2_GOAWAY + len(H2_GOAWAY_REASONS)
 BYTES_OUT = BYTES_IN + 1
-BLOCK = BYTES_OUT + 1
+TLS_RESUMED = BYTES_OUT + 1       # handshakes that resumed a session
+ACCEPT_BACKOFF = TLS_RESUMED + 1  # accept() out of file descriptors: paused ACCEPT_BACKOFF
+BLOCK = ACCEPT_BACKOFF + 1
 GAUGES = (CONN_ACTIVE, CONN_OPENING)   # per-listener cells that are not counters
 
 # Layout of one route block: the cells of the responses one listener sent for

@@ -76,7 +76,8 @@ def _lib_path(name):
     return f"{name}.so.3"
 
 
-cdef void* _open(str name) except NULL:
+cdef void* open_lib(str name) except NULL:
+    """A handle on the libssl or libcrypto CPython loaded (never a second copy)."""
     path = _lib_path(name).encode()
     cdef void* handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
     if handle == NULL:
@@ -89,8 +90,8 @@ cdef int _load() except -1:
     global _sha256, _encrypt_init, _decrypt_init, _hmac_init
     if _set_ciphersuites != NULL:
         return 0
-    cdef void* ssl_lib = _open("libssl")
-    cdef void* crypto = _open("libcrypto")
+    cdef void* ssl_lib = open_lib("libssl")
+    cdef void* crypto = open_lib("libcrypto")
     _ctx_ctrl = <ctx_ctrl_t>dlsym(ssl_lib, "SSL_CTX_ctrl")
     _ctx_callback_ctrl = <ctx_callback_ctrl_t>dlsym(ssl_lib, "SSL_CTX_callback_ctrl")
     _rand_bytes = <rand_bytes_t>dlsym(crypto, "RAND_bytes")
@@ -137,7 +138,7 @@ cdef int _ticket_cb(void* s, unsigned char* name, unsigned char* iv, void* cctx,
     return 0
 
 
-cdef void* _ssl_ctx(object context) except NULL:
+cdef void* ssl_ctx_ptr(object context) except NULL:
     if not isinstance(context, ssl.SSLContext):
         raise TypeError("expected an ssl.SSLContext")
     cdef void* ctx = (<lbcore_PySSLContext*><PyObject*>context).ctx
@@ -150,7 +151,7 @@ def set_ciphersuites(context, str suites):
     """Exactly these TLS 1.3 suites, in this order ('' = none). Raises ValueError
     naming the list when the local OpenSSL refuses it."""
     _load()
-    cdef void* ctx = _ssl_ctx(context)
+    cdef void* ctx = ssl_ctx_ptr(context)
     b = suites.encode()
     if _set_ciphersuites(ctx, b) != 1:
         raise ValueError(f"TLS 1.3 suites not usable by this OpenSSL: {suites}")
@@ -161,7 +162,7 @@ def use_ticket_keys(context):
     set_ticket_keys), not OpenSSL's random per-context ones, so a ticket from
     one worker resumes on another and survives reloads and key rotation."""
     _load()
-    cdef void* ctx = _ssl_ctx(context)
+    cdef void* ctx = ssl_ctx_ptr(context)
     if _ctx_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
                           <any_fn_t>_ticket_cb) != 1:
         raise ValueError("libssl refused the session-ticket callback")
@@ -191,6 +192,6 @@ def set_dh_auto(context):
     """Let OpenSSL choose DH parameters matching the certificate, so DHE suites
     (tls-1-0-inherit) can be negotiated; Python's ssl only loads them from a file."""
     _load()
-    cdef void* ctx = _ssl_ctx(context)
+    cdef void* ctx = ssl_ctx_ptr(context)
     if _ctx_ctrl(ctx, SSL_CTRL_SET_DH_AUTO, 1, NULL) != 1:
         raise ValueError("libssl refused automatic DH parameters")

@@ -1,6 +1,7 @@
 """One ssl.SSLContext per listener, built in the control plane from the
-certificate and the security policy. Exact TLS 1.3 suite control, SNI and
-mutual authentication build on this in the TLS issue."""
+certificate and the security policy. The data plane runs OpenSSL on the
+socket with this context's SSL_CTX (lbcore_ext/transport.pyx): no SSLObject is
+ever made from it for client connections."""
 
 from __future__ import annotations
 
@@ -21,29 +22,11 @@ class TLSConfigError(Exception):
     """The local OpenSSL cannot do what the policy asks."""
 
 
-# A TLS record carries at most 16 KiB of plaintext and SSL_read returns one
-# record, so asking for more only makes a bigger buffer to throw away.
-READ_CAP = 32 * 1024
-
-
-class CappedSSLObject(ssl.SSLObject):
-    """uvloop reads with read(256 KiB): CPython allocates that much per read
-    and shrinks it. Capped, the allocation stays on the heap: cheaper, and it
-    keeps the transient buffers below the mmap threshold the worker fixes
-    (lbcore.worker.fix_mmap_threshold)."""
-
-    def read(self, len: int = 1024, buffer=None):  # noqa: A002 - ssl's signature
-        if buffer is None:
-            return self._sslobj.read(len if len < READ_CAP else READ_CAP)
-        return self._sslobj.read(len, buffer)
-
-
 def server_context(cert_path, key_path, versions, ciphers, tls13_suites=(), *,
                    alpn=("http/1.1",), client_ca=None, crl=None) -> ssl.SSLContext:
     """A server context with exactly the policy's versions, TLS<=1.2 suites and
     TLS 1.3 suites, in the policy's order with server preference (spec 3.2)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.sslobject_class = CappedSSLObject
     ordered = sorted(versions, key=_ORDER.index)
     ctx.minimum_version = VERSIONS[ordered[0]]
     ctx.maximum_version = VERSIONS[ordered[-1]]

@@ -78,8 +78,17 @@ class SniSelector(Generic[T]):
                     break
         return hit
 
+    def install_native(self, default_ctx: ssl.SSLContext) -> None:
+        """Choose the context during handshakes of lbcore's TLS transport (a C
+        callback on the SSL_CTX that calls `select`)."""
+        from lbcore_ext.transport import install_sni
+
+        install_sni(default_ctx, self.select)
+        self.installed_on = default_ctx
+
     def install(self, default_ctx: ssl.SSLContext) -> None:
-        """Make `default_ctx` switch to the selected context during the handshake."""
+        """Make `default_ctx` switch to the selected context during the handshake
+        of Python's own ssl sockets (SSLSocket, SSLObject)."""
 
         def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext):
             # Kept on the connection's SSLObject for X-Forwarded-Tls-Sni and the
