@@ -20,7 +20,7 @@ from tests.e2e.test_metrics import scrape
 from tests.support.lbproc import free_port
 
 QPS = 40
-SECONDS = 5.0
+SECONDS = 5
 
 
 def config(admin: int, port: int, backend: int, limits: str = "", qps: int = QPS) -> str:
@@ -75,36 +75,59 @@ def hammer(port: int, path: str, seconds: float, threads: int = 6) -> tuple[dict
     return counts, span[1] - span[0]
 
 
-def h2load(port: int, path: str, seconds: float, conns: int = 32) -> tuple[dict, float]:
+def h2load(port: int, path: str, seconds: int, conns: int = 16) -> tuple[dict, float]:
     """HTTP/1.1 keep-alive load from h2load (a C client: demand stays far
-    above the limit even on a loaded machine, where Python clients stall):
-    (status class -> count, seconds it ran)."""
+    above the limit even on a loaded machine, where Python clients stall),
+    in two bursts of connections half a second apart: a worker's loop takes
+    a whole burst, and the second mostly goes to the worker not yet busy.
+    (status -> count, seconds the first ran)."""
     exe = shutil.which("h2load")
     if exe is None:
         pytest.skip("h2load (Debian nghttp2-client, installed by make test) is missing")
-    out = subprocess.run([exe, "--h1", "-c", str(conns), "-D", str(int(seconds)),
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                         timeout=seconds + 30)
-    out, err = out.stdout, out.stderr
-    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    took = re.search(r"finished in ([\d.]+)(m?s)", out)
-    assert codes and took, out + err
-    span = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1)
-    return {200: int(codes.group(1)), 503: int(codes.group(4))}, span
+
+    def start(duration: int) -> subprocess.Popen:
+        return subprocess.Popen([exe, "--h1", "-c", str(conns), "-D", str(duration),
+                                 f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    first = start(seconds)
+    time.sleep(0.5)
+    second = start(seconds - 1)
+    counts = {200: 0, 503: 0}
+    span = 0.0
+    for proc in (first, second):
+        out = proc.communicate(timeout=seconds + 30)[0]
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        took = re.search(r"finished in ([\d.]+)(m?s)", out)
+        assert codes and took, out
+        counts[200] += int(codes.group(1))
+        counts[503] += int(codes.group(4))
+        span = max(span, float(took.group(1)) / (1000 if took.group(2) == "ms" else 1))
+    return counts, span
 
 
 def test_qps_limit_holds_across_two_workers(running, slow_backends):
     (backend,) = slow_backends(1)
     admin, port = free_port(), free_port()
     lb = running(config(admin, port, backend), admin, port)
-    counts, span = h2load(port, "/limited", SECONDS)
+
+    def served() -> list[int]:
+        return [w["requests"] for w in lb.ready_workers(lb.status())]
+
+    for _attempt in range(3):
+        before = served()
+        counts, span = h2load(port, "/limited", SECONDS)
+        # Both workers took part (else the limit could be one worker's): the
+        # kernel hands a burst of connections to whichever worker wakes first.
+        if all(b > a for a, b in zip(before, served(), strict=True)):
+            break
+    else:
+        pytest.fail(f"one worker took every connection three times: {lb.status()}")
     allowed = counts.get(200, 0)
     # The bucket lends QPS_BURST_SECONDS (0.1 s) of the rate at once.
     expected = QPS * span + QPS * 0.1
     assert counts.get(503, 0) > allowed, counts          # the clients went well past it
     assert abs(allowed - expected) <= 0.1 * expected, (counts, expected)
-    # Both workers took part: the limit is the listener's, not each worker's.
-    assert all(w["requests"] > 0 for w in lb.ready_workers(lb.status())), lb.status()
     r = httpx.get(f"http://127.0.0.1:{port}/limited")
     if r.status_code == 503:
         assert r.headers["retry-after"] == "1" and r.headers["x-router-code"] == "50002"
