@@ -70,3 +70,13 @@ cdef inline int put_int(bytearray buf, long long v) except -1:
     for i in range(n):
         p[i] = tmp[n - 1 - i]
     return 0
+
+
+cdef inline unsigned char hex_value(unsigned char c) noexcept:
+    """A hex digit's value (either case), or 255: for %XX escapes."""
+    if 48 <= c <= 57:
+        return c - 48
+    c |= 32
+    if 97 <= c <= 102:
+        return c - 87
+    return 255

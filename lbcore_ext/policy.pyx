@@ -30,6 +30,8 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp
 
+from lbcore_ext.bufs cimport hex_value
+
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.iptrie cimport IpTrie
 from lbcore_ext.regex cimport Regex
@@ -71,11 +73,6 @@ CONN_RATE_BURST_NS = int(CONN_RATE_BURST_SECONDS * 1e9)     # (consts.pxi)
 cdef tuple BYTE_KEYS = tuple(range(256))
 # What x-router-code says when a policy's qps_limit turned a request away.
 ROUTER_CODE_QPS = b"50002"
-
-cdef unsigned char HEX[256]
-for _c in range(256):
-    _h = "0123456789abcdef".find(chr(_c).lower())
-    HEX[_c] = _h if _h >= 0 and chr(_c) in "0123456789abcdefABCDEF" else 255
 
 
 cdef inline bint starts_with(bytes s, bytes prefix) noexcept:
@@ -157,8 +154,8 @@ cdef bytes pct_decode(bytes s, bint plus):
     cdef Py_ssize_t i = 0, n = PyBytes_GET_SIZE(s)
     cdef bytearray out = bytearray()
     while i < n:
-        if p[i] == 37 and i + 2 < n and HEX[p[i + 1]] < 16 and HEX[p[i + 2]] < 16:
-            out.append(HEX[p[i + 1]] * 16 + HEX[p[i + 2]])
+        if p[i] == 37 and i + 2 < n and hex_value(p[i + 1]) < 16 and hex_value(p[i + 2]) < 16:
+            out.append(hex_value(p[i + 1]) * 16 + hex_value(p[i + 2]))
             i += 3
         elif plus and p[i] == 43:
             out.append(32)
@@ -598,9 +595,7 @@ def _index(PolicyTable t):
                 continue
             break
         if key is None:
-            for w in range(MASK_WORDS):
-                if i // 64 == w:
-                    t.always[w] |= (<uint64_t>1) << (i % 64)
+            t.always[i // 64] |= (<uint64_t>1) << (i % 64)
             continue
         kind, slot, values = key
         for v in values:

@@ -16,7 +16,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
-from lbcore_ext.bufs cimport put, put_ba, put_header, put_int
+from lbcore_ext.bufs cimport hex_value, put, put_ba, put_header, put_int
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
 from lbcore_ext.headers cimport error_body, error_response, header_line, reason_phrase
@@ -65,13 +65,10 @@ cdef unsigned char HOST_OK[256]
 cdef unsigned char TCHAR[256]
 # RFC 3986 2.3 unreserved: decoded where percent-encoded (6.2.2.2).
 cdef unsigned char UNRESERVED[256]
-cdef unsigned char HEXVAL[256]
 cdef bytes HEXDIGITS = b"0123456789ABCDEF"
 for _c in range(256):
     UNRESERVED[_c] = 1 if bytes((_c,)) in (
         b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") else 0
-    HEXVAL[_c] = (b"0123456789abcdef".find(bytes((_c,)).lower())
-                  if bytes((_c,)).lower() in b"0123456789abcdef" else 255)
     HOST_OK[_c] = 1 if bytes((_c,)) in (
         b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]") else 0
     TCHAR[_c] = 1 if bytes((_c,)) in (
@@ -196,9 +193,9 @@ cdef bytes normalise_path(bytes path):
     while i < n:
         c = p[i]
         if c == 37:
-            if i + 2 >= n or HEXVAL[p[i + 1]] > 15 or HEXVAL[p[i + 2]] > 15:
+            if i + 2 >= n or hex_value(p[i + 1]) > 15 or hex_value(p[i + 2]) > 15:
                 return None
-            v = HEXVAL[p[i + 1]] * 16 + HEXVAL[p[i + 2]]
+            v = hex_value(p[i + 1]) * 16 + hex_value(p[i + 2])
             if v == 0:
                 return None
             if UNRESERVED[v]:
