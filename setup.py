@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
 MODULES = ["counters", "runtime", "balancer", "headers", "phases", "request", "upstream",
-           "http2", "http1", "iptrie", "tlsctl", "transport", "acceptor", "logfmt", "regex", "policy"]
+           "http2", "http1", "iptrie", "tlsctl", "llhttp", "transport", "acceptor", "logfmt", "regex", "policy"]
 
 
 def pkg_config(package: str, debian: str) -> dict:

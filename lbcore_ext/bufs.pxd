@@ -80,3 +80,53 @@ cdef inline unsigned char hex_value(unsigned char c) noexcept:
     if 97 <= c <= 102:
         return c - 87
     return 255
+
+
+cdef inline int put_header_at(bytearray buf, const char* name, Py_ssize_t a,
+                              const char* value, Py_ssize_t b) except -1:
+    """name: value CRLF from pointers (a field still in the parser's input)."""
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, at + a + b + 4)
+    cdef char* p = PyByteArray_AS_STRING(buf) + at
+    memcpy(p, name, a)
+    p += a
+    p[0] = 58       # ':'
+    p[1] = 32       # ' '
+    p += 2
+    memcpy(p, value, b)
+    p += b
+    p[0] = 13       # CR
+    p[1] = 10       # LF
+    return 0
+
+
+cdef inline unsigned int lower_hash(const char* src, char* dst, Py_ssize_t n) noexcept:
+    """Copies the field name src into dst in lower case and returns its FNV-1a
+    hash: what ListenerRuntime.action_of looks a field up by."""
+    cdef unsigned int h = 2166136261u
+    cdef unsigned char c
+    cdef Py_ssize_t i
+    for i in range(n):
+        c = <unsigned char>src[i]
+        if 65 <= c <= 90:
+            c |= 32
+        dst[i] = <char>c
+        h = (h ^ c) * 16777619u
+    return h
+
+
+cdef inline unsigned int fnv_hash(const char* p, Py_ssize_t n) noexcept:
+    """lower_hash of a name already in lower case."""
+    cdef unsigned int h = 2166136261u
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ <unsigned char>p[i]) * 16777619u
+    return h
+
+
+cdef inline int put_at(bytearray buf, const char* data, Py_ssize_t n) except -1:
+    """n bytes from a pointer."""
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, at + n)
+    memcpy(PyByteArray_AS_STRING(buf) + at, data, n)
+    return 0

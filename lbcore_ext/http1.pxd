@@ -1,3 +1,4 @@
+from lbcore_ext.llhttp cimport llhttp_t
 from lbcore_ext.request cimport Client, Request
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
@@ -5,7 +6,17 @@ from lbcore_ext.upstream cimport Downstream, Exchange
 cdef class HttpProtocol(Downstream):
     cdef ListenerRuntime lrt
     cdef Client client                  # peer and TLS facts, shared by its requests
-    cdef object parser
+    cdef llhttp_t p                     # llhttp's state, its data this protocol
+    cdef bint parser_on                 # p initialised (connection_made ran)
+    # The field being parsed: where its name and value are in the read being
+    # parsed; copied (f_copy, v_copy) only when a read ends inside the field.
+    cdef const char* f_at
+    cdef Py_ssize_t f_len
+    cdef const char* v_at
+    cdef Py_ssize_t v_len
+    cdef bytearray f_copy
+    cdef bytearray v_copy
+    cdef object cb_error                # an exception raised inside a callback
     cdef Request req                    # the request being parsed
     cdef list queue                     # exchanges in request order; [0] is running
     cdef Exchange parsing               # the exchange receiving request body
@@ -25,6 +36,14 @@ cdef class HttpProtocol(Downstream):
     cdef bytes tunnel_pending           # client bytes after an upgrade request's head
     cdef int error_code
     cdef Request pending_answer         # a local answer behind pipelined requests
+    cdef int _message_begin(self) except -2
+    cdef int _url(self, const char* at, size_t n) except -2
+    cdef int _keep_name(self) except -1
+    cdef int _keep_value(self) except -1
+    cdef int _field(self) except -2
+    cdef int _headers_complete(self) except -2
+    cdef int _body(self, const char* at, size_t n) except -2
+    cdef int _message_complete(self) except -2
     cdef int _out(self, object data) except -1
     cdef int _answer_directly(self, Request req) except -1
     cdef int _send_error(self, int code, bytes router_code) except -1

@@ -1,16 +1,22 @@
 # cython: language_level=3
 """Downstream HTTP/1.1 framing: one protocol object per client connection.
-Parses with llhttp (httptools, strict mode) and fills a Request
-(lbcore_ext/request.pyx), where every rule about the request lives; writes
-responses back in order, in HTTP/1.1 framing (Content-Length, chunked, or
-close-delimited for HTTP/1.0)."""
+Parses with llhttp in its strict mode, driven from C (lbcore_ext/llhttp.pyx):
+the callbacks below are C functions that see the request's bytes in place,
+so a header field is one C call into the request core (Request.field_raw),
+not a Python call and two bytes objects as through httptools' API. Fills a
+Request (lbcore_ext/request.pyx), where every rule about the request lives;
+writes responses back in order, in HTTP/1.1 framing (Content-Length,
+chunked, or close-delimited for HTTP/1.0)."""
 
 import asyncio
 
-import httptools
-
-from cpython.bytes cimport PyBytes_FromFormat
-from lbcore_ext.bufs cimport put, put_ba, put_int
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from libc.string cimport memchr
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromStringAndSize,
+                            PyBytes_GET_SIZE)
+from lbcore_ext.bufs cimport put, put_at, put_ba, put_int
+from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, llhttp_api,
+                                llhttp_api_t, llhttp_settings_t, llhttp_t, method_bytes)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
@@ -24,9 +30,8 @@ from lbcore_ext.http2 import H2Connection
 from lbcore_ext.phases import HOOK_ON_ACCEPT
 
 cdef object get_running_loop = asyncio.get_running_loop
-cdef object HttpRequestParser = httptools.HttpRequestParser
-cdef object HttpParserError = httptools.HttpParserError
-cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
+cdef llhttp_api_t* LL = llhttp_api()
+cdef llhttp_settings_t SETTINGS
 
 cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
 cdef Py_ssize_t O_CONN_TOTAL = CONN_TOTAL
@@ -132,7 +137,9 @@ cdef class HttpProtocol(Downstream):
         # (Made only now: the timer's bound method would tie a connection handed
         # to HTTP/2 into a cycle only the cyclic GC frees.)
         self.timer = LazyTimer(self.loop, self._on_timer)
-        self.parser = HttpRequestParser(self)
+        LL.init(&self.p, HTTP_REQUEST, &SETTINGS)
+        self.p.data = <void*>self
+        self.parser_on = True
         # (A connection whose handshake ends after a drain began still gets
         # its first request answered, with Connection: close.)
         self.idle = True
@@ -147,24 +154,42 @@ cdef class HttpProtocol(Downstream):
             return
         if self.stop_parsing or self.closed:
             return
-        try:
-            self.parser.feed_data(data)
+        cdef const char* at = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef int err = LL.execute(&self.p, at, n)
+        # A field cut by the end of this read: its part is kept (the bytes
+        # object goes away), the rest comes with the next read.
+        if self.f_at != NULL:
+            self._keep_name()
+        if self.v_at != NULL:
+            self._keep_value()
+        if self.cb_error is not None:
+            exc, self.cb_error = self.cb_error, None
+            if not isinstance(exc, ValueError):
+                self.loop.call_exception_handler({
+                    "message": "lbcore HTTP/1.1: error in a parser callback",
+                    "exception": exc, "protocol": self})
+        if err == HPE_OK:
             if (self.in_request_line and self.req is not None and self.req.target is not None
-                    and data.find(b"\n") >= 0
-                    and self.parser.get_http_version() in ("0.0", "0.9")):
+                    and self.p.http_major == 0 and memchr(at, 10, n) != NULL):
                 # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
                 # HTTP/0.9 has no place at a proxy's edge.
                 self._send_error(400, None)
-        except HttpParserUpgrade as exc:
+            return
+        if err == HPE_PAUSED_UPGRADE:
             # An upgrade request's head is parsed; the rest belongs to the tunnel
             # if the member answers 101. Either way no more HTTP on this connection.
             self.stop_parsing = True
-            rest = data[exc.args[0]:]
-            if rest:
+            pos = LL.get_error_pos(&self.p) - at
+            LL.resume_after_upgrade(&self.p)
+            if 0 <= pos < n:
+                rest = data[pos:]
                 self.tunnel_pending = rest if self.tunnel_pending is None else (
                     self.tunnel_pending + rest)
-        except HttpParserError:
-            self._send_error(self.error_code or 400, None)
+            return
+        if self.error_code == 0 and (self.stop_parsing or self.closed):
+            return                      # stopped by a callback: the connection is done
+        self._send_error(self.error_code or 400, None)
 
     def eof_received(self):
         # Half-close from the client: finish what is in flight, then close.
@@ -199,9 +224,9 @@ cdef class HttpProtocol(Downstream):
             self.parsing.abort()
         self.queue = []
         self.parsing = None
-        # The parser and the timer hold bound methods of this protocol: drop them
-        # so reference counting frees the connection instead of the cyclic GC.
-        self.parser = None
+        # The timer holds a bound method of this protocol: drop it so reference
+        # counting frees the connection instead of the cyclic GC.
+        self.parser_on = False
         self.timer = None
         self.tunnel = None
 
@@ -233,57 +258,106 @@ cdef class HttpProtocol(Downstream):
             self.stop_parsing = True
             self._close()
 
-    def on_message_begin(self):
+    # ---- what the llhttp callbacks call: 0, or -1 to stop parsing (-2: an exception) --
+
+    cdef int _message_begin(self) except -2:
+        if self.stop_parsing or self.closed:
+            return -1                   # (a request after one that ended the connection)
         self.idle = False
         self.in_request_line = True
         self.req = Request.new(self.client)
         self.req_start = self.last_activity
         self._schedule(self.req_start + self.lrt.request_timeout)
+        return 0
 
-    def on_url(self, bytes url):
-        cdef int code = self.req.add_target(url)
+    cdef int _url(self, const char* at, size_t n) except -2:
+        cdef Request req = self.req
+        if req.method is None:
+            req.method = method_bytes(self.p.method)
+        cdef int code = req.add_target(PyBytes_FromStringAndSize(at, n))
         if code:
             self.error_code = code
-            raise ValueError("request line too long")
+            return -1
+        return 0
 
-    def on_header(self, bytes name, bytes value):
+    cdef int _keep_name(self) except -1:
+        if self.f_copy is None:
+            self.f_copy = bytearray()
+        put_at(self.f_copy, self.f_at, self.f_len)
+        self.f_at = NULL
+        return 0
+
+    cdef int _keep_value(self) except -1:
+        if self.v_copy is None:
+            self.v_copy = bytearray()
+        put_at(self.v_copy, self.v_at, self.v_len)
+        self.v_at = NULL
+        return 0
+
+    cdef int _field(self) except -2:
+        """A field's name and value are complete: one C call into the core."""
+        cdef const char* name = self.f_at
+        cdef Py_ssize_t nn = self.f_len
+        cdef const char* value = self.v_at
+        cdef Py_ssize_t vn = self.v_len
+        cdef int code
         self.in_request_line = False
-        cdef int code = self.req.field(name, name.lower(), value)
+        if self.f_copy is not None:
+            if name != NULL:
+                self._keep_name()
+            name = PyByteArray_AS_STRING(self.f_copy)
+            nn = PyByteArray_GET_SIZE(self.f_copy)
+        if self.v_copy is not None:
+            if value != NULL:
+                self._keep_value()
+            value = PyByteArray_AS_STRING(self.v_copy)
+            vn = PyByteArray_GET_SIZE(self.v_copy)
+        if value == NULL:
+            value = name                # an empty value
+            vn = 0
+        code = self.req.field_raw(name, nn, value, vn)
+        self.f_at = self.v_at = NULL
+        self.f_len = self.v_len = 0
+        self.f_copy = self.v_copy = None
         if code:
             self.error_code = code
-            raise ValueError("header refused")
+            return -1
+        return 0
 
-    def on_headers_complete(self):
+    cdef int _headers_complete(self) except -2:
+        """Returns 1 for an upgrade request (no body: what follows its head
+        is the tunnel's), else 0 or -1."""
         cdef ListenerRuntime lrt = self.lrt
         cdef Request req = self.req
         cdef Exchange ex
-        parser = self.parser
+        cdef llhttp_t* p = &self.p
+        cdef bint keep = LL.should_keep_alive(p)
         self.in_request_line = False
-        # httptools' get_http_version() formats a str each call; the common
-        # case needs none: a persistent request without an explicit
-        # keep-alive token can only be HTTP/1.1.
-        if parser.should_keep_alive() and not req.keepalive_token:
+        # A persistent request without an explicit keep-alive token can only
+        # be HTTP/1.1.
+        if p.http_major == 1 and p.http_minor == 1:
             req.version = "1.1"
+        elif p.http_major == 1 and p.http_minor == 0:
+            req.version = "1.0"
         else:
-            req.version = parser.get_http_version()
-            if req.version != "1.0" and req.version != "1.1":
-                # HTTP/0.9-style request lines ("GET /a" then fields), however
-                # the bytes arrived: never forwarded as HTTP/1.1.
-                self.error_code = 400
-                raise ValueError("no HTTP/1.x version")
-        req.http10 = req.version == "1.0"
-        req.method = parser.get_method()
-        if req.upgrade is not None and not parser.should_upgrade():
+            # HTTP/0.9-style request lines ("GET /a" then fields), however
+            # the bytes arrived: never forwarded as HTTP/1.1.
+            self.error_code = 400
+            return -1
+        req.http10 = p.http_minor == 0
+        if req.method is None:
+            req.method = method_bytes(p.method)
+        if req.upgrade is not None and not p.upgrade:
             req.upgrade = None
         cdef int code = req.head_complete()
         if code:
             self.error_code = code
-            raise ValueError("request refused")
-        req.keep_alive = (parser.should_keep_alive() and lrt.idle_timeout > 0
+            return -1
+        req.keep_alive = (keep and lrt.idle_timeout > 0
                           and not self.stop_parsing and not lrt.draining)
         if req.decide() == D_ANSWER:
             self._answer_directly(req)
-            return
+            return 1 if p.upgrade else 0
         ex = Exchange.new(self, req)
         self.parsing = ex
         self.queue.append(ex)
@@ -294,16 +368,18 @@ cdef class HttpProtocol(Downstream):
             # Pipelined: hold further requests until the ones before are answered.
             self.reading_paused = True
             self.transport.pause_reading()
+        return 1 if p.upgrade else 0
 
-    def on_body(self, bytes body):
-        cdef int code = self.req.body_bytes(len(body))
+    cdef int _body(self, const char* at, size_t n) except -2:
+        cdef int code = self.req.body_bytes(n)
         if code:
             self.error_code = code
-            raise ValueError("body too large")
+            return -1
         if self.parsing is not None:
-            self.parsing.feed_body(body)
+            self.parsing.feed_body(PyBytes_FromStringAndSize(at, n))
+        return 0
 
-    def on_message_complete(self):
+    cdef int _message_complete(self) except -2:
         cdef Exchange ex = self.parsing
         self.parsing = None
         self.req = None
@@ -312,6 +388,7 @@ cdef class HttpProtocol(Downstream):
             if not ex.client_keep_alive:
                 self.stop_parsing = True
             ex.body_done()
+        return 0
 
     # ---- answers of our own -------------------------------------------------------
 
@@ -531,15 +608,9 @@ cdef class HttpProtocol(Downstream):
         cdef Request req = self.req
         if req is None:
             req = Request.new(self.client)
-        if req.method is None and self.parser is not None:
-            try:
-                req.method = self.parser.get_method()
-            except Exception:
-                pass
-        if req.version is None and self.parser is not None:
-            version = self.parser.get_http_version()
-            if version == "1.1" or version == "1.0":
-                req.version = version
+        if req.version is None and self.parser_on and self.p.http_major == 1 and (
+                self.p.http_minor == 1 or self.p.http_minor == 0):
+            req.version = "1.1" if self.p.http_minor == 1 else "1.0"
         req.refused(code)
         self._emit_error(code, router_code, req.is_head())
         return 0
@@ -629,3 +700,100 @@ cdef class HttpProtocol(Downstream):
             due = min(due, d)
         if due < NEVER:
             self._schedule(due)
+
+
+# ---- llhttp's callbacks: C functions, the protocol in the parser's data ---------------
+# An exception in the core is kept for data_received (which reports what is not
+# a refusal) and stops the parser; a refusal is the status in error_code.
+
+cdef int _cb_message_begin(llhttp_t* p) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        return self._message_begin()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_url(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        return self._url(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        if self.f_copy is not None:
+            put_at(self.f_copy, at, n)
+        else:
+            self.f_at = at
+            self.f_len = n
+        return 0
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        if self.v_copy is not None:
+            put_at(self.v_copy, at, n)
+        else:
+            self.v_at = at
+            self.v_len = n
+        return 0
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_value_complete(llhttp_t* p) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        return self._field()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_headers_complete(llhttp_t* p) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        return self._headers_complete()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_body(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        return self._body(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_message_complete(llhttp_t* p) noexcept:
+    cdef HttpProtocol self = <HttpProtocol>p.data
+    try:
+        return self._message_complete()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+LL.settings_init(&SETTINGS)
+SETTINGS.on_message_begin = _cb_message_begin
+SETTINGS.on_url = _cb_url
+SETTINGS.on_header_field = _cb_header_field
+SETTINGS.on_header_value = _cb_header_value
+SETTINGS.on_header_value_complete = _cb_header_value_complete
+SETTINGS.on_headers_complete = _cb_headers_complete
+SETTINGS.on_body = _cb_body
+SETTINGS.on_message_complete = _cb_message_complete

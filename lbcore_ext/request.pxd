@@ -83,6 +83,10 @@ cdef class Request:
     cdef int add_target(self, bytes part) except -1
     cdef int absolute_form(self) except -1
     cdef int field(self, bytes name, bytes lname, bytes value) except -1
+    cdef int field_raw(self, const char* name, Py_ssize_t nn, const char* value,
+                       Py_ssize_t vn) except -1
+    cdef int field_at(self, const char* name, Py_ssize_t nn, const char* low, unsigned int h,
+                      const char* vp, Py_ssize_t vn, bytes value) except -1
     cdef int set_authority(self, bytes value) except -1
     cdef int trailer(self, bytes name, bytes value) except -1
     cdef int head_complete(self) except -1

@@ -13,10 +13,11 @@ each front-end writes it in its own framing: an HTTP/1.1 response, or on
 HTTP/2 a response or, for a malformed request, RST_STREAM(PROTOCOL_ERROR)."""
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
-from lbcore_ext.bufs cimport hex_value, put, put_ba, put_header, put_int
+from lbcore_ext.bufs cimport (fnv_hash, hex_value, lower_hash, put, put_ba, put_header,
+                              put_header_at, put_int)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
 from lbcore_ext.headers cimport error_body, error_response, header_line, reason_phrase
@@ -28,10 +29,11 @@ from lbcore_ext.counters import BYTES_IN, BYTES_OUT, R_QPS_LIMIT, REQUESTS
 from lbcore_ext.policy import ROUTER_CODE_QPS
 from lbcore_ext.phases import HOOK_REQUEST_FILTER, RequestView
 
-from lbcore_ext.runtime import (H_CONNECTION, H_CONTENT_LENGTH, H_COOKIE, H_HOST, H_LOGGED,
-                                H_PASS, H_REQUEST_ID, H_RULE_SLOT, H_TRANSFER_ENCODING,
+from lbcore_ext.runtime import (H_CONNECTION, H_CONTENT_LENGTH, H_COOKIE, H_DROP, H_HOST,
+                                H_LOGGED, H_PASS, H_REQUEST_ID, H_RULE_SLOT, H_TRANSFER_ENCODING,
                                 H_UPGRADE, H_XFF, XFF_APPEND, XFF_OFF, XFF_PRESERVE)
 
+cdef int A_DROP = H_DROP
 cdef int A_XFF = H_XFF
 cdef int A_HOST = H_HOST
 cdef int A_CONNECTION = H_CONNECTION
@@ -53,6 +55,10 @@ cdef Py_ssize_t O_REQUESTS = REQUESTS
 cdef Py_ssize_t O_BYTES_IN = BYTES_IN
 cdef Py_ssize_t O_BYTES_OUT = BYTES_OUT
 cdef object wall_time = __import__("time").time
+
+# Field names up to this long are lower-cased on the stack (longer ones, rare,
+# through a bytes object).
+DEF FIELD_NAME_FAST = 64
 
 # RFC 9110 9.2.2: these may be retried after they were sent.
 cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
@@ -313,10 +319,32 @@ cdef class Request:
         return 0
 
     cdef int field(self, bytes name, bytes lname, bytes value) except -1:
-        """One header field; `lname` is its name in lower case. Returns 0, or
-        the status of the refusal."""
+        """One header field as bytes (HTTP/2); `lname` is its name in lower
+        case. Returns 0, or the status of the refusal."""
+        return self.field_at(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                             PyBytes_AS_STRING(lname),
+                             fnv_hash(PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname)),
+                             PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), value)
+
+    cdef int field_raw(self, const char* name, Py_ssize_t nn, const char* value,
+                       Py_ssize_t vn) except -1:
+        """One header field still in the parser's input (HTTP/1.1): a field
+        lbcore only forwards is copied once, into the head, and never becomes
+        a Python object."""
+        cdef char low[FIELD_NAME_FAST]
+        cdef bytes lname
+        if nn <= FIELD_NAME_FAST:
+            return self.field_at(name, nn, low, lower_hash(name, low, nn), value, vn, None)
+        lname = PyBytes_FromStringAndSize(name, nn).lower()
+        return self.field_at(name, nn, PyBytes_AS_STRING(lname),
+                             fnv_hash(PyBytes_AS_STRING(lname), nn), value, vn, None)
+
+    cdef int field_at(self, const char* name, Py_ssize_t nn, const char* low, unsigned int h,
+                      const char* vp, Py_ssize_t vn, bytes value) except -1:
+        """field() and field_raw(): the name, its lower case and lower_hash,
+        the value (and its bytes when the caller has them)."""
         cdef ListenerRuntime lrt = self.lrt
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        cdef Py_ssize_t size = nn + vn + 4
         self.nheaders += 1
         self.block_size += size
         if self.error:
@@ -326,11 +354,15 @@ cdef class Request:
             return self.refuse(431)
         if self.nheaders == 1 and not self.is_h2:
             self.absolute_form()
-        action = lrt.header_actions.get(lname)
-        if action is None:
-            put_header(self.hbuf, name, value)
+        cdef int a = lrt.action_of(low, nn, h)
+        if a == 0:
+            put_header_at(self.hbuf, name, nn, vp, vn)
             return 0
-        cdef int a = action
+        if a == A_DROP:
+            # Hop-by-hop or owned by lbcore: never forwarded.
+            return 0
+        if value is None:
+            value = PyBytes_FromStringAndSize(vp, vn)
         cdef long long n
         if a >= A_RULE_SLOT:
             # A field a header rule of a forwarding policy reads (and maybe
@@ -340,20 +372,20 @@ cdef class Request:
             self.facts.store((a >> 8) - 1, lrt.policies.nslots, value)
             a &= 255
             if a == A_PASS:
-                put_header(self.hbuf, name, value)
+                put_header_at(self.hbuf, name, nn, vp, vn)
                 return 0
         if a == A_HOST:
             if self.host is not None or not valid_host(value):
                 return self.refuse(400)
             self.host = value
             if self.authority is None:
-                put_header(self.hbuf, name, value)
+                put_header_at(self.hbuf, name, nn, vp, vn)
             elif value.lower() != self.authority.lower():
                 # RFC 9113 8.3.1: Host, when sent too, names the same authority.
                 return self.refuse(400)
         elif a == A_XFF:
             if lrt.xff_mode == M_PRESERVE or lrt.xff_mode == M_OFF:
-                put_header(self.hbuf, name, value)
+                put_header_at(self.hbuf, name, nn, vp, vn)
             elif lrt.xff_mode == M_APPEND:
                 self.xff = value if self.xff is None else self.xff + b", " + value
         elif a == A_COOKIE:
@@ -361,17 +393,17 @@ cdef class Request:
             # an HTTP/1.1 member wants one line (RFC 6265 5.4).
             if self.cookie is None:
                 self.cookie = value
-                self.cookie_name = name
+                self.cookie_name = PyBytes_FromStringAndSize(name, nn)
             else:
                 self.cookie = self.cookie + b"; " + value
         elif a == A_REQUEST_ID or a == A_LOGGED:
             if a == A_REQUEST_ID:
                 self.request_id = value
-            elif lname == b"user-agent":
+            elif low[0] == 117:                                 # 'u': user-agent
                 self.user_agent = value
             else:
                 self.referer = value
-            put_header(self.hbuf, name, value)
+            put_header_at(self.hbuf, name, nn, vp, vn)
         elif a == A_CL:
             n = parse_length(value)
             if n < 0 or (self.cl >= 0 and n != self.cl):
@@ -387,7 +419,7 @@ cdef class Request:
                 tok = tok.strip()
                 if tok == b"keep-alive":
                     self.keepalive_token = True
-                elif tok and tok not in KEEP_TOKENS and lrt.header_actions.get(tok) is None:
+                elif tok and tok not in KEEP_TOKENS and lrt._actions.get(tok) is None:
                     # A token naming a field lbcore frames, routes or owns (Host,
                     # Content-Length, Transfer-Encoding, Cookie, X-Forwarded-For,
                     # X-Real-IP...) is ignored, as nginx ignores them all: the
@@ -397,7 +429,6 @@ cdef class Request:
                     self.conn_tokens.append(tok)
         elif a == A_UPGRADE:
             self.upgrade = value
-        # H_DROP: hop-by-hop or owned by lbcore: never forwarded.
         return 0
 
     cdef int set_authority(self, bytes value) except -1:
@@ -412,7 +443,7 @@ cdef class Request:
         """A request trailer field (HTTP/2): forwarded in the chunked body's
         trailer section when the member gets a chunked body; fields that
         frame, route or are lbcore's own never are (RFC 9110 6.5.1)."""
-        if self.lrt.header_actions.get(name) is not None:
+        if self.lrt._actions.get(name) is not None:
             return 0
         if self.trailers is None:
             self.trailers = b""

@@ -21,7 +21,14 @@ cdef class ListenerRuntime:
     cdef public Py_ssize_t conn_bucket          # max_new_connections_per_second; -1 = none
     cdef public int64_t conn_interval_ns
     cdef public int64_t conn_tolerance_ns
-    cdef public dict header_actions     # lower-case header name -> H_* action
+    cdef dict _actions                  # lower-case header name -> H_* (header_actions)
+    # _actions as an open-addressing table the framing looks fields up in from
+    # C, with no bytes object made (action_of): slot -> name in _akeys, action.
+    cdef bytes _akeys
+    cdef Py_ssize_t* _aoff
+    cdef int* _alen                     # 0: empty slot
+    cdef int* _aact
+    cdef unsigned int _amask
     cdef public int xff_mode            # XFF_APPEND / XFF_REMOVE / XFF_PRESERVE / XFF_OFF
     cdef public bint x_real_ip
     cdef public bint x_forwarded_proto
@@ -63,6 +70,8 @@ cdef class ListenerRuntime:
     cdef public bint draining           # graceful stop: no keep-alive, GOAWAY
 
     cdef bytes tls_lines(self, object transport)
+    cdef int action_of(self, const char* lname, Py_ssize_t n, unsigned int h) noexcept
+    cdef int _index_actions(self) except -1
     cdef bytes next_request_id(self)
     cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
                               bytes host, bytes tls_lines, object view) except -1

@@ -6,7 +6,10 @@ from heapq import heappop, heappush
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdio cimport snprintf
 
-from lbcore_ext.bufs cimport put
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
+
+from lbcore_ext.bufs cimport fnv_hash, put
 from lbcore_ext.headers cimport header_line
 
 from lbcore_ext.phases import HOOK_UPSTREAM_REQUEST_FILTER
@@ -111,6 +114,61 @@ cdef class ListenerRuntime:
         self.n_tls_sni = b"X-Forwarded-Tls-Sni: "
         self.n_alpn = b"X-Forwarded-Alpn-Protocol: "
         self.n_cert_id = b"X-Forwarded-TLS-Certificate-ID: "
+
+    def __dealloc__(self):
+        free(self._aoff)
+        free(self._alen)
+        free(self._aact)
+
+    @property
+    def header_actions(self):
+        """Lower-case header name -> H_* action (indexed for C lookups when set)."""
+        return self._actions
+
+    @header_actions.setter
+    def header_actions(self, dict actions):
+        self._actions = actions
+        self._index_actions()
+
+    cdef int _index_actions(self) except -1:
+        cdef Py_ssize_t size = 16, i, off = 0
+        cdef unsigned int slot
+        cdef bytes name
+        while size < 2 * len(self._actions):
+            size *= 2
+        free(self._aoff)
+        free(self._alen)
+        free(self._aact)
+        self._aoff = <Py_ssize_t*>malloc(size * sizeof(Py_ssize_t))
+        self._alen = <int*>malloc(size * sizeof(int))
+        self._aact = <int*>malloc(size * sizeof(int))
+        if self._aoff == NULL or self._alen == NULL or self._aact == NULL:
+            raise MemoryError()
+        for i in range(size):
+            self._alen[i] = 0
+        self._amask = <unsigned int>(size - 1)
+        self._akeys = b"".join(self._actions)
+        for name, action in self._actions.items():
+            if not name or name != name.lower():
+                raise ValueError(f"header action names are lower case: {name!r}")
+            slot = fnv_hash(PyBytes_AS_STRING(name), len(name)) & self._amask
+            while self._alen[slot]:
+                slot = (slot + 1) & self._amask
+            self._aoff[slot] = off
+            self._alen[slot] = len(name)
+            self._aact[slot] = action
+            off += len(name)
+        return 0
+
+    cdef int action_of(self, const char* lname, Py_ssize_t n, unsigned int h) noexcept:
+        """The H_* action of a field by its lower-case name and lower_hash, or 0."""
+        cdef unsigned int slot = h & self._amask
+        cdef const char* keys = PyBytes_AS_STRING(self._akeys)
+        while self._alen[slot]:
+            if self._alen[slot] == n and memcmp(keys + self._aoff[slot], lname, n) == 0:
+                return self._aact[slot]
+            slot = (slot + 1) & self._amask
+        return 0
 
     cdef bytes tls_lines(self, object transport):
         """X-Forwarded-TLS-* lines: fixed for a connection, so built once per connection."""

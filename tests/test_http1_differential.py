@@ -4,6 +4,9 @@ arbitrary well-formed requests; and malformed variants never reach a backend."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -77,6 +80,34 @@ def test_forwarded_request_equals_sent(proxy, method, target, headers, body, chu
                                       b"transfer-encoding")]
     assert forwarded == [(b"Host", b"example.test")] + headers
     assert got.header(b"x-forwarded-for") == [b"127.0.0.1"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(headers=st.lists(header, min_size=1, max_size=6),
+       cuts=st.lists(st.integers(1, 400), min_size=1, max_size=8))
+def test_request_cut_anywhere_forwards_the_same(proxy, headers, cuts):
+    """The parser keeps a field's part when a read ends inside its name or
+    value (it points into the read until then): the request sent in pieces,
+    each its own read, reaches the member as sent."""
+    port, seen = proxy
+    seen.clear()
+    raw = serialize(b"POST", b"/cut", [(b"Host", b"example.test")] + headers, b"0123456789",
+                    False, [])
+    bounds = sorted({c % len(raw) for c in cuts} - {0})
+    pieces = [raw[a:b] for a, b in zip([0] + bounds, bounds + [len(raw)], strict=True)]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            s.sendall(piece)
+            time.sleep(0.003)
+        out = s.recv(65536)
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    got = seen[0]
+    assert got.body == b"0123456789"
+    forwarded = [(n, v) for n, v in got.headers
+                 if n.lower() not in (b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto",
+                                      b"x-forwarded-host", b"content-length")]
+    assert forwarded == [(b"Host", b"example.test")] + headers
 
 
 GOOD = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"

@@ -1,0 +1,148 @@
+# cython: language_level=3
+"""llhttp, driven from C: the parser httptools' compiled module carries and
+exports (llhttp_init, llhttp_execute, ... are global symbols of its .so),
+bound here by dlopen of that already-loaded module and dlsym, as tlsctl.pyx
+binds CPython's libssl. The front-ends give llhttp C callbacks that see
+header names and values as pointers into the bytes being parsed: no Python
+call and no Python object per header (httptools' own API makes two bytes
+objects and a Python call for each).
+
+The price is a struct layout declared here (llhttp.pxd) rather than read
+from a header httptools does not ship. So at import this module checks
+that the loaded library is one whose llhttp version lbcore has verified
+(VERIFIED, by the httptools version that vendors it), and probes the
+layout: llhttp_settings_init must clear exactly sizeof(llhttp_settings_t)
+bytes, llhttp_init must write the type and settings where they are
+declared and nothing past the end, and a parsed request's method and
+version must read back through both the struct and llhttp's getters.
+Either failing is an ImportError that names both versions."""
+
+from libc.string cimport memset
+
+import os
+
+import httptools
+import httptools.parser.parser as _httptools_parser
+
+# httptools version -> the llhttp it vendors, each checked against llhttp.pxd.
+VERIFIED = {"0.9.0": "9.4.3"}
+DECLARED = "9.4.3"
+# llhttp 9.4 numbers its methods 0 (DELETE) to 46 (QUERY).
+DEF METHODS = 47
+
+cdef extern from "<dlfcn.h>" nogil:
+    void* dlopen(const char* path, int flags)
+    void* dlsym(void* handle, const char* symbol)
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+cdef llhttp_api_t API
+cdef bint _loaded = False
+cdef tuple _METHODS = ()
+
+
+cdef void* _sym(void* lib, const char* name) except NULL:
+    cdef void* p = dlsym(lib, name)
+    if p == NULL:
+        raise ImportError(f"httptools' parser lacks {name.decode()}, which lbcore needs "
+                          f"(lbcore declares llhttp {DECLARED})")
+    return p
+
+
+def check_version(str httptools_version):
+    """ImportError unless this httptools vendors an llhttp lbcore verified."""
+    found = VERIFIED.get(httptools_version)
+    if found != DECLARED:
+        raise ImportError(
+            f"lbcore drives llhttp {DECLARED} from C, but httptools {httptools_version} "
+            f"vendors llhttp {found or 'of a version lbcore has not verified'}; install "
+            f"httptools {' or '.join(v for v, ll in VERIFIED.items() if ll == DECLARED)}")
+
+
+def check_layout(Py_ssize_t parser_size, Py_ssize_t settings_size):
+    """ImportError unless the loaded llhttp's structs have these sizes and
+    llhttp.pxd's field offsets (a probe, run at import with the declared
+    sizes; tests pass wrong ones)."""
+    cdef unsigned char buf[512]
+    cdef llhttp_settings_t s
+    cdef llhttp_t* p = <llhttp_t*>buf
+    cdef Py_ssize_t i
+    if parser_size + 64 > 512 or settings_size + 64 > 512:
+        raise ImportError("llhttp layout probe: size out of range")
+    memset(buf, 0xA5, sizeof(buf))
+    API.settings_init(<llhttp_settings_t*>buf)
+    for i in range(settings_size):
+        if buf[i] != 0:
+            _layout_error(f"llhttp_settings_t is not the {settings_size} bytes declared")
+    for i in range(settings_size, settings_size + 64):
+        if buf[i] != 0xA5:
+            _layout_error(f"llhttp_settings_t is not the {settings_size} bytes declared")
+    API.settings_init(&s)
+    memset(buf, 0xA5, sizeof(buf))
+    API.init(p, HTTP_REQUEST, &s)
+    for i in range(parser_size, parser_size + 64):
+        if buf[i] != 0xA5:
+            _layout_error(f"llhttp_t is not the {parser_size} bytes declared")
+    if p.type != HTTP_REQUEST or p.settings != <void*>&s or p.data != NULL:
+        _layout_error("llhttp_t's fields are not where llhttp.pxd declares them")
+    cdef const char* req = b"PUT / HTTP/1.0\r\n\r\n"
+    if API.execute(p, req, 18) != HPE_OK:
+        _layout_error("the layout probe's request did not parse")
+    if (p.method != 4 or p.http_major != 1 or p.http_minor != 0
+            or (<bytes>API.method_name(p.method)) != b"PUT"
+            or API.should_keep_alive(p) != 0):
+        _layout_error("llhttp_t's method or version fields are not where declared")
+
+
+cdef int _layout_error(str what) except -1:
+    raise ImportError(f"{what}: lbcore declares llhttp {DECLARED}, the loaded httptools "
+                      f"{httptools.__version__} vendors llhttp "
+                      f"{VERIFIED.get(httptools.__version__, 'unknown')}")
+
+
+cdef int _load() except -1:
+    global _loaded, _METHODS
+    check_version(httptools.__version__)
+    path = os.fsencode(_httptools_parser.__file__)
+    cdef void* lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD)
+    if lib == NULL:
+        raise ImportError(f"cannot open httptools' parser module {path!r}")
+    API.init = <void (*)(llhttp_t*, int, const llhttp_settings_t*) noexcept>_sym(lib, "llhttp_init")
+    API.settings_init = <void (*)(llhttp_settings_t*) noexcept>_sym(lib, "llhttp_settings_init")
+    API.execute = <int (*)(llhttp_t*, const char*, size_t) noexcept>_sym(lib, "llhttp_execute")
+    API.finish = <int (*)(llhttp_t*) noexcept>_sym(lib, "llhttp_finish")
+    API.reset = <void (*)(llhttp_t*) noexcept>_sym(lib, "llhttp_reset")
+    API.should_keep_alive = <int (*)(const llhttp_t*) noexcept>_sym(
+        lib, "llhttp_should_keep_alive")
+    API.message_needs_eof = <int (*)(const llhttp_t*) noexcept>_sym(
+        lib, "llhttp_message_needs_eof")
+    API.resume_after_upgrade = <void (*)(llhttp_t*) noexcept>_sym(
+        lib, "llhttp_resume_after_upgrade")
+    API.get_error_pos = <const char* (*)(const llhttp_t*) noexcept>_sym(
+        lib, "llhttp_get_error_pos")
+    API.get_error_reason = <const char* (*)(const llhttp_t*) noexcept>_sym(
+        lib, "llhttp_get_error_reason")
+    API.errno_name = <const char* (*)(int) noexcept>_sym(lib, "llhttp_errno_name")
+    API.method_name = <const char* (*)(int) noexcept>_sym(lib, "llhttp_method_name")
+    check_layout(sizeof(llhttp_t), sizeof(llhttp_settings_t))
+    # Method names as bytes, made once: a request's method costs no allocation.
+    # (llhttp_method_name aborts the process on a number it does not know.)
+    _METHODS = tuple(<bytes>API.method_name(m) for m in range(METHODS))
+    _loaded = True
+    return 0
+
+
+_load()
+
+
+cdef llhttp_api_t* llhttp_api() except NULL:
+    return &API
+
+
+cdef bytes method_bytes(uint8_t method):
+    """The method llhttp parsed, as bytes (b"<unknown>" past its table)."""
+    return _METHODS[method] if method < METHODS else b"<unknown>"
+
+
+def errno_name(int err) -> str:
+    return (<bytes>API.errno_name(err)).decode()
