@@ -2,17 +2,53 @@
 generic `+=` path (number protocol, buffer protocol, a temporary per part)."""
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
+
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
+
+cdef extern from "Python.h":
+    ctypedef struct PyByteArrayObject:
+        Py_ssize_t ob_alloc
+    void Py_SET_SIZE(object o, Py_ssize_t n)
+
+
+cdef inline bytearray new_ba(Py_ssize_t reserve):
+    """An empty bytearray with room for `reserve` bytes, so that a head built
+    in it grows without a realloc (and without bytearray()'s type call)."""
+    cdef bytearray buf = PyByteArray_FromStringAndSize(NULL, reserve)
+    Py_SET_SIZE(buf, 0)
+    PyByteArray_AS_STRING(buf)[0] = 0
+    return buf
+
+
+cdef inline char* extend(bytearray buf, Py_ssize_t n) except NULL:
+    """Makes buf n bytes longer and returns where they go. CPython's resize
+    grows a bytearray by 12.5% only when the growth is smaller than that, else
+    to the exact size, and shrinks it back to the exact size when it is under
+    half its room: a head built a field at a time would realloc for every
+    field. Within its room the size is simply set; past it the room grows by
+    half as much again."""
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
+    cdef Py_ssize_t need = at + n
+    if need + 1 > (<PyByteArrayObject*>buf).ob_alloc:
+        PyByteArray_Resize(buf, need + (need >> 1))
+    Py_SET_SIZE(buf, need)
+    cdef char* p = PyByteArray_AS_STRING(buf)
+    p[need] = 0                         # (a bytearray keeps a NUL after its bytes)
+    return p + at
+
+
+cdef inline bytes ba_bytes(bytearray buf):
+    """bytes(buf) without the buffer protocol's round trip."""
+    return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf), PyByteArray_GET_SIZE(buf))
 
 
 cdef inline int put(bytearray buf, bytes data) except -1:
     if data is None or buf is None:
         raise TypeError("put: None")
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, at + n)
-    memcpy(PyByteArray_AS_STRING(buf) + at, PyBytes_AS_STRING(data), n)
+    memcpy(extend(buf, n), PyBytes_AS_STRING(data), n)
     return 0
 
 
@@ -22,9 +58,7 @@ cdef inline int put_header(bytearray buf, bytes name, bytes value) except -1:
         raise TypeError("put_header: None")
     cdef Py_ssize_t a = PyBytes_GET_SIZE(name)
     cdef Py_ssize_t b = PyBytes_GET_SIZE(value)
-    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, at + a + b + 4)
-    cdef char* p = PyByteArray_AS_STRING(buf) + at
+    cdef char* p = extend(buf, a + b + 4)
     memcpy(p, PyBytes_AS_STRING(name), a)
     p += a
     p[0] = 58       # ':'
@@ -41,9 +75,7 @@ cdef inline int put_ba(bytearray buf, bytearray data) except -1:
     if data is None or buf is None:
         raise TypeError("put_ba: None")
     cdef Py_ssize_t n = PyByteArray_GET_SIZE(data)
-    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, at + n)
-    memcpy(PyByteArray_AS_STRING(buf) + at, PyByteArray_AS_STRING(data), n)
+    memcpy(extend(buf, n), PyByteArray_AS_STRING(data), n)
     return 0
 
 
@@ -64,9 +96,7 @@ cdef inline int put_int(bytearray buf, long long v) except -1:
     if neg:
         tmp[n] = 45
         n += 1
-    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, at + n)
-    cdef char* p = PyByteArray_AS_STRING(buf) + at
+    cdef char* p = extend(buf, n)
     for i in range(n):
         p[i] = tmp[n - 1 - i]
     return 0
@@ -85,9 +115,7 @@ cdef inline unsigned char hex_value(unsigned char c) noexcept:
 cdef inline int put_header_at(bytearray buf, const char* name, Py_ssize_t a,
                               const char* value, Py_ssize_t b) except -1:
     """name: value CRLF from pointers (a field still in the parser's input)."""
-    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, at + a + b + 4)
-    cdef char* p = PyByteArray_AS_STRING(buf) + at
+    cdef char* p = extend(buf, a + b + 4)
     memcpy(p, name, a)
     p += a
     p[0] = 58       # ':'
@@ -126,7 +154,5 @@ cdef inline unsigned int fnv_hash(const char* p, Py_ssize_t n) noexcept:
 
 cdef inline int put_at(bytearray buf, const char* data, Py_ssize_t n) except -1:
     """n bytes from a pointer."""
-    cdef Py_ssize_t at = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, at + n)
-    memcpy(PyByteArray_AS_STRING(buf) + at, data, n)
+    memcpy(extend(buf, n), data, n)
     return 0

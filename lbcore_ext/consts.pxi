@@ -86,3 +86,8 @@ DEF PLAIN_HTTP_LINGER = 2.0
 # Out of file descriptors (EMFILE/ENFILE), a listener stops accepting this long:
 # nginx's 500 ms. Connections wait in the kernel's backlog meanwhile.
 DEF ACCEPT_BACKOFF = 0.5
+
+# ---- Heads built field by field (lbcore_ext/bufs.pxd new_ba) ------------------------
+# Room a request or response head starts with: most heads fit, so one allocation
+# (under 512 bytes, from CPython's small-object allocator) serves the whole head.
+DEF HEAD_RESERVE = 480

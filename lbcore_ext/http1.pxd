@@ -1,4 +1,4 @@
-from lbcore_ext.llhttp cimport llhttp_t
+from lbcore_ext.llhttp cimport FieldParts, llhttp_t
 from lbcore_ext.request cimport Client, Request
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
@@ -8,14 +8,7 @@ cdef class HttpProtocol(Downstream):
     cdef Client client                  # peer and TLS facts, shared by its requests
     cdef llhttp_t p                     # llhttp's state, its data this protocol
     cdef bint parser_on                 # p initialised (connection_made ran)
-    # The field being parsed: where its name and value are in the read being
-    # parsed; copied (f_copy, v_copy) only when a read ends inside the field.
-    cdef const char* f_at
-    cdef Py_ssize_t f_len
-    cdef const char* v_at
-    cdef Py_ssize_t v_len
-    cdef bytearray f_copy
-    cdef bytearray v_copy
+    cdef FieldParts fields              # the header field being parsed
     cdef object cb_error                # an exception raised inside a callback
     cdef Request req                    # the request being parsed
     cdef list queue                     # exchanges in request order; [0] is running
@@ -38,8 +31,6 @@ cdef class HttpProtocol(Downstream):
     cdef Request pending_answer         # a local answer behind pipelined requests
     cdef int _message_begin(self) except -2
     cdef int _url(self, const char* at, size_t n) except -2
-    cdef int _keep_name(self) except -1
-    cdef int _keep_value(self) except -1
     cdef int _field(self) except -2
     cdef int _headers_complete(self) except -2
     cdef int _body(self, const char* at, size_t n) except -2

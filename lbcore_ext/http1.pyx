@@ -8,14 +8,16 @@ Request (lbcore_ext/request.pyx), where every rule about the request lives;
 writes responses back in order, in HTTP/1.1 framing (Content-Length,
 chunked, or close-delimited for HTTP/1.0)."""
 
+include "consts.pxi"
+
 import asyncio
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
-from libc.string cimport memchr
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
-from lbcore_ext.bufs cimport put, put_at, put_ba, put_int
-from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, llhttp_api,
+from libc.string cimport memchr
+
+from lbcore_ext.bufs cimport ba_bytes, new_ba, put, put_ba, put_int
+from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, FieldParts, llhttp_api,
                                 llhttp_api_t, llhttp_settings_t, llhttp_t, method_bytes)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
@@ -74,7 +76,7 @@ cdef bytes local_response(int status, bytes lines, bytes body, bint head, bint c
     put(out, b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n")
     if not head:
         put(out, body)
-    return bytes(out)
+    return ba_bytes(out)
 
 
 cdef class HttpProtocol(Downstream):
@@ -137,6 +139,7 @@ cdef class HttpProtocol(Downstream):
         # (Made only now: the timer's bound method would tie a connection handed
         # to HTTP/2 into a cycle only the cyclic GC frees.)
         self.timer = LazyTimer(self.loop, self._on_timer)
+        self.fields = FieldParts.__new__(FieldParts)
         LL.init(&self.p, HTTP_REQUEST, &SETTINGS)
         self.p.data = <void*>self
         self.parser_on = True
@@ -159,10 +162,7 @@ cdef class HttpProtocol(Downstream):
         cdef int err = LL.execute(&self.p, at, n)
         # A field cut by the end of this read: its part is kept (the bytes
         # object goes away), the rest comes with the next read.
-        if self.f_at != NULL:
-            self._keep_name()
-        if self.v_at != NULL:
-            self._keep_value()
+        self.fields.keep()
         if self.cb_error is not None:
             exc, self.cb_error = self.cb_error, None
             if not isinstance(exc, ValueError):
@@ -280,45 +280,13 @@ cdef class HttpProtocol(Downstream):
             return -1
         return 0
 
-    cdef int _keep_name(self) except -1:
-        if self.f_copy is None:
-            self.f_copy = bytearray()
-        put_at(self.f_copy, self.f_at, self.f_len)
-        self.f_at = NULL
-        return 0
-
-    cdef int _keep_value(self) except -1:
-        if self.v_copy is None:
-            self.v_copy = bytearray()
-        put_at(self.v_copy, self.v_at, self.v_len)
-        self.v_at = NULL
-        return 0
-
     cdef int _field(self) except -2:
         """A field's name and value are complete: one C call into the core."""
-        cdef const char* name = self.f_at
-        cdef Py_ssize_t nn = self.f_len
-        cdef const char* value = self.v_at
-        cdef Py_ssize_t vn = self.v_len
-        cdef int code
+        cdef FieldParts f = self.fields
         self.in_request_line = False
-        if self.f_copy is not None:
-            if name != NULL:
-                self._keep_name()
-            name = PyByteArray_AS_STRING(self.f_copy)
-            nn = PyByteArray_GET_SIZE(self.f_copy)
-        if self.v_copy is not None:
-            if value != NULL:
-                self._keep_value()
-            value = PyByteArray_AS_STRING(self.v_copy)
-            vn = PyByteArray_GET_SIZE(self.v_copy)
-        if value == NULL:
-            value = name                # an empty value
-            vn = 0
-        code = self.req.field_raw(name, nn, value, vn)
-        self.f_at = self.v_at = NULL
-        self.f_len = self.v_len = 0
-        self.f_copy = self.v_copy = None
+        f.take()
+        cdef int code = self.req.field_raw(f.name, f.nn, f.value, f.vn)
+        f.clear()
         if code:
             self.error_code = code
             return -1
@@ -453,7 +421,8 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
                      long long content_length, bint no_body) except -1:
-        cdef bytearray out = bytearray(b"HTTP/1.1 ")
+        cdef bytearray out = new_ba(HEAD_RESERVE + (len(rhead) if rhead is not None else 0))
+        put(out, b"HTTP/1.1 ")
         put_int(out, status)
         put(out, b" ")
         if reason is not None:
@@ -481,7 +450,7 @@ cdef class HttpProtocol(Downstream):
         elif ex.client_http10:
             put(out, b"Connection: keep-alive\r\n")
         put(out, b"\r\n")
-        self._out(bytes(out))
+        self._out(ba_bytes(out))
         return 0
 
     cdef int ds_body(self, Exchange ex, object data) except -1:
@@ -727,12 +696,7 @@ cdef int _cb_url(llhttp_t* p, const char* at, size_t n) noexcept:
 cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
     cdef HttpProtocol self = <HttpProtocol>p.data
     try:
-        if self.f_copy is not None:
-            put_at(self.f_copy, at, n)
-        else:
-            self.f_at = at
-            self.f_len = n
-        return 0
+        return self.fields.name_part(at, n)
     except BaseException as exc:
         self.cb_error = exc
         return -1
@@ -741,12 +705,7 @@ cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
 cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
     cdef HttpProtocol self = <HttpProtocol>p.data
     try:
-        if self.v_copy is not None:
-            put_at(self.v_copy, at, n)
-        else:
-            self.v_at = at
-            self.v_len = n
-        return 0
+        return self.fields.value_part(at, n)
     except BaseException as exc:
         self.cb_error = exc
         return -1

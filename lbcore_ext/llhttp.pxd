@@ -85,3 +85,25 @@ ctypedef struct llhttp_api_t:
 
 cdef llhttp_api_t* llhttp_api() except NULL
 cdef bytes method_bytes(uint8_t method)
+
+
+cdef class FieldParts:
+    """The header field being parsed: where its name and value are in the
+    read llhttp is parsing (a pointer and a length each), copied only when
+    a read ends inside the field (keep()). take() gives both, clear() ends it."""
+    cdef const char* f_at
+    cdef Py_ssize_t f_len
+    cdef const char* v_at
+    cdef Py_ssize_t v_len
+    cdef bytearray f_copy
+    cdef bytearray v_copy
+    # set by take(): valid until clear()
+    cdef const char* name
+    cdef Py_ssize_t nn
+    cdef const char* value
+    cdef Py_ssize_t vn
+    cdef int name_part(self, const char* at, size_t n) except -1
+    cdef int value_part(self, const char* at, size_t n) except -1
+    cdef int keep(self) except -1
+    cdef int take(self) except -1
+    cdef int clear(self) except -1

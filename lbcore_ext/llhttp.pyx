@@ -17,7 +17,10 @@ declared and nothing past the end, and a parsed request's method and
 version must read back through both the struct and llhttp's getters.
 Either failing is an ImportError that names both versions."""
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.string cimport memset
+
+from lbcore_ext.bufs cimport put_at
 
 import os
 
@@ -83,8 +86,11 @@ def check_layout(Py_ssize_t parser_size, Py_ssize_t settings_size):
     for i in range(parser_size, parser_size + 64):
         if buf[i] != 0xA5:
             _layout_error(f"llhttp_t is not the {parser_size} bytes declared")
-    if p.type != HTTP_REQUEST or p.settings != <void*>&s or p.data != NULL:
-        _layout_error("llhttp_t's fields are not where llhttp.pxd declares them")
+    # settings is llhttp_t's last field: where a struct of parser_size ends.
+    if (p.type != HTTP_REQUEST or p.settings != <void*>&s or p.data != NULL
+            or (<void**>(buf + parser_size - sizeof(void*)))[0] != <void*>&s):
+        _layout_error(f"llhttp_t is not the {parser_size} bytes declared, or its fields "
+                      f"are not where llhttp.pxd declares them")
     cdef const char* req = b"PUT / HTTP/1.0\r\n\r\n"
     if API.execute(p, req, 18) != HPE_OK:
         _layout_error("the layout probe's request did not parse")
@@ -146,3 +152,64 @@ cdef bytes method_bytes(uint8_t method):
 
 def errno_name(int err) -> str:
     return (<bytes>API.errno_name(err)).decode()
+
+
+cdef const char* _EMPTY = b""
+
+
+cdef class FieldParts:
+    cdef int name_part(self, const char* at, size_t n) except -1:
+        if self.f_copy is not None:
+            put_at(self.f_copy, at, n)
+        else:
+            self.f_at = at
+            self.f_len = n
+        return 0
+
+    cdef int value_part(self, const char* at, size_t n) except -1:
+        if self.v_copy is not None:
+            put_at(self.v_copy, at, n)
+        else:
+            self.v_at = at
+            self.v_len = n
+        return 0
+
+    cdef int keep(self) except -1:
+        """The read being parsed ends (its bytes object goes away): what of the
+        field points into it is copied; the rest comes with the next read."""
+        if self.f_at != NULL:
+            if self.f_copy is None:
+                self.f_copy = bytearray()
+            put_at(self.f_copy, self.f_at, self.f_len)
+            self.f_at = NULL
+        if self.v_at != NULL:
+            if self.v_copy is None:
+                self.v_copy = bytearray()
+            put_at(self.v_copy, self.v_at, self.v_len)
+            self.v_at = NULL
+        return 0
+
+    cdef int take(self) except -1:
+        if self.f_copy is not None or self.v_copy is not None:
+            self.keep()                     # (a cut field: both parts in the copies)
+            if self.f_copy is None:
+                self.f_copy = bytearray()
+        if self.f_copy is not None:
+            self.name = PyByteArray_AS_STRING(self.f_copy)
+            self.nn = PyByteArray_GET_SIZE(self.f_copy)
+            if self.v_copy is None:
+                self.v_copy = bytearray()
+            self.value = PyByteArray_AS_STRING(self.v_copy)
+            self.vn = PyByteArray_GET_SIZE(self.v_copy)
+            return 0
+        self.name = self.f_at if self.f_at != NULL else _EMPTY
+        self.nn = self.f_len
+        self.value = self.v_at if self.v_at != NULL else self.name
+        self.vn = self.v_len               # (0 when llhttp gave no part: empty)
+        return 0
+
+    cdef int clear(self) except -1:
+        self.f_at = self.v_at = self.name = self.value = NULL
+        self.f_len = self.v_len = self.nn = self.vn = 0
+        self.f_copy = self.v_copy = None
+        return 0

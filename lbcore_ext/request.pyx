@@ -12,12 +12,15 @@ A refusal is a status code (refuse() marks it, refused() counts and logs it);
 each front-end writes it in its own framing: an HTTP/1.1 response, or on
 HTTP/2 a response or, for a malformed request, RST_STREAM(PROTOCOL_ERROR)."""
 
+include "consts.pxi"
+
 cimport cython
+from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
-from lbcore_ext.bufs cimport (fnv_hash, hex_value, lower_hash, put, put_ba, put_header,
-                              put_header_at, put_int)
+from lbcore_ext.bufs cimport (ba_bytes, fnv_hash, hex_value, lower_hash, new_ba, put, put_ba,
+                              put_header, put_header_at, put_int)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
 from lbcore_ext.headers cimport error_body, error_response, header_line, reason_phrase
@@ -270,7 +273,7 @@ cdef class Request:
         cdef Request self = Request.__new__(Request)
         self.client = client
         self.lrt = client.lrt
-        self.hbuf = bytearray()
+        self.hbuf = new_ba(HEAD_RESERVE)
         self.cl = -1
         self.pbase = client.lrt.pbase_local
         self.t_start = monotonic()
@@ -657,7 +660,8 @@ cdef class Request:
         """The HTTP/1.1 head the member gets: the client's fields minus
         hop-by-hop and owned ones, then lbcore's (spec 5)."""
         cdef ListenerRuntime lrt = self.lrt
-        cdef bytearray out = bytearray(self.method)
+        cdef bytearray out = new_ba(PyByteArray_GET_SIZE(self.hbuf) + HEAD_RESERVE)
+        put(out, self.method)
         put(out, b" ")
         put(out, self.target)
         put(out, b" HTTP/1.1\r\n")
@@ -688,7 +692,7 @@ cdef class Request:
         lrt.append_forwarded(out, self.client.peer_ip, self.client.peer_port, self.xff,
                              self.host, self.client.tls_lines(), self.view)
         put(out, b"\r\n")
-        return bytes(out)
+        return ba_bytes(out)
 
     # ---- counting and the access log ---------------------------------------------
 

@@ -1,5 +1,6 @@
 from lbcore_ext.balancer cimport Member, Pool
 from lbcore_ext.counters cimport Counters
+from lbcore_ext.llhttp cimport FieldParts, llhttp_t
 from lbcore_ext.request cimport Request
 from lbcore_ext.runtime cimport ListenerRuntime
 
@@ -132,7 +133,8 @@ cdef class Exchange:
     cdef _error(self, int code, bytes router_code)
     cdef int _connect(self) except -1
     cdef int up_status(self, bytes reason) except -1
-    cdef int up_header(self, bytes name, bytes value) except -1
+    cdef int up_header(self, const char* name, Py_ssize_t nn, const char* value,
+                       Py_ssize_t vn) except -1
     cdef int up_headers_complete(self, int status) except -1
     cdef int up_body(self, bytes data) except -1
     cdef int up_message_complete(self) except -1
@@ -148,8 +150,9 @@ cdef class UpstreamConnection:
     cdef Counters counters              # the worker's, for the live-object counts
     cdef Py_ssize_t mbase               # the member block it counts open in, -1: none
     cdef bint counted_open              # counted in M_CONN_ACTIVE
-    cdef object parser
-    cdef object feed                    # parser.feed_data, bound once
+    cdef llhttp_t p                     # the response parser, its data this connection
+    cdef FieldParts fields              # the response field being parsed
+    cdef object cb_error                # an exception raised inside a parser callback
     cdef object write                   # transport.write, bound once
     cdef Exchange ex
     cdef bint closed
@@ -160,3 +163,8 @@ cdef class UpstreamConnection:
     cdef double last_used
     cdef int fd                         # the socket's, for a readability check mid-body
     cdef int close(self) except -1
+    cdef int _status(self, const char* at, size_t n) except -2
+    cdef int _field(self) except -2
+    cdef int _headers_complete(self) except -2
+    cdef int _body(self, const char* at, size_t n) except -2
+    cdef int _message_complete(self) except -2

@@ -10,9 +10,11 @@ cimport cython
 
 from functools import partial
 
-import httptools
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-from lbcore_ext.bufs cimport put_header
+from lbcore_ext.bufs cimport new_ba, put_header, put_header_at
+from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_RESPONSE, FieldParts,
+                                llhttp_api, llhttp_api_t, llhttp_settings_t, llhttp_t)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
@@ -59,9 +61,11 @@ cdef inline bint readable(int fd):
     return poll(&p, 1, 0) > 0
 from lbcore_ext.runtime cimport ListenerRuntime
 
-cdef object HttpResponseParser = httptools.HttpResponseParser
-cdef object HttpParserError = httptools.HttpParserError
-cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
+cdef llhttp_api_t* LL = llhttp_api()
+cdef llhttp_settings_t SETTINGS
+cdef bytes REASON_OK = b"OK"
+# The members a first try has tried: none (never appended to; a retry makes its own).
+cdef list NONE_TRIED = []
 
 cdef int K_UPSTREAM_PEER = HOOK_UPSTREAM_PEER
 cdef Py_ssize_t O_RETRY_REASON = RETRY_REASON
@@ -148,16 +152,49 @@ cdef inline int retry_reason(int kind):
     return -1
 
 # Response headers that are hop-by-hop (RFC 9110 7.6.1) or re-framed by us.
-cdef dict RESP_DROP = {
-    b"set-cookie": 4,
-    b"connection": 1, b"keep-alive": 1, b"proxy-connection": 1, b"te": 1,
-    b"trailer": 1, b"upgrade": 1, b"transfer-encoding": 2, b"content-length": 3,
-}
-# Bit n set: some RESP_DROP name is n bytes long. Most response headers
-# (Server, Date, Content-Type...) skip the lower() and the dict lookup.
-cdef unsigned long long RESP_DROP_LENGTHS = 0
-for _name in RESP_DROP:
-    RESP_DROP_LENGTHS |= 1ULL << len(_name)
+DEF R_RELAY = 0             # relayed as it came (most: Server, Date, Content-Type...)
+DEF R_HOP = 1               # hop-by-hop: dropped (Connection and Upgrade are read)
+DEF R_CHUNKED = 2           # Transfer-Encoding: re-framed by us
+DEF R_LENGTH = 3            # Content-Length: re-framed by us
+DEF R_SET_COOKIE = 4        # relayed, and read for application-cookie stickiness
+DEF R_CONNECTION = 5
+DEF R_UPGRADE = 6
+
+
+cdef inline bint same_lower(const char* name, const char* lower, Py_ssize_t n) noexcept:
+    """name, in any case, is `lower` (n bytes of lower case)."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>name[i]
+        if 65 <= c <= 90:
+            c |= 32
+        if c != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef int response_field_kind(const char* name, Py_ssize_t n) noexcept:
+    """What a response field is to the relay, by its name (no bytes object made)."""
+    if n == 14:
+        return R_LENGTH if same_lower(name, "content-length", 14) else R_RELAY
+    if n == 10:
+        if same_lower(name, "set-cookie", 10):
+            return R_SET_COOKIE
+        if same_lower(name, "connection", 10):
+            return R_CONNECTION
+        return R_HOP if same_lower(name, "keep-alive", 10) else R_RELAY
+    if n == 17:
+        return R_CHUNKED if same_lower(name, "transfer-encoding", 17) else R_RELAY
+    if n == 7:
+        if same_lower(name, "upgrade", 7):
+            return R_UPGRADE
+        return R_HOP if same_lower(name, "trailer", 7) else R_RELAY
+    if n == 2:
+        return R_HOP if same_lower(name, "te", 2) else R_RELAY
+    if n == 16:
+        return R_HOP if same_lower(name, "proxy-connection", 16) else R_RELAY
+    return R_RELAY
 
 
 cdef class Downstream:
@@ -230,10 +267,8 @@ cdef class Exchange:
         self.idempotent = req.idempotent()
         self.has_body = req.has_body
         self.req_chunked = req.chunked
-        self.body_buf = []
         self.client_http10 = req.http10
         self.client_keep_alive = req.keep_alive
-        self.tried = []
         self.state = S_NEW
         self.resp_cl = -1
         self.gen_reason = -1
@@ -270,7 +305,8 @@ cdef class Exchange:
             elif choice is not None:
                 m = choice
         if m is None:
-            m = pool.pick(self.tried, self.req.client.peer_ip, self.req.cookie)
+            m = pool.pick(self.tried if self.tried is not None else NONE_TRIED,
+                          self.req.client.peer_ip, self.req.cookie)
         if m is None:
             self.state = S_DONE
             # ELB's x-router-code: 40000 the default pool is empty, 40001 the
@@ -308,6 +344,8 @@ cdef class Exchange:
     cdef int feed_body(self, object data) except -1:
         if self.state == S_DONE or self.body_dropped:
             return 0
+        if self.body_buf is None:
+            self.body_buf = []
         if self.state == S_BUFFERING:
             self.body_buf.append(data)
             self.body_buf_len += len(data)
@@ -621,6 +659,8 @@ cdef class Exchange:
             return None
         if kind == F_RESPONSE_TIMEOUT and self.sticky_bound:
             return None             # spec 7.2: sticky sessions are not retried on time-out
+        if self.tried is None:
+            self.tried = []
         self.tried.append(self.member)
         cdef Member m = pool.pick(self.tried, self.req.client.peer_ip, None)
         if m is None:
@@ -734,30 +774,36 @@ cdef class Exchange:
         self.reason = reason if self.reason is None else self.reason + reason
         return 0
 
-    cdef int up_header(self, bytes name, bytes value) except -1:
+    cdef int up_header(self, const char* name, Py_ssize_t nn, const char* value,
+                       Py_ssize_t vn) except -1:
+        """One response field, still in the member's read: relayed by one copy
+        into the head, or read for what lbcore re-frames."""
+        cdef int kind = response_field_kind(name, nn)
+        cdef long long cl = 0
+        cdef Py_ssize_t i
         if self.rhead is None:
-            self.rhead = bytearray()
-        cdef Py_ssize_t n = len(name)
-        action = (RESP_DROP.get(name.lower()) if n < 64 and (RESP_DROP_LENGTHS >> n) & 1
-                  else None)
-        if action is None:
-            put_header(self.rhead, name, value)
-        elif action == 1:
-            lname = name.lower()
-            # (find, not `in`: bytes.__contains__ raises and clears a
-            # TypeError inside for every bytes argument)
-            if lname == b"connection" and value.lower().find(b"close") >= 0:
-                self.resp_close = True
-            elif lname == b"upgrade":
-                self.resp_upgrade = value
-        elif action == 2:
+            self.rhead = new_ba(HEAD_RESERVE)
+        if kind == R_RELAY:
+            put_header_at(self.rhead, name, nn, value, vn)
+        elif kind == R_LENGTH:
+            # (llhttp admitted digits only, and no second, different length)
+            for i in range(vn):
+                if 48 <= <unsigned char>value[i] <= 57:
+                    cl = cl * 10 + (value[i] - 48)
+            self.resp_cl = cl
+        elif kind == R_CHUNKED:
             self.resp_chunked = True
-        elif action == 3:
-            self.resp_cl = int(value)
-        else:
-            put_header(self.rhead, name, value)
+        elif kind == R_CONNECTION:
+            for i in range(vn - 4):
+                if same_lower(value + i, "close", 5):
+                    self.resp_close = True
+                    break
+        elif kind == R_UPGRADE:
+            self.resp_upgrade = PyBytes_FromStringAndSize(value, vn)
+        elif kind == R_SET_COOKIE:
+            put_header_at(self.rhead, name, nn, value, vn)
             if self.pool.sticky == STICKY_APP_COOKIE:
-                first = value.split(b";", 1)[0]
+                first = PyBytes_FromStringAndSize(value, vn).split(b";", 1)[0]
                 v = cookie_value(first, self.pool.cookie_name)
                 if v is not None:
                     self.pool.remember_app_cookie(v, self.member)
@@ -833,10 +879,6 @@ cdef class Exchange:
         self.ds.ds_head(self, status, self.reason, self.rhead,
                         -1 if self.resp_chunked else self.resp_cl,
                         self.is_head_method or status == 204 or status == 304)
-        if self.is_head_method:
-            # httptools cannot be told the request was HEAD, so the parser would
-            # wait for a body that never comes: finish now, never reuse.
-            self._finish(False)
         return 0
 
     cdef long long _head_size(self, int status):
@@ -909,7 +951,7 @@ cdef class Exchange:
         self.ds.ds_end(self)
         # (a member that answered before the whole body reached it is not reused)
         self._finish(self.req_done and not self.body_dropped and not self.resp_close
-                     and self.conn.parser.should_keep_alive())
+                     and LL.should_keep_alive(&self.conn.p))
         return 0
 
     cdef int up_lost(self) except -1:
@@ -982,9 +1024,10 @@ cdef class UpstreamConnection:
             add_at(self.counters, self.mbase, O_M_CONN_TOTAL, 1)
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
-        self.parser = HttpResponseParser(self)
+        self.fields = FieldParts.__new__(FieldParts)
+        LL.init(&self.p, HTTP_RESPONSE, &SETTINGS)
+        self.p.data = <void*>self
         # Bound once: a method looked up by name costs a lookup per call.
-        self.feed = self.parser.feed_data
         self.write = transport.write
 
     def data_received(self, bytes data):
@@ -1000,9 +1043,32 @@ cdef class UpstreamConnection:
             ex.ds.ds_write(data)
             return
         cdef Downstream ds = ex.ds
+        cdef const char* at = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos
+        cdef int err
         ds.ds_cork()
         try:
-            self.feed(data)
+            err = LL.execute(&self.p, at, n)
+            self.fields.keep()
+            if self.cb_error is not None:
+                exc, self.cb_error = self.cb_error, None
+                raise exc
+            if err == HPE_PAUSED_UPGRADE:
+                # The 101 head was parsed; what follows it is already tunnel data.
+                pos = LL.get_error_pos(&self.p) - at
+                LL.resume_after_upgrade(&self.p)
+                ex = self.ex
+                if ex is not None and self.tunnel and 0 <= pos < n:
+                    ex._down_out(n - pos, True)
+                    ex.ds.ds_write(data[pos:])
+                return
+            if err != HPE_OK:
+                ex = self.ex
+                if ex is not None:
+                    ex.up_invalid()
+                self.close()
+                return
             ex = self.ex
             if (ex is not None and not ex.resp_started
                     and (ex.state == S_WAITING or ex.state == S_SENDING)):
@@ -1010,22 +1076,9 @@ cdef class UpstreamConnection:
                 # those of interim responses before it) count against the limit,
                 # so an endless header line costs one read past it, not the
                 # worker (parsing stays linear).
-                self.head_bytes += len(data)
+                self.head_bytes += n
                 if self.head_bytes > ex.head_limit():
                     ex.up_too_big()     # (closes this connection)
-        except HttpParserUpgrade as exc:
-            # The 101 head was parsed; what follows it is already tunnel data.
-            ex = self.ex
-            if ex is not None and self.tunnel:
-                rest = data[exc.args[0]:]
-                if rest:
-                    ex._down_out(len(rest), True)
-                    ex.ds.ds_write(rest)
-        except HttpParserError:
-            ex = self.ex
-            if ex is not None:
-                ex.up_invalid()
-            self.close()
         finally:
             ds.ds_uncork()
 
@@ -1043,11 +1096,8 @@ cdef class UpstreamConnection:
         elif self in self.member.idle:
             self.member.idle.remove(self)
             add(self.counters, O_LIVE_IDLE, -1)
-        # The parser holds bound methods of this connection and the transport
-        # holds it: drop both so reference counting frees it now, not the
-        # cyclic GC later.
-        self.parser = None
-        self.feed = None
+        # The transport holds this connection: drop the way back so reference
+        # counting frees it now, not the cyclic GC later.
         self.write = None
         self.ex = None
         self.transport = None
@@ -1066,26 +1116,117 @@ cdef class UpstreamConnection:
             self.transport.close()
         return 0
 
-    # httptools callbacks
-    def on_status(self, bytes reason):
-        if self.ex is not None:
-            self.ex.up_status(reason)
+    # ---- what the llhttp callbacks call: 0, or -1 to stop parsing (-2: an exception)
 
-    def on_header(self, bytes name, bytes value):
+    cdef int _status(self, const char* at, size_t n) except -2:
         if self.ex is not None:
-            self.ex.up_header(name, value)
+            self.ex.up_status(REASON_OK if n == 2 and at[0] == 79 and at[1] == 75
+                              else PyBytes_FromStringAndSize(at, n))
+        return 0
 
-    def on_headers_complete(self):
+    cdef int _field(self) except -2:
+        cdef FieldParts f = self.fields
+        f.take()
         if self.ex is not None:
-            self.ex.up_headers_complete(self.parser.get_status_code())
+            self.ex.up_header(f.name, f.nn, f.value, f.vn)
+        f.clear()
+        return 0
 
-    def on_body(self, bytes body):
+    cdef int _headers_complete(self) except -2:
+        """1: no body follows (a HEAD request's response, an upgrade)."""
+        cdef Exchange ex = self.ex
+        if ex is not None:
+            ex.up_headers_complete(self.p.status_code)
+            if self.ex is not ex or self.closed:
+                return -1               # failed, retried or closed: stop reading it
+            if ex.is_head_method and self.p.status_code >= 200:
+                return 1
+        return 1 if self.p.upgrade else 0
+
+    cdef int _body(self, const char* at, size_t n) except -2:
         if self.ex is not None:
-            self.ex.up_body(body)
+            self.ex.up_body(PyBytes_FromStringAndSize(at, n))
+        return 0
 
-    def on_message_complete(self):
+    cdef int _message_complete(self) except -2:
         if self.ex is not None:
             self.ex.up_message_complete()
+        return 0
+
+
+# ---- llhttp's callbacks for member responses: C functions, the connection in data ----
+
+cdef int _cb_status(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self._status(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self.fields.name_part(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self.fields.value_part(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_value_complete(llhttp_t* p) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self._field()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_headers_complete(llhttp_t* p) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self._headers_complete()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_body(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self._body(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_message_complete(llhttp_t* p) noexcept:
+    cdef UpstreamConnection self = <UpstreamConnection>p.data
+    try:
+        return self._message_complete()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+LL.settings_init(&SETTINGS)
+SETTINGS.on_status = _cb_status
+SETTINGS.on_header_field = _cb_header_field
+SETTINGS.on_header_value = _cb_header_value
+SETTINGS.on_header_value_complete = _cb_header_value_complete
+SETTINGS.on_headers_complete = _cb_headers_complete
+SETTINGS.on_body = _cb_body
+SETTINGS.on_message_complete = _cb_message_complete
 
 
 def close_idle(Member m):
