@@ -1,8 +1,21 @@
 # cython: language_level=3
-"""TLS on a socket lbcore owns: OpenSSL reads and writes the file descriptor
-itself (SSL_set_fd, a socket BIO), driven by the loop's readiness events.
+"""Client connections on sockets lbcore owns, driven by the loop's readiness
+events (add_reader/add_writer): plain TCP (TcpTransport: recv() into one
+buffer the worker shares, send()/writev() straight to the socket) and TLS
+(TlsTransport: OpenSSL reads and writes the file descriptor itself,
+SSL_set_fd, a socket BIO). Both are a SocketTransport: the readiness, the
+write queue and its water marks, half-close, close and abort are written
+once there; the subclasses supply the byte primitives (_read, _send, _push)
+and TLS its handshake states. The Acceptor (acceptor.pyx) hands each accepted
+socket to tcp_accept or tls_accept with accept()'s binary address, which
+becomes text once (peer_ip) or a peername tuple only when asked.
 
-What this replaces: uvloop's SSL transport runs Python's SSLObject over memory
+What the plain transport replaces: uvloop's TCPTransport costs a Python
+socket object per connection (the Acceptor's socket.accept()), a peername
+tuple and str, libuv's handle tracking, and a read buffer per read; tcp_connect
+opens member connections on it too (not yet used by upstream.pyx).
+
+What the TLS transport replaces: uvloop's SSL transport runs Python's SSLObject over memory
 BIOs, which costs a Python call and a copy per record, an SSLWantReadError
 raised for every WANT_READ, and a 256 KiB read buffer per connection. Here a
 read is SSL_read into one buffer the worker shares, a write is SSL_write
@@ -37,7 +50,7 @@ writelines, close, abort, pause_reading, resume_reading, set_protocol,
 get_extra_info) and, as get_extra_info("ssl_object"), the transport itself
 with the SSLObject methods the front-ends read (version, cipher,
 selected_alpn_protocol, getpeercert(binary_form=True), session_reused,
-lbcore_sni). Plain TCP on the same owned-socket design is issue 14."""
+lbcore_sni)."""
 
 include "consts.pxi"
 
@@ -1353,3 +1366,27 @@ cdef TlsTransport tls_accept(object loop, int fd, const void* sa, object factory
 def live_read_buffer_size():
     """The one read buffer every connection of this worker shares."""
     return READ_BUFFER
+
+
+def peer_text_of(bytes packed, int port):
+    """(peer_ip(), peer_port()) of a connection from this address (4 or 16
+    bytes, network order): what X-Forwarded-For and the access log get
+    (tests)."""
+    cdef sockaddr_in a4
+    cdef sockaddr_in6 a6
+    cdef TcpTransport t = TcpTransport.__new__(TcpTransport)
+    memset(&a4, 0, sizeof(a4))
+    memset(&a6, 0, sizeof(a6))
+    if len(packed) == 4:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(<uint16_t>port)
+        memcpy(&a4.sin_addr, <const char*>packed, 4)
+        t.set_peer(&a4)
+    elif len(packed) == 16:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(<uint16_t>port)
+        memcpy(&a6.sin6_addr, <const char*>packed, 16)
+        t.set_peer(&a6)
+    else:
+        raise ValueError("an address is 4 or 16 bytes")
+    return t.peer_ip(), t.peer_port(), t.get_extra_info("peername")
