@@ -43,7 +43,6 @@ from lbcore_ext.counters import (
     Counters,
 )
 from lbcore_ext.http1 import HttpProtocol
-from lbcore_ext.runtime import ACL_ALL
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys, use_ticket_keys
 from lbcore_ext.upstream import close_idle
 
@@ -136,9 +135,9 @@ def bind_listener(address: str | None, port: int) -> list[socket.socket]:
 
 
 async def open_listeners(cfg, runtime: Runtime, sockets: list | None = None) -> list:
-    """Listeners with access control or TLS accept through an Acceptor (IP
-    check before any TLS byte, handshake failures counted by reason); plain
-    HTTP without access control uses the loop's own server."""
+    """Every listener accepts through an Acceptor: the IP check before any
+    byte, the listener's limits, EMFILE backoff, and lbcore's own transports
+    (TLS, or plain TCP) instead of uvloop's."""
     loop = asyncio.get_running_loop()
     servers: list = []
     for i, (listener, lrt) in enumerate(zip(cfg.listeners, runtime.listeners, strict=True)):
@@ -147,14 +146,9 @@ async def open_listeners(cfg, runtime: Runtime, sockets: list | None = None) -> 
         socks = sockets[i] if sockets is not None else bind_listener(listener.address,
                                                                      listener.port)
         for sock in socks:
-            if (lrt.acl_mode != ACL_ALL or lrt.ssl_ctx is not None or lrt.max_connections
-                    or lrt.conn_bucket >= 0):
-                acceptor = Acceptor(loop, sock, factory, lrt)
-                acceptor.start()
-                servers.append(acceptor)
-            else:
-                servers.append(await loop.create_server(factory, sock=sock,
-                                                        backlog=LISTEN_BACKLOG))
+            acceptor = Acceptor(loop, sock, factory, lrt)
+            acceptor.start()
+            servers.append(acceptor)
         where = listener.address or "*"
         log.debug("listener %s: %s on %s:%d -> pool %s", listener.name, listener.protocol,
                   where, listener.port, listener.default_pool)

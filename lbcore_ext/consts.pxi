@@ -67,11 +67,15 @@ DEF H2_MAX_CONTINUATIONS = 32
 # bomb (GOAWAY); merely over the limit is a 431 on that stream.
 DEF H2_HEADER_FLOOD_FACTOR = 4
 
-# ---- Client connections: accept and TLS (lbcore_ext/transport.pyx) -------------
-# Plaintext read per readiness event, into one buffer the whole worker shares: a
-# TLS record is at most 16 KiB, so this is four records per data_received. uvloop
-# gives each TLS connection a 256 KiB buffer of its own.
-DEF TLS_READ_BUFFER = 65536
+# ---- Client connections: accept, TCP and TLS (lbcore_ext/transport.pyx) --------
+# Bytes read per readiness event (plaintext over TLS), into one buffer the whole
+# worker shares, TLS and plain TCP alike: a TLS record is at most 16 KiB, so this
+# is four records per data_received. uvloop gives each connection a 256 KiB
+# buffer of its own (a plain one too, while it reads).
+DEF READ_BUFFER = 65536
+# Queued pieces one writev() takes on a plain connection (Linux's IOV_MAX is
+# 1024; more than a few dozen pieces queued is already a slow reader).
+DEF WRITEV_MAX = 64
 # Write buffer marks for pause_writing/resume_writing: asyncio's defaults.
 DEF WRITE_HIGH = 65536
 DEF WRITE_LOW = 16384

@@ -24,6 +24,7 @@ from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
 from lbcore_ext.request cimport D_ANSWER, Client, Request
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
+from lbcore_ext.transport cimport SocketTransport
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 from lbcore_ext.counters import (CONN_ACTIVE, CONN_TOTAL, TIMEOUT_IDLE, TIMEOUT_REQUEST,
@@ -95,18 +96,27 @@ cdef class HttpProtocol(Downstream):
     def connection_made(self, transport):
         """Called after the TLS handshake on HTTPS listeners (access control
         already ran in the Acceptor, before any TLS byte)."""
-        self.transport = transport
-        self.loop = get_running_loop()
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else "0.0.0.0"
-        if ip.startswith("::ffff:") and "." in ip:
-            ip = ip[7:]
         cdef ListenerRuntime lrt = self.lrt
         cdef Client client = Client.__new__(Client)
+        cdef SocketTransport st
+        self.transport = transport
         client.lrt = lrt
         client.transport = transport
-        client.peer_ip = ip.encode()
-        client.peer_port = PyBytes_FromFormat("%d", <int>(peer[1] if peer else 0))
+        if isinstance(transport, SocketTransport):
+            # lbcore's transports keep accept()'s binary address: its text is
+            # made here once, in C (no tuple, no str, no encode).
+            st = <SocketTransport>transport
+            self.loop = st.loop
+            client.peer_ip = st.peer_ip()
+            client.peer_port = st.peer_port()
+        else:
+            self.loop = get_running_loop()
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if peer else "0.0.0.0"
+            if ip.startswith("::ffff:") and "." in ip:
+                ip = ip[7:]
+            client.peer_ip = ip.encode()
+            client.peer_port = PyBytes_FromFormat("%d", <int>(peer[1] if peer else 0))
         self.client = client
         # TLS listeners hand over TLS transports only: no need to ask the transport.
         self.is_tls = lrt.ssl_ctx is not None
@@ -121,7 +131,8 @@ cdef class HttpProtocol(Downstream):
                     inc(lrt.counters, lrt.cbase + <Py_ssize_t>cell)
         if lrt.sni_guard is not None:
             client.sni_name = getattr(sslobj, "lbcore_sni", None)
-        if lrt.hooks & K_ON_ACCEPT and not lrt.phases.on_accept(ip, peer[1]):
+        if lrt.hooks & K_ON_ACCEPT and not lrt.phases.on_accept(client.peer_ip.decode(),
+                                                                int(client.peer_port)):
             self.closed = True
             transport.abort()
             return

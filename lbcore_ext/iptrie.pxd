@@ -1,5 +1,10 @@
 from libc.stdint cimport int32_t, uint32_t
 
+# IpTrie.lookup_key's family (the V4/V6 of iptrie.pyx).
+cdef enum:
+    IP_V4 = 0
+    IP_V6 = 1
+
 cdef class IpTrie:
     """Longest-prefix match for IPv4 and IPv6 (HAProxy pattern.c's model: one
     binary tree per family, keyed in network byte order). Nodes live in flat C

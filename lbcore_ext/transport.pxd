@@ -15,33 +15,80 @@ cdef class HandshakeQueue:
     cdef int arm(self) except -1
 
 
-cdef class TlsTransport:
-    """One TLS client connection on a socket lbcore owns (OpenSSL on the fd)."""
-    cdef void* ssl                      # SSL*, NULL before the first byte and once closed
-    cdef void* ctx                      # SSL_CTX* the SSL is made from
+cdef class SocketTransport:
+    """A connection on a socket lbcore owns, driven by the loop's readiness
+    events (add_reader/add_writer): the asyncio transport surface the
+    protocols use, the write queue with its water marks, half-close and the
+    close/abort logic. Subclasses supply the byte primitives (_read, _send,
+    _push) and, for TLS, the states before ST_OPEN."""
     cdef int fd
     cdef int state                      # ST_*
     cdef object loop
-    cdef object protocol                # made when the handshake ends
-    cdef object factory
-    cdef ListenerRuntime lrt
-    cdef HandshakeQueue hq
-    cdef TlsTransport hq_prev
-    cdef TlsTransport hq_next
-    cdef double deadline                # end of the handshake time
-    cdef object peer                    # (ip, port) from accept
+    cdef object protocol
+    cdef ListenerRuntime lrt            # None on member connections
+    # The peer as accept() gave it, in binary: text is made only when asked.
+    cdef int peer_family                # AF_INET / AF_INET6; 0: unknown
+    cdef unsigned short peer_port_h     # host byte order
+    cdef unsigned char peer_addr[16]    # 4 bytes for AF_INET, 16 for AF_INET6
+    cdef object peer                    # the peername tuple, made when asked
     cdef object sockname
     cdef bint reader_on
     cdef bint writer_on
     cdef bint read_paused               # the protocol asked
-    cdef bint read_wants_write          # SSL_read needs the socket writable
+    cdef bint read_wants_write          # (TLS) the read side needs the socket writable
     cdef bint write_paused              # we told the protocol to pause_writing
+    cdef bint batch_writes              # hold writes made inside data_received (TLS)
     cdef bint batching                  # inside data_received: writes wait for its end
-    cdef bint ssl_failed                # a fatal TLS error: no close_notify
-    cdef list wqueue                    # plaintext not yet taken by SSL_write
+    cdef bint eof_got                   # the peer ended its side
+    cdef bint eof_pending               # write_eof asked with bytes still queued
+    cdef bint eof_sent                  # our side shut (SHUT_WR)
+    cdef int err                        # errno of the failed send, for the exception
+    cdef list wqueue                    # bytes not yet taken by the socket; None: none yet
     cdef Py_ssize_t woff                # bytes of wqueue[0] already taken
-    cdef Py_ssize_t wsize               # plaintext bytes queued
+    cdef Py_ssize_t wsize               # bytes queued
     cdef object close_timer
+
+    cdef int set_peer(self, const void* sa) except -1
+    cdef bytes peer_ip(self)            # b"192.0.2.1" (an IPv4-mapped IPv6 peer as IPv4)
+    cdef bytes peer_port(self)          # b"50000"
+    cdef int _reader(self, bint on) except -1
+    cdef int _writer(self, bint on) except -1
+    # Readiness, per state; the base knows ST_OPEN and ST_CLOSING only.
+    cdef int _readable(self) except -1
+    cdef int _writable(self) except -1
+    # The byte primitives.
+    cdef int _read(self) except -1
+    # Bytes the socket took from p (> 0), 0 when it would block, -1 on an
+    # error (self.err set): nothing raised, the caller ends the connection.
+    cdef Py_ssize_t _send(self, const char* p, Py_ssize_t n) except -2
+    # Send from wqueue: 1 when all of it left, 0 when the socket is full, -1 on an error.
+    cdef int _push(self) except -2
+    cdef int _deliver(self, Py_ssize_t n) except -1
+    cdef int _got_eof(self) except -1
+    cdef int _flush(self) except -1
+    cdef int _queue(self, object data) except -1
+    cdef int _abort(self) except -1
+    cdef int _release(self, int prev) except -1   # the subclass's end (close_notify, SSL_free)
+    cdef int _finish(self, object exc) except -1
+    cdef int _fatal(self, object exc) except -1
+
+
+cdef class TcpTransport(SocketTransport):
+    """Plain TCP: recv() into the worker's shared read buffer, send()/writev()
+    straight to the socket."""
+    pass
+
+
+cdef class TlsTransport(SocketTransport):
+    """One TLS client connection on a socket lbcore owns (OpenSSL on the fd)."""
+    cdef void* ssl                      # SSL*, NULL before the first byte and once closed
+    cdef void* ctx                      # SSL_CTX* the SSL is made from
+    cdef object factory
+    cdef HandshakeQueue hq
+    cdef TlsTransport hq_prev
+    cdef TlsTransport hq_next
+    cdef double deadline                # end of the handshake time
+    cdef bint ssl_failed                # a fatal TLS error: no close_notify
     cdef object cb_error                # an exception in the SNI callback
     # What the handshake settled, kept after the SSL object is freed.
     cdef const char* c_version          # static strings of libssl
@@ -56,11 +103,14 @@ cdef class TlsTransport:
     cdef int _handshake_ok(self) except -1
     cdef int _handshake_failed(self, str reason) except -1
     cdef int _plain_http(self) except -1
-    cdef int _read(self) except -1
-    cdef int _deliver(self, Py_ssize_t n) except -1
-    cdef int _flush(self) except -1
-    cdef int _queue(self, object data) except -1
-    cdef int _reader(self, bint on) except -1
-    cdef int _writer(self, bint on) except -1
-    cdef int _finish(self, object exc) except -1
-    cdef int _fatal(self, object exc) except -1
+
+
+# Take over an accepted, non-blocking socket (its fd is the transport's to
+# close) whose peer address is `sa` (a struct sockaddr from accept()).
+# Plain: the protocol is made and connected at once.
+cdef TcpTransport tcp_accept(object loop, int fd, const void* sa, object factory,
+                             ListenerRuntime lrt)
+# TLS: counted in CONN_OPENING (and lrt.conns, so a drain waits for it) until
+# its handshake ends either way; the protocol is made only then.
+cdef TlsTransport tls_accept(object loop, int fd, const void* sa, object factory,
+                             ListenerRuntime lrt, HandshakeQueue hq, object context)

@@ -1,8 +1,21 @@
 # cython: language_level=3
-"""TLS on a socket lbcore owns: OpenSSL reads and writes the file descriptor
-itself (SSL_set_fd, a socket BIO), driven by the loop's readiness events.
+"""Client connections on sockets lbcore owns, driven by the loop's readiness
+events (add_reader/add_writer): plain TCP (TcpTransport: recv() into one
+buffer the worker shares, send()/writev() straight to the socket) and TLS
+(TlsTransport: OpenSSL reads and writes the file descriptor itself,
+SSL_set_fd, a socket BIO). Both are a SocketTransport: the readiness, the
+write queue and its water marks, half-close, close and abort are written
+once there; the subclasses supply the byte primitives (_read, _send, _push)
+and TLS its handshake states. The Acceptor (acceptor.pyx) hands each accepted
+socket to tcp_accept or tls_accept with accept()'s binary address, which
+becomes text once (peer_ip) or a peername tuple only when asked.
 
-What this replaces: uvloop's SSL transport runs Python's SSLObject over memory
+What the plain transport replaces: uvloop's TCPTransport costs a Python
+socket object per connection (the Acceptor's socket.accept()), a peername
+tuple and str, libuv's handle tracking, and a read buffer per read; tcp_connect
+opens member connections on it too (not yet used by upstream.pyx).
+
+What the TLS transport replaces: uvloop's SSL transport runs Python's SSLObject over memory
 BIOs, which costs a Python call and a copy per record, an SSLWantReadError
 raised for every WANT_READ, and a 256 KiB read buffer per connection. Here a
 read is SSL_read into one buffer the worker shares, a write is SSL_write
@@ -37,13 +50,14 @@ writelines, close, abort, pause_reading, resume_reading, set_protocol,
 get_extra_info) and, as get_extra_info("ssl_object"), the transport itself
 with the SSLObject methods the front-ends read (version, cipher,
 selected_alpn_protocol, getpeercert(binary_form=True), session_reused,
-lbcore_sni). Plain TCP on the same owned-socket design is issue 14."""
+lbcore_sni)."""
 
 include "consts.pxi"
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EINPROGRESS, EINTR, errno
 from libc.stdint cimport uint16_t, uint32_t
+from libc.string cimport memcpy, memset, strerror
 
 from lbcore_ext.counters cimport add, inc
 from lbcore_ext.runtime cimport ListenerRuntime
@@ -55,6 +69,12 @@ cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
     ssize_t c_write "write"(int fd, const void* buf, size_t n)
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec* iov, int n)
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
     struct sockaddr:
@@ -62,14 +82,30 @@ cdef extern from "<sys/socket.h>" nogil:
     struct sockaddr_storage:
         unsigned short ss_family
     ssize_t recv(int fd, void* buf, size_t n, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
     int shutdown(int fd, int how)
     int getsockname(int fd, sockaddr* addr, socklen_t* n)
+    int getpeername(int fd, sockaddr* addr, socklen_t* n)
+    int getsockopt(int fd, int level, int name, void* val, socklen_t* n)
+    int setsockopt(int fd, int level, int name, const void* val, socklen_t n)
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr* addr, socklen_t n)
     int MSG_DONTWAIT
+    int MSG_NOSIGNAL
     int SHUT_WR
     int AF_INET
     int AF_INET6
+    int SOCK_STREAM
+    int SOCK_NONBLOCK
+    int SOCK_CLOEXEC
+    int SOL_SOCKET
+    int SO_ERROR
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    int TCP_NODELAY_ "TCP_NODELAY"
 
 cdef extern from "<netinet/in.h>" nogil:
+    int IPPROTO_TCP_ "IPPROTO_TCP"
     struct in_addr:
         uint32_t s_addr
     struct sockaddr_in:
@@ -83,9 +119,11 @@ cdef extern from "<netinet/in.h>" nogil:
         uint16_t sin6_port
         in6_addr sin6_addr
     uint16_t ntohs(uint16_t)
+    uint16_t htons(uint16_t)
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char* inet_ntop(int af, const void* src, char* dst, socklen_t n)
+    int inet_pton(int af, const char* src, void* dst)
 
 # ---- libssl / libcrypto, resolved at import ---------------------------------------
 
@@ -239,7 +277,7 @@ cdef int _load() except -1:
 _load()
 
 # One read buffer for every connection of the worker (one thread, one loop).
-cdef char _rbuf[TLS_READ_BUFFER]
+cdef char _rbuf[READ_BUFFER]
 
 cdef Py_ssize_t O_OPENING = CONN_OPENING
 cdef Py_ssize_t O_TLS_FAIL = TLS_FAIL
@@ -400,36 +438,76 @@ cdef class HandshakeQueue:
             self.timer = None
 
 
-cdef class TlsTransport:
+cdef int _udigits(char* out, unsigned int v) noexcept nogil:
+    """v in decimal at out; the number of digits."""
+    cdef char tmp[10]
+    cdef int n = 0, i
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
+
+
+cdef int _ipv4_text(char* out, const unsigned char* a) noexcept nogil:
+    """a.b.c.d without inet_ntop's sprintf: the text of every client's
+    address is made once per connection (X-Forwarded-For, the access log)."""
+    cdef int n = 0, i
+    for i in range(4):
+        if i:
+            out[n] = 46                 # '.'
+            n += 1
+        n += _udigits(out + n, a[i])
+    return n
+
+
+cdef class SocketTransport:
     def __cinit__(self):
         self.fd = -1
 
-    @staticmethod
-    def accept(loop, int fd, peer, factory, ListenerRuntime lrt, HandshakeQueue hq, context):
-        """Take over an accepted, non-blocking socket (its fd is ours to close).
-        Counted in CONN_OPENING (and lrt.conns, so a drain waits for it) until
-        its handshake ends either way; the protocol is made only then."""
-        cdef TlsTransport t = TlsTransport.__new__(TlsTransport)
-        t.loop = loop
-        t.fd = fd
-        t.peer = peer
-        t.factory = factory
-        t.lrt = lrt
-        t.ctx = ssl_ctx_ptr(context)
-        t.wqueue = []
-        add(lrt.counters, lrt.cbase + O_OPENING, 1)
-        lrt.conns.add(t)
-        hq.push(t)
-        t._reader(True)
-        return t
-
     def __dealloc__(self):
-        if self.ssl != NULL:
-            SSL_free(self.ssl)
-            self.ssl = NULL
         if self.fd >= 0:
             c_close(self.fd)
             self.fd = -1
+
+    # ---- the peer -----------------------------------------------------------------
+
+    cdef int set_peer(self, const void* sa) except -1:
+        cdef const sockaddr* s = <const sockaddr*>sa
+        if s.sa_family == AF_INET:
+            self.peer_family = AF_INET
+            self.peer_port_h = ntohs((<const sockaddr_in*>sa).sin_port)
+            memcpy(self.peer_addr, &(<const sockaddr_in*>sa).sin_addr, 4)
+        elif s.sa_family == AF_INET6:
+            self.peer_family = AF_INET6
+            self.peer_port_h = ntohs((<const sockaddr_in6*>sa).sin6_port)
+            memcpy(self.peer_addr, &(<const sockaddr_in6*>sa).sin6_addr, 16)
+        return 0
+
+    cdef bytes peer_ip(self):
+        cdef char text[64]
+        cdef const unsigned char* a = self.peer_addr
+        cdef int i
+        if self.peer_family == AF_INET:
+            return PyBytes_FromStringAndSize(text, _ipv4_text(text, a))
+        if self.peer_family == AF_INET6:
+            for i in range(10):
+                if a[i]:
+                    break
+            else:
+                if a[10] == 0xff and a[11] == 0xff:     # ::ffff:a.b.c.d, a dual-stack IPv4 client
+                    return PyBytes_FromStringAndSize(text, _ipv4_text(text, a + 12))
+            inet_ntop(AF_INET6, a, text, sizeof(text))
+            return <bytes>text
+        return b"0.0.0.0"
+
+    cdef bytes peer_port(self):
+        cdef char text[8]
+        return PyBytes_FromStringAndSize(text, _udigits(text, self.peer_port_h))
 
     # ---- readiness ----------------------------------------------------------------
 
@@ -452,42 +530,518 @@ cdef class TlsTransport:
         return 0
 
     def _on_readable(self):
-        cdef int st = self.state
         try:
-            if st == ST_OPEN or st == ST_CLOSING:
-                if self.read_wants_write:
-                    return
-                self._read()
-            elif st == ST_HANDSHAKE:
-                self._handshake()
-            elif st == ST_ACCEPTED:
-                self._start_ssl()
-                self._handshake()
-            elif st == ST_LINGER:
-                self._linger_read()
+            self._readable()
         except BaseException as exc:
             self._fatal(exc)
             self.loop.call_exception_handler({
-                "message": "lbcore TLS transport: error while reading",
+                "message": "lbcore transport: error while reading",
                 "exception": exc, "transport": self, "protocol": self.protocol})
 
     def _on_writable(self):
         try:
-            if self.state == ST_HANDSHAKE:
-                self._handshake()
-                return
-            if self.read_wants_write:
-                self.read_wants_write = False
-                if not self.wqueue:
-                    self._writer(False)
-                self._read()
-            if self.wqueue:
-                self._flush()
+            self._writable()
         except BaseException as exc:
             self._fatal(exc)
             self.loop.call_exception_handler({
-                "message": "lbcore TLS transport: error while writing",
+                "message": "lbcore transport: error while writing",
                 "exception": exc, "transport": self, "protocol": self.protocol})
+
+    cdef int _readable(self) except -1:
+        if self.state == ST_OPEN or self.state == ST_CLOSING:
+            self._read()
+        return 0
+
+    cdef int _writable(self) except -1:
+        if self.wqueue:
+            self._flush()
+        else:
+            self._writer(False)
+        return 0
+
+    # ---- reading ------------------------------------------------------------------
+
+    cdef int _read(self) except -1:
+        raise NotImplementedError
+
+    cdef int _deliver(self, Py_ssize_t n) except -1:
+        """data_received with what was read. Over TLS, the writes it makes are
+        sent together after it returns (one SSL_write, so as few records as
+        the data allows); plain TCP sends each write at once."""
+        data = PyBytes_FromStringAndSize(_rbuf, n)
+        if not self.batch_writes:
+            self.protocol.data_received(data)
+            return 0
+        self.batching = True
+        try:
+            self.protocol.data_received(data)
+        finally:
+            self.batching = False
+        if self.wqueue and not self.writer_on and (self.state == ST_OPEN
+                                                   or self.state == ST_CLOSING):
+            self._flush()
+        return 0
+
+    cdef int _got_eof(self) except -1:
+        """The peer's FIN (or close_notify): eof_received decides, as asyncio
+        lets it: a true answer keeps our side open (half-close) until the
+        protocol closes."""
+        self.eof_got = True
+        self._reader(False)
+        if self.state == ST_OPEN:
+            keep = self.protocol.eof_received()
+            if not keep and self.state == ST_OPEN:
+                self.close()
+        return 0
+
+    # ---- writing ------------------------------------------------------------------
+
+    cdef Py_ssize_t _send(self, const char* p, Py_ssize_t n) except -2:
+        raise NotImplementedError
+
+    cdef int _push(self) except -2:
+        raise NotImplementedError
+
+    def write(self, data):
+        cdef Py_ssize_t left, done = 0, n = 0
+        cdef const char* p
+        if self.state != ST_OPEN or self.eof_pending or self.eof_sent:
+            return
+        if (not self.batching and not self.wqueue and not self.writer_on
+                and type(data) is bytes):
+            # The common case: nothing queued, straight to the socket from the bytes.
+            left = PyBytes_GET_SIZE(data)
+            p = PyBytes_AS_STRING(data)
+            while done < left:
+                n = self._send(p + done, left - done)
+                if n <= 0:
+                    break
+                done += n
+            if done == left:
+                return
+            if n < 0:
+                self._fatal(ConnectionResetError(self.err, "lost while writing"))
+                return
+            self._queue(data[done:] if done else data)
+            self._writer(True)                  # the socket is full: wait for it
+        else:
+            self._queue(data)
+            if not self.batching and not self.writer_on:
+                self._flush()
+        if self.wsize > WRITE_HIGH and not self.write_paused and self.state == ST_OPEN:
+            self.write_paused = True
+            self.protocol.pause_writing()
+
+    def writelines(self, list_of_data):
+        for data in list_of_data:
+            self.write(data)
+
+    cdef int _queue(self, object data) except -1:
+        if type(data) is not bytes:
+            data = bytes(data)                  # the caller may change its buffer
+        if PyBytes_GET_SIZE(data):
+            if self.wqueue is None:
+                self.wqueue = []
+            self.wqueue.append(data)
+            self.wsize += PyBytes_GET_SIZE(data)
+        return 0
+
+    cdef int _flush(self) except -1:
+        """Send what is queued; at a full socket, the rest waits for the
+        writable event. Then the water marks, a pending write_eof, a pending
+        close."""
+        cdef int r = self._push() if self.wqueue else 1
+        if r < 0:
+            self._fatal(ConnectionResetError(self.err, "lost while writing"))
+            return 0
+        if r == 0:
+            self._writer(True)
+            return 0
+        if not self.read_wants_write:
+            self._writer(False)
+        if self.write_paused and self.wsize <= WRITE_LOW and self.state == ST_OPEN:
+            self.write_paused = False
+            self.protocol.resume_writing()
+        if self.eof_pending and not self.wqueue and self.fd >= 0:
+            self.eof_pending = False
+            self.eof_sent = True
+            shutdown(self.fd, SHUT_WR)
+        if self.state == ST_CLOSING and not self.wqueue:
+            self._finish(None)
+        return 0
+
+    def get_write_buffer_size(self):
+        return self.wsize
+
+    def get_write_buffer_limits(self):
+        return (WRITE_LOW, WRITE_HIGH)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        """Our side ends (FIN) once what is queued has left; reading goes on."""
+        if self.state != ST_OPEN or self.eof_sent or self.eof_pending:
+            return
+        if self.wqueue:
+            self.eof_pending = True
+            return
+        self.eof_sent = True
+        shutdown(self.fd, SHUT_WR)
+
+    # ---- the rest of asyncio's transport ------------------------------------------
+
+    def pause_reading(self):
+        if not self.read_paused:
+            self.read_paused = True
+            if self.state == ST_OPEN:
+                self._reader(False)
+
+    def resume_reading(self):
+        if self.read_paused:
+            self.read_paused = False
+            if self.state == ST_OPEN and not self.eof_got:
+                self._reader(True)
+
+    def is_reading(self):
+        return self.state == ST_OPEN and not self.read_paused and not self.eof_got
+
+    def is_closing(self):
+        return self.state >= ST_CLOSING
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
+
+    def fileno(self):
+        """The socket's descriptor (-1 once closed): still the transport's."""
+        return self.fd
+
+    def close(self):
+        """Send what is queued, then close."""
+        if self.state >= ST_CLOSING:
+            return
+        if self.state < ST_OPEN:
+            self.abort()
+            return
+        self._reader(False)
+        if self.wqueue:
+            self.state = ST_CLOSING
+            self.close_timer = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, self.abort)
+            return
+        self._finish(None)
+
+    def abort(self):
+        if self.state != ST_CLOSED:
+            self._abort()
+
+    cdef int _abort(self) except -1:
+        self._finish(None)
+        return 0
+
+    cdef int _fatal(self, object exc) except -1:
+        if self.state != ST_CLOSED:
+            self._finish(exc)
+        return 0
+
+    cdef int _release(self, int prev) except -1:
+        return 0
+
+    cdef int _finish(self, object exc) except -1:
+        """The end, whatever the path: the subclass's own end (close_notify),
+        the unread bytes dropped (closing over them would reset the connection
+        under the answer just sent), the fd closed now, connection_lost soon
+        after."""
+        cdef int prev = self.state
+        if prev == ST_CLOSED:
+            return 0
+        self.state = ST_CLOSED
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        self._reader(False)
+        self._writer(False)
+        self._release(prev)
+        if self.fd >= 0:
+            if not self.eof_got:
+                for _ in range(4):
+                    if recv(self.fd, _rbuf, READ_BUFFER, MSG_DONTWAIT) <= 0:
+                        break
+            c_close(self.fd)
+            self.fd = -1
+        self.wqueue = None
+        self.wsize = 0
+        if self.protocol is not None and (prev == ST_OPEN or prev == ST_CLOSING):
+            self.loop.call_soon(self.protocol.connection_lost, exc)
+        # The protocol holds this transport: drop the way back, so reference
+        # counting frees both (no cycle left for the cyclic GC).
+        self.protocol = None
+        return 0
+
+    def get_extra_info(self, name, default=None):
+        cdef sockaddr_storage ss
+        cdef socklen_t n = sizeof(ss)
+        if name == "peername":
+            if self.peer is None and self.peer_family:
+                self.peer = _peer_tuple(self)
+            return self.peer if self.peer is not None else default
+        if name == "sockname":
+            if self.sockname is None and self.fd >= 0 and getsockname(
+                    self.fd, <sockaddr*>&ss, &n) == 0:
+                self.sockname = _addr_tuple(<sockaddr*>&ss)
+            return self.sockname if self.sockname is not None else default
+        return default
+
+    def __repr__(self):
+        return f"<{type(self).__name__} fd={self.fd} state={self.state}>"
+
+
+cdef object _peer_tuple(SocketTransport t):
+    cdef char text[64]
+    if t.peer_family == AF_INET:
+        return (PyBytes_FromStringAndSize(text, _ipv4_text(text, t.peer_addr)).decode(),
+                t.peer_port_h)
+    inet_ntop(AF_INET6, t.peer_addr, text, sizeof(text))
+    return ((<bytes>text).decode(), t.peer_port_h, 0, 0)
+
+
+cdef class TcpTransport(SocketTransport):
+
+    cdef int _read(self) except -1:
+        cdef ssize_t n = recv(self.fd, _rbuf, READ_BUFFER, 0)
+        if n > 0:
+            self._deliver(n)
+        elif n == 0:
+            self._got_eof()
+        elif errno != EAGAIN and errno != EINTR:
+            self._fatal(ConnectionResetError(errno, "lost while reading"))
+        return 0
+
+    cdef Py_ssize_t _send(self, const char* p, Py_ssize_t n) except -2:
+        cdef ssize_t r
+        while True:
+            r = send(self.fd, p, <size_t>n, MSG_NOSIGNAL)
+            if r >= 0:
+                return r
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return 0
+            self.err = errno
+            return -1
+
+    cdef int _push(self) except -2:
+        """writev() of the queue's pieces as they are (no join, no copy)."""
+        cdef iovec iov[WRITEV_MAX]
+        cdef list q = self.wqueue
+        cdef Py_ssize_t i, cnt, total, r, sent, size
+        cdef bytes b
+        while q:
+            cnt = len(q) if len(q) < WRITEV_MAX else WRITEV_MAX
+            total = 0
+            for i in range(cnt):
+                b = <bytes>q[i]
+                if i == 0:
+                    iov[i].iov_base = PyBytes_AS_STRING(b) + self.woff
+                    iov[i].iov_len = PyBytes_GET_SIZE(b) - self.woff
+                else:
+                    iov[i].iov_base = PyBytes_AS_STRING(b)
+                    iov[i].iov_len = PyBytes_GET_SIZE(b)
+                total += iov[i].iov_len
+            r = writev(self.fd, iov, <int>cnt)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    return 0
+                self.err = errno
+                return -1
+            self.wsize -= r
+            sent = r
+            i = 0
+            while r > 0:
+                size = <Py_ssize_t>iov[i].iov_len
+                if r < size:
+                    self.woff += r
+                    break
+                r -= size
+                self.woff = 0
+                i += 1
+            if i:
+                del q[:i]
+            if sent < total:
+                return 0                        # the socket took less: it is full
+        return 1
+
+    def writelines(self, list_of_data):
+        """One writev() for all of them when nothing is queued."""
+        if self.state != ST_OPEN or self.eof_pending or self.eof_sent:
+            return
+        for data in list_of_data:
+            self._queue(data)
+        if not self.writer_on:
+            self._flush()
+        if self.wsize > WRITE_HIGH and not self.write_paused and self.state == ST_OPEN:
+            self.write_paused = True
+            self.protocol.pause_writing()
+
+
+cdef TcpTransport tcp_accept(object loop, int fd, const void* sa, object factory,
+                             ListenerRuntime lrt):
+    cdef TcpTransport t = TcpTransport.__new__(TcpTransport)
+    t.loop = loop
+    t.fd = fd
+    t.lrt = lrt
+    t.set_peer(sa)
+    t.state = ST_OPEN
+    try:
+        t.protocol = factory()
+        t.protocol.connection_made(t)
+    except BaseException as exc:
+        t._fatal(exc)
+        loop.call_exception_handler({"message": "lbcore transport: connection_made failed",
+                                     "exception": exc, "transport": t})
+        return t
+    if t.state == ST_OPEN and not t.read_paused and not t.eof_got:
+        t._reader(True)
+    return t
+
+
+class _Connecting:
+    """A member connection being opened (tcp_connect): the writable event of
+    a non-blocking connect(), then the transport."""
+
+    __slots__ = ("loop", "fd", "factory", "fut")
+
+    def __init__(self, loop, fd, factory, fut):
+        self.loop, self.fd, self.factory, self.fut = loop, fd, factory, fut
+
+    def done(self, fut=None):
+        cdef int fd = self.fd
+        cdef int err = 0
+        cdef socklen_t n = sizeof(err)
+        cdef TcpTransport t
+        self.loop.remove_writer(fd)
+        if self.fut.done():             # cancelled: its callback closes the socket
+            return
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &n) != 0:
+            err = errno
+        if err:
+            c_close(fd)
+            self.fut.set_exception(ConnectionRefusedError(err, strerror(err).decode()))
+            return
+        t = _tcp_open(self.loop, fd)
+        try:
+            protocol = self.factory()
+            t.protocol = protocol
+            protocol.connection_made(t)
+        except BaseException as exc:
+            t._fatal(exc)
+            self.fut.set_exception(exc)
+            return
+        if t.state == ST_OPEN and not t.read_paused and not t.eof_got:
+            t._reader(True)
+        self.fut.set_result((t, protocol))
+
+
+cdef TcpTransport _tcp_open(object loop, int fd):
+    cdef TcpTransport t = TcpTransport.__new__(TcpTransport)
+    cdef sockaddr_storage ss
+    cdef socklen_t n = sizeof(ss)
+    t.loop = loop
+    t.fd = fd
+    if getpeername(fd, <sockaddr*>&ss, &n) == 0:
+        t.set_peer(&ss)
+    t.state = ST_OPEN
+    return t
+
+
+def tcp_connect(loop, str host, int port, factory):
+    """A member connection on the owned transport, as loop.create_connection
+    for an IP literal: a future of (TcpTransport, protocol). connect() is
+    non-blocking; the protocol is made when the socket is writable without
+    SO_ERROR. Cancelling the future before that closes the socket."""
+    cdef sockaddr_in6 a6
+    cdef sockaddr_in a4
+    cdef bytes h = host.encode("ascii")
+    cdef int fd, one = 1, r
+    cdef socklen_t n
+    fut = loop.create_future()
+    memset(&a6, 0, sizeof(a6))
+    memset(&a4, 0, sizeof(a4))
+    if inet_pton(AF_INET, h, &a4.sin_addr) == 1:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(<uint16_t>port)
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        n = sizeof(a4)
+    elif inet_pton(AF_INET6, h, &a6.sin6_addr) == 1:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(<uint16_t>port)
+        fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        n = sizeof(a6)
+    else:
+        raise ValueError(f"tcp_connect needs an IP address, not {host!r}")
+    if fd < 0:
+        raise OSError(errno, strerror(errno).decode())
+    setsockopt(fd, IPPROTO_TCP_, TCP_NODELAY_, &one, sizeof(one))
+    r = connect(fd, <sockaddr*>&a4 if n == sizeof(a4) else <sockaddr*>&a6, n)
+    if r != 0 and errno != EINPROGRESS:
+        r = errno
+        c_close(fd)
+        fut.set_exception(ConnectionRefusedError(r, strerror(r).decode()))
+        return fut
+    c = _Connecting(loop, fd, factory, fut)
+    loop.add_writer(fd, c.done)
+    fut.add_done_callback(_connect_cancelled(c))
+    return fut
+
+
+cdef object _connect_cancelled(object c):
+    def cb(fut):
+        if fut.cancelled():
+            c.loop.remove_writer(c.fd)
+            c_close(c.fd)
+    return cb
+
+
+cdef class TlsTransport(SocketTransport):
+    def __dealloc__(self):
+        if self.ssl != NULL:
+            SSL_free(self.ssl)
+            self.ssl = NULL
+
+    # ---- readiness, per state -----------------------------------------------------
+
+    cdef int _readable(self) except -1:
+        cdef int st = self.state
+        if st == ST_OPEN or st == ST_CLOSING:
+            if not self.read_wants_write:
+                self._read()
+        elif st == ST_HANDSHAKE:
+            self._handshake()
+        elif st == ST_ACCEPTED:
+            self._start_ssl()
+            self._handshake()
+        elif st == ST_LINGER:
+            self._linger_read()
+        return 0
+
+    cdef int _writable(self) except -1:
+        if self.state == ST_HANDSHAKE:
+            self._handshake()
+            return 0
+        if self.read_wants_write:
+            self.read_wants_write = False
+            if not self.wqueue:
+                self._writer(False)
+            self._read()
+        if self.wqueue:
+            self._flush()
+        elif not self.read_wants_write:
+            self._writer(False)
+        return 0
 
     # ---- handshake ----------------------------------------------------------------
 
@@ -618,7 +1172,7 @@ cdef class TlsTransport:
     def _linger_read(self):
         cdef ssize_t n
         while self.fd >= 0:
-            n = recv(self.fd, _rbuf, TLS_READ_BUFFER, MSG_DONTWAIT)
+            n = recv(self.fd, _rbuf, READ_BUFFER, MSG_DONTWAIT)
             if n > 0:
                 continue
             if n < 0 and (errno == EAGAIN or errno == EINTR):
@@ -631,13 +1185,13 @@ cdef class TlsTransport:
         time-out bounds them): the protocol then answers one request with
         Connection: close."""
 
-    # ---- reading ------------------------------------------------------------------
+    # ---- the byte primitives over OpenSSL -----------------------------------------
 
     cdef int _read(self) except -1:
         cdef Py_ssize_t got = 0
         cdef int n = 0, err = 0
-        while TLS_READ_BUFFER - got >= 16384:
-            n = SSL_read(self.ssl, _rbuf + got, <int>(TLS_READ_BUFFER - got))
+        while READ_BUFFER - got >= 16384:
+            n = SSL_read(self.ssl, _rbuf + got, <int>(READ_BUFFER - got))
             if n <= 0:
                 break
             got += n
@@ -665,11 +1219,7 @@ cdef class TlsTransport:
             ERR_clear_error()
             if err != SSL_ERROR_ZERO_RETURN:
                 self.ssl_failed = True
-            self._reader(False)
-            if self.state == ST_OPEN:
-                keep = self.protocol.eof_received()
-                if not keep and self.state == ST_OPEN:
-                    self.close()
+            self._got_eof()
             return 0
         ERR_clear_error()
         self.ssl_failed = True
@@ -677,69 +1227,25 @@ cdef class TlsTransport:
                     else ConnectionAbortedError("TLS error on a client connection"))
         return 0
 
-    cdef int _deliver(self, Py_ssize_t n) except -1:
-        """data_received with what was read; the writes it makes are sent together
-        after it returns (one SSL_write, so as few records as the data allows)."""
-        data = PyBytes_FromStringAndSize(_rbuf, n)
-        self.batching = True
-        try:
-            self.protocol.data_received(data)
-        finally:
-            self.batching = False
-        if self.wqueue and not self.writer_on and (self.state == ST_OPEN
-                                                   or self.state == ST_CLOSING):
-            self._flush()
-        return 0
+    cdef Py_ssize_t _send(self, const char* p, Py_ssize_t n) except -2:
+        cdef int r = SSL_write(self.ssl, <void*>p, <int>(n if n < 0x40000000 else 0x40000000))
+        cdef int err
+        if r > 0:
+            return r
+        err = SSL_get_error(self.ssl, r)
+        if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+            return 0
+        self.err = errno
+        ERR_clear_error()
+        self.ssl_failed = True
+        return -1
 
-    # ---- writing ------------------------------------------------------------------
-
-    def write(self, data):
-        cdef Py_ssize_t left, done
-        cdef int n
-        if self.state != ST_OPEN:
-            return
-        if (not self.batching and not self.wqueue and not self.writer_on
-                and type(data) is bytes):
-            # The common case: nothing queued, SSL_write straight from the bytes.
-            left = PyBytes_GET_SIZE(data)
-            done = 0
-            while done < left:
-                n = SSL_write(self.ssl, PyBytes_AS_STRING(data) + done,
-                              <int>(left - done if left - done < 0x40000000 else 0x40000000))
-                if n <= 0:
-                    break
-                done += n
-            if done == left:
-                return
-            self.wqueue.append(data[done:] if done else data)
-            self.wsize += left - done
-        else:
-            self._queue(data)
-        if not self.batching and not self.writer_on:
-            self._flush()
-        if self.wsize > WRITE_HIGH and not self.write_paused and self.state == ST_OPEN:
-            self.write_paused = True
-            self.protocol.pause_writing()
-
-    def writelines(self, list_of_data):
-        for data in list_of_data:
-            self.write(data)
-
-    cdef int _queue(self, object data) except -1:
-        if type(data) is not bytes:
-            data = bytes(data)                  # the caller may change its buffer
-        if PyBytes_GET_SIZE(data):
-            self.wqueue.append(data)
-            self.wsize += PyBytes_GET_SIZE(data)
-        return 0
-
-    cdef int _flush(self) except -1:
-        """SSL_write what is queued, small pieces joined first; stops at
-        WANT_WRITE, leaving the rest for the writable event."""
+    cdef int _push(self) except -2:
+        """SSL_write what is queued, small pieces joined first (one record
+        for them, not one each)."""
         cdef bytes data
         cdef const char* p
-        cdef Py_ssize_t left
-        cdef int n, err
+        cdef Py_ssize_t left, n
         while self.wqueue:
             if len(self.wqueue) > 1:
                 first = self.wqueue[0]
@@ -751,87 +1257,38 @@ cdef class TlsTransport:
             p = PyBytes_AS_STRING(data) + self.woff
             left = PyBytes_GET_SIZE(data) - self.woff
             while left > 0:
-                n = SSL_write(self.ssl, p, <int>(left if left < 0x40000000 else 0x40000000))
+                n = self._send(p, left)
                 if n <= 0:
-                    err = SSL_get_error(self.ssl, n)
-                    if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
-                        self._writer(True)
-                        return 0
-                    ERR_clear_error()
-                    self.ssl_failed = True
-                    self._fatal(ConnectionResetError(errno, "TLS write failed"))
-                    return 0
+                    return <int>n
                 p += n
                 left -= n
                 self.woff += n
                 self.wsize -= n
             self.wqueue.pop(0)
             self.woff = 0
-        if not self.read_wants_write:
-            self._writer(False)
-        if self.write_paused and self.wsize <= WRITE_LOW and self.state == ST_OPEN:
-            self.write_paused = False
-            self.protocol.resume_writing()
-        if self.state == ST_CLOSING and not self.wqueue:
-            self._finish(None)
-        return 0
-
-    def get_write_buffer_size(self):
-        return self.wsize
+        return 1
 
     def can_write_eof(self):
         return False
 
-    # ---- the rest of asyncio's transport ------------------------------------------
-
-    def pause_reading(self):
-        if not self.read_paused:
-            self.read_paused = True
-            if self.state == ST_OPEN:
-                self._reader(False)
+    def write_eof(self):
+        raise NotImplementedError("no half-close over TLS (close_notify ends both ways)")
 
     def resume_reading(self):
         if self.read_paused:
             self.read_paused = False
-            if self.state == ST_OPEN:
+            if self.state == ST_OPEN and not self.eof_got:
                 self._reader(True)
                 if self.ssl != NULL and SSL_has_pending(self.ssl):
                     self.loop.call_soon(self._on_readable)
 
-    def is_reading(self):
-        return self.state == ST_OPEN and not self.read_paused
-
-    def is_closing(self):
-        return self.state >= ST_CLOSING
-
-    def set_protocol(self, protocol):
-        self.protocol = protocol
-
-    def get_protocol(self):
-        return self.protocol
-
-    def close(self):
-        """Send what is queued, then close_notify, then close."""
-        if self.state >= ST_CLOSING:
-            return
-        if self.state < ST_OPEN:
-            self.abort()
-            return
-        self._reader(False)
-        if self.wqueue:
-            self.state = ST_CLOSING
-            self.close_timer = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, self.abort)
-            return
-        self._finish(None)
-
-    def abort(self):
-        if self.state == ST_CLOSED:
-            return
+    cdef int _abort(self) except -1:
         if self.state < ST_OPEN:
             self._handshake_failed("closed")
-            return
+            return 0
         self.ssl_failed = True          # no close_notify: a reset, as asyncio's abort
         self._finish(None)
+        return 0
 
     cdef int _fatal(self, object exc) except -1:
         if self.state == ST_CLOSED:
@@ -843,57 +1300,24 @@ cdef class TlsTransport:
         self._finish(exc)
         return 0
 
-    cdef int _finish(self, object exc) except -1:
-        """The end, whatever the path: close_notify when the session is sound,
-        the unread bytes dropped (closing over them would reset the connection
-        under the answer just sent), the fd closed, the SSL object freed now
-        (not when the last reference goes), connection_lost soon after."""
-        cdef int prev = self.state
-        if prev == ST_CLOSED:
-            return 0
-        self.state = ST_CLOSED
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = None
-        self._reader(False)
-        self._writer(False)
+    cdef int _release(self, int prev) except -1:
+        """close_notify when the session is sound; the SSL object freed now
+        (not when the last reference goes)."""
         if self.ssl != NULL:
             if not self.ssl_failed and prev >= ST_OPEN:
                 SSL_shutdown(self.ssl)
             ERR_clear_error()
             SSL_free(self.ssl)
             self.ssl = NULL
-        if self.fd >= 0:
-            for _ in range(4):
-                if recv(self.fd, _rbuf, TLS_READ_BUFFER, MSG_DONTWAIT) <= 0:
-                    break
-            c_close(self.fd)
-            self.fd = -1
-        self.wqueue = []
-        self.wsize = 0
-        if self.protocol is not None and (prev == ST_OPEN or prev == ST_CLOSING):
-            self.loop.call_soon(self.protocol.connection_lost, exc)
-        # The protocol holds this transport: drop the way back, so reference
-        # counting frees both (no cycle left for the cyclic GC).
-        self.protocol = None
         self.factory = None
         return 0
 
     def get_extra_info(self, name, default=None):
-        cdef sockaddr_storage ss
-        cdef socklen_t n = sizeof(ss)
         if name == "ssl_object":
             return self if self.state >= ST_OPEN else default
-        if name == "peername":
-            return self.peer
-        if name == "sockname":
-            if self.sockname is None and self.fd >= 0 and getsockname(
-                    self.fd, <sockaddr*>&ss, &n) == 0:
-                self.sockname = _addr_tuple(<sockaddr*>&ss)
-            return self.sockname if self.sockname is not None else default
         if name == "sslcontext":
             return None
-        return default
+        return SocketTransport.get_extra_info(self, name, default)
 
     # ---- what Python's SSLObject would say (the handshake's facts) ---------------
 
@@ -921,10 +1345,48 @@ cdef class TlsTransport:
             raise ValueError("lbcore's TLS transport gives the client certificate in DER only")
         return self.peer_cert
 
-    def __repr__(self):
-        return f"<TlsTransport fd={self.fd} state={self.state} peer={self.peer}>"
+
+cdef TlsTransport tls_accept(object loop, int fd, const void* sa, object factory,
+                             ListenerRuntime lrt, HandshakeQueue hq, object context):
+    cdef TlsTransport t = TlsTransport.__new__(TlsTransport)
+    t.loop = loop
+    t.fd = fd
+    t.set_peer(sa)
+    t.factory = factory
+    t.lrt = lrt
+    t.ctx = ssl_ctx_ptr(context)
+    t.batch_writes = True
+    add(lrt.counters, lrt.cbase + O_OPENING, 1)
+    lrt.conns.add(t)
+    hq.push(t)
+    t._reader(True)
+    return t
 
 
 def live_read_buffer_size():
-    """The one read buffer every TLS connection of this worker shares."""
-    return TLS_READ_BUFFER
+    """The one read buffer every connection of this worker shares."""
+    return READ_BUFFER
+
+
+def peer_text_of(bytes packed, int port):
+    """(peer_ip(), peer_port()) of a connection from this address (4 or 16
+    bytes, network order): what X-Forwarded-For and the access log get
+    (tests)."""
+    cdef sockaddr_in a4
+    cdef sockaddr_in6 a6
+    cdef TcpTransport t = TcpTransport.__new__(TcpTransport)
+    memset(&a4, 0, sizeof(a4))
+    memset(&a6, 0, sizeof(a6))
+    if len(packed) == 4:
+        a4.sin_family = AF_INET
+        a4.sin_port = htons(<uint16_t>port)
+        memcpy(&a4.sin_addr, <const char*>packed, 4)
+        t.set_peer(&a4)
+    elif len(packed) == 16:
+        a6.sin6_family = AF_INET6
+        a6.sin6_port = htons(<uint16_t>port)
+        memcpy(&a6.sin6_addr, <const char*>packed, 16)
+        t.set_peer(&a6)
+    else:
+        raise ValueError("an address is 4 or 16 bytes")
+    return t.peer_ip(), t.peer_port(), t.get_extra_info("peername")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import uvloop
 
+from lbcore_ext.acceptor import Acceptor
 from lbcore_ext.balancer import Member, Pool
 from lbcore_ext.http1 import HttpProtocol
 from lbcore_ext.runtime import (
@@ -89,8 +90,13 @@ async def start_proxy(ports_weights, configure: Callable[[ListenerRuntime], None
     lrt.x_real_ip = True
     if configure is not None:
         configure(lrt)
-    server = await loop.create_server(functools.partial(HttpProtocol, lrt), "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1], lrt
+    # Accepted as lbcore's workers accept: the Acceptor and the owned TCP transport.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    acceptor = Acceptor(loop, sock, functools.partial(HttpProtocol, lrt), lrt)
+    acceptor.start()
+    return acceptor, sock.getsockname()[1], lrt
 
 
 def free_port() -> int:
