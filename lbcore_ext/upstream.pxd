@@ -3,6 +3,7 @@ from lbcore_ext.counters cimport Counters
 from lbcore_ext.llhttp cimport FieldParts, llhttp_t
 from lbcore_ext.request cimport Request
 from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.transport cimport SocketTransport
 
 cdef class Exchange
 cdef class UpstreamConnection
@@ -162,6 +163,8 @@ cdef class UpstreamConnection:
     cdef bint tunnel
     cdef double last_used
     cdef int fd                         # the socket's, for a readability check mid-body
+    cdef SocketTransport own            # the transport when it is lbcore's own
+    cdef int sock(self)
     cdef int close(self) except -1
     cdef int _status(self, const char* at, size_t n) except -2
     cdef int _field(self) except -2

@@ -19,6 +19,9 @@ from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts, local_size
+from lbcore_ext.transport cimport SocketTransport
+
+from lbcore_ext.transport import tcp_connect
 
 from lbcore_ext.counters import (BYTES_IN, BYTES_OUT, M_ACTIVE, M_BYTES_IN, M_BYTES_OUT,
                                  M_CONN_ACTIVE, M_CONN_TOTAL, M_FAIL, M_HIST, M_REQUESTS,
@@ -352,7 +355,7 @@ cdef class Exchange:
             if self.body_buf_len > self.pool.buffer_max:
                 self._end_buffering()       # more than it buffers: streamed from here
             return 0
-        if self.state == S_SENDING and not self.body_held and not readable(self.conn.fd):
+        if self.state == S_SENDING and not self.body_held and not readable(self.conn.sock()):
             self._write_body(data)
         else:
             if self.state == S_SENDING and not self.body_held:
@@ -499,8 +502,15 @@ cdef class Exchange:
     cdef int _connect(self) except -1:
         cdef Member m = self.member
         self.state = S_CONNECTING
-        self.connect_task = self.loop.create_task(self.loop.create_connection(
-            partial(UpstreamConnection, m, self.lrt.counters, self.mbase), m.host, m.port))
+        factory = partial(UpstreamConnection, m, self.lrt.counters, self.mbase)
+        try:
+            # On lbcore's own transport (lbcore_ext/transport.pyx), as clients are.
+            self.connect_task = tcp_connect(self.loop, m.host, m.port, factory)
+        except ValueError:
+            # A member named by a host name the loop resolves (DNS members
+            # arrive resolved): the loop's transport.
+            self.connect_task = self.loop.create_task(
+                self.loop.create_connection(factory, m.host, m.port))
         self.connect_task.add_done_callback(self._connected)
         self._arm(self.lrt.connect_timeout)
         return 0
@@ -539,7 +549,8 @@ cdef class Exchange:
         if self.req_chunked:
             data = b"".join((chunk_header(len(data)), data, b"\r\n"))
         self._up_out(len(data))
-        if c.fd < 0 or c.transport.get_write_buffer_size():
+        cdef int fd = c.sock()
+        if fd < 0 or c.transport.get_write_buffer_size():
             c.transport.write(data)     # (behind bytes the transport holds: keep order)
             return 0
         # Sent here, not by the transport, so that a member which answered and
@@ -548,7 +559,7 @@ cdef class Exchange:
         if not data:
             return 0
         view = data
-        n = send(c.fd, &view[0], len(view), MSG_NOSIGNAL | MSG_DONTWAIT)
+        n = send(fd, &view[0], len(view), MSG_NOSIGNAL | MSG_DONTWAIT)
         if n < 0:
             if errno == EAGAIN or errno == EINTR:     # (EWOULDBLOCK is EAGAIN on Linux)
                 c.transport.write(data)
@@ -1022,8 +1033,11 @@ cdef class UpstreamConnection:
             self.counted_open = True
             add_at(self.counters, self.mbase, O_M_CONN_ACTIVE, 1)
             add_at(self.counters, self.mbase, O_M_CONN_TOTAL, 1)
-        sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
+        if isinstance(transport, SocketTransport):
+            self.own = transport        # its fd is read there: -1 once it closed
+        else:
+            sock = transport.get_extra_info("socket")
+            self.fd = sock.fileno() if sock is not None else -1
         self.fields = FieldParts.__new__(FieldParts)
         LL.init(&self.p, HTTP_RESPONSE, &SETTINGS)
         self.p.data = <void*>self
@@ -1101,6 +1115,7 @@ cdef class UpstreamConnection:
         self.write = None
         self.ex = None
         self.transport = None
+        self.own = None
 
     def pause_writing(self):
         if self.ex is not None:
@@ -1109,6 +1124,12 @@ cdef class UpstreamConnection:
     def resume_writing(self):
         if self.ex is not None:
             self.ex.ds.ds_resume_reading()
+
+    cdef int sock(self):
+        """The socket, or -1: never a descriptor closed (and maybe reused) since."""
+        if self.own is not None:
+            return self.own.fd
+        return self.fd
 
     cdef int close(self) except -1:
         if not self.closed:
