@@ -1,15 +1,17 @@
-from lbcore_ext.llhttp cimport FieldParts, llhttp_t
+from lbcore_ext.llhttp cimport Parser
 from lbcore_ext.request cimport Client, Request
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
 from lbcore_ext.upstream cimport Downstream, Exchange
 
+cdef class RequestParser(Parser):
+    """llhttp's hooks for one client connection (lbcore_ext/llhttp.pxd Parser)."""
+    pass
+
+
 cdef class HttpProtocol(Downstream):
     cdef ListenerRuntime lrt
     cdef Client client                  # peer and TLS facts, shared by its requests
-    cdef llhttp_t p                     # llhttp's state, its data this protocol
-    cdef bint parser_on                 # p initialised (connection_made ran)
-    cdef FieldParts fields              # the header field being parsed
-    cdef object cb_error                # an exception raised inside a callback
+    cdef RequestParser parser           # made in connection_made, dropped at the end
     cdef Request req                    # the request being parsed
     cdef list queue                     # exchanges in request order; [0] is running
     cdef Exchange parsing               # the exchange receiving request body
@@ -31,7 +33,8 @@ cdef class HttpProtocol(Downstream):
     cdef Request pending_answer         # a local answer behind pipelined requests
     cdef int _message_begin(self) except -2
     cdef int _url(self, const char* at, size_t n) except -2
-    cdef int _field(self) except -2
+    cdef int _field(self, const char* name, Py_ssize_t nn, const char* value,
+                    Py_ssize_t vn) except -2
     cdef int _headers_complete(self) except -2
     cdef int _body(self, const char* at, size_t n) except -2
     cdef int _message_complete(self) except -2

@@ -17,8 +17,8 @@ from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromS
 from libc.string cimport memchr
 
 from lbcore_ext.bufs cimport ba_bytes, new_ba, put, put_ba, put_int
-from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, FieldParts, llhttp_api,
-                                llhttp_api_t, llhttp_settings_t, llhttp_t, method_bytes)
+from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, Parser, llhttp_api,
+                                llhttp_api_t, llhttp_t, method_bytes)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
@@ -34,7 +34,6 @@ from lbcore_ext.phases import HOOK_ON_ACCEPT
 
 cdef object get_running_loop = asyncio.get_running_loop
 cdef llhttp_api_t* LL = llhttp_api()
-cdef llhttp_settings_t SETTINGS
 
 cdef int K_ON_ACCEPT = HOOK_ON_ACCEPT
 cdef Py_ssize_t O_CONN_TOTAL = CONN_TOTAL
@@ -150,10 +149,8 @@ cdef class HttpProtocol(Downstream):
         # (Made only now: the timer's bound method would tie a connection handed
         # to HTTP/2 into a cycle only the cyclic GC frees.)
         self.timer = LazyTimer(self.loop, self._on_timer)
-        self.fields = FieldParts.__new__(FieldParts)
-        LL.init(&self.p, HTTP_REQUEST, &SETTINGS)
-        self.p.data = <void*>self
-        self.parser_on = True
+        self.parser = RequestParser.__new__(RequestParser)
+        self.parser.start(HTTP_REQUEST, <void*>self)
         # (A connection whose handshake ends after a drain began still gets
         # its first request answered, with Connection: close.)
         self.idle = True
@@ -170,19 +167,17 @@ cdef class HttpProtocol(Downstream):
             return
         cdef const char* at = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef int err = LL.execute(&self.p, at, n)
-        # A field cut by the end of this read: its part is kept (the bytes
-        # object goes away), the rest comes with the next read.
-        self.fields.keep()
-        if self.cb_error is not None:
-            exc, self.cb_error = self.cb_error, None
+        cdef RequestParser parser = self.parser
+        cdef int err = parser.execute(at, n)
+        if parser.cb_error is not None:
+            exc, parser.cb_error = parser.cb_error, None
             if not isinstance(exc, ValueError):
                 self.loop.call_exception_handler({
                     "message": "lbcore HTTP/1.1: error in a parser callback",
                     "exception": exc, "protocol": self})
         if err == HPE_OK:
             if (self.in_request_line and self.req is not None and self.req.target is not None
-                    and self.p.http_major == 0 and memchr(at, 10, n) != NULL):
+                    and parser.p.http_major == 0 and memchr(at, 10, n) != NULL):
                 # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
                 # HTTP/0.9 has no place at a proxy's edge.
                 self._send_error(400, None)
@@ -191,8 +186,8 @@ cdef class HttpProtocol(Downstream):
             # An upgrade request's head is parsed; the rest belongs to the tunnel
             # if the member answers 101. Either way no more HTTP on this connection.
             self.stop_parsing = True
-            pos = LL.get_error_pos(&self.p) - at
-            LL.resume_after_upgrade(&self.p)
+            pos = LL.get_error_pos(&parser.p) - at
+            LL.resume_after_upgrade(&parser.p)
             if 0 <= pos < n:
                 rest = data[pos:]
                 self.tunnel_pending = rest if self.tunnel_pending is None else (
@@ -237,7 +232,7 @@ cdef class HttpProtocol(Downstream):
         self.parsing = None
         # The timer holds a bound method of this protocol: drop it so reference
         # counting frees the connection instead of the cyclic GC.
-        self.parser_on = False
+        self.parser = None
         self.timer = None
         self.tunnel = None
 
@@ -284,20 +279,18 @@ cdef class HttpProtocol(Downstream):
     cdef int _url(self, const char* at, size_t n) except -2:
         cdef Request req = self.req
         if req.method is None:
-            req.method = method_bytes(self.p.method)
+            req.method = method_bytes(self.parser.p.method)
         cdef int code = req.add_target(PyBytes_FromStringAndSize(at, n))
         if code:
             self.error_code = code
             return -1
         return 0
 
-    cdef int _field(self) except -2:
+    cdef int _field(self, const char* name, Py_ssize_t nn, const char* value,
+                    Py_ssize_t vn) except -2:
         """A field's name and value are complete: one C call into the core."""
-        cdef FieldParts f = self.fields
         self.in_request_line = False
-        f.take()
-        cdef int code = self.req.field_raw(f.name, f.nn, f.value, f.vn)
-        f.clear()
+        cdef int code = self.req.field_raw(name, nn, value, vn)
         if code:
             self.error_code = code
             return -1
@@ -309,7 +302,7 @@ cdef class HttpProtocol(Downstream):
         cdef ListenerRuntime lrt = self.lrt
         cdef Request req = self.req
         cdef Exchange ex
-        cdef llhttp_t* p = &self.p
+        cdef llhttp_t* p = &self.parser.p
         cdef bint keep = LL.should_keep_alive(p)
         self.in_request_line = False
         # A persistent request without an explicit keep-alive token can only
@@ -588,9 +581,11 @@ cdef class HttpProtocol(Downstream):
         cdef Request req = self.req
         if req is None:
             req = Request.new(self.client)
-        if req.version is None and self.parser_on and self.p.http_major == 1 and (
-                self.p.http_minor == 1 or self.p.http_minor == 0):
-            req.version = "1.1" if self.p.http_minor == 1 else "1.0"
+        cdef llhttp_t* p
+        if req.version is None and self.parser is not None:
+            p = &self.parser.p
+            if p.http_major == 1 and (p.http_minor == 1 or p.http_minor == 0):
+                req.version = "1.1" if p.http_minor == 1 else "1.0"
         req.refused(code)
         self._emit_error(code, router_code, req.is_head())
         return 0
@@ -682,88 +677,24 @@ cdef class HttpProtocol(Downstream):
             self._schedule(due)
 
 
-# ---- llhttp's callbacks: C functions, the protocol in the parser's data ---------------
-# An exception in the core is kept for data_received (which reports what is not
-# a refusal) and stops the parser; a refusal is the status in error_code.
+cdef class RequestParser(Parser):
+    """llhttp's hooks for a client connection: each hands its part of the
+    request to the HttpProtocol that owns this parser."""
+    cdef int on_message_begin(self) except -2:
+        return (<HttpProtocol>self.owner)._message_begin()
 
-cdef int _cb_message_begin(llhttp_t* p) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self._message_begin()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    cdef int on_url(self, const char* at, size_t n) except -2:
+        return (<HttpProtocol>self.owner)._url(at, n)
 
+    cdef int on_field(self, const char* name, Py_ssize_t nn, const char* value,
+                      Py_ssize_t vn) except -2:
+        return (<HttpProtocol>self.owner)._field(name, nn, value, vn)
 
-cdef int _cb_url(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self._url(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    cdef int on_headers_complete(self) except -2:
+        return (<HttpProtocol>self.owner)._headers_complete()
 
+    cdef int on_body(self, const char* at, size_t n) except -2:
+        return (<HttpProtocol>self.owner)._body(at, n)
 
-cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self.fields.name_part(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self.fields.value_part(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_header_value_complete(llhttp_t* p) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self._field()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_headers_complete(llhttp_t* p) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self._headers_complete()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_body(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self._body(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_message_complete(llhttp_t* p) noexcept:
-    cdef HttpProtocol self = <HttpProtocol>p.data
-    try:
-        return self._message_complete()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-LL.settings_init(&SETTINGS)
-SETTINGS.on_message_begin = _cb_message_begin
-SETTINGS.on_url = _cb_url
-SETTINGS.on_header_field = _cb_header_field
-SETTINGS.on_header_value = _cb_header_value
-SETTINGS.on_header_value_complete = _cb_header_value_complete
-SETTINGS.on_headers_complete = _cb_headers_complete
-SETTINGS.on_body = _cb_body
-SETTINGS.on_message_complete = _cb_message_complete
+    cdef int on_message_complete(self) except -2:
+        return (<HttpProtocol>self.owner)._message_complete()

@@ -87,23 +87,34 @@ cdef llhttp_api_t* llhttp_api() except NULL
 cdef bytes method_bytes(uint8_t method)
 
 
-cdef class FieldParts:
-    """The header field being parsed: where its name and value are in the
-    read llhttp is parsing (a pointer and a length each), copied only when
-    a read ends inside the field (keep()). take() gives both, clear() ends it."""
+cdef class Parser:
+    """One connection's llhttp, with C callbacks: a subclass's on_* hooks see
+    the bytes in place. A header field reaches on_field as pointers into the
+    read being parsed, copied first only when a read ended inside it. Each
+    hook returns 0, or -1 to stop parsing (-2 is an exception, kept in
+    cb_error for the caller of execute())."""
+    cdef llhttp_t p
+    cdef void* owner                    # the protocol, borrowed: it owns this parser
+    cdef object cb_error
+    # the field being parsed: pointers into the read, or its parts copied
     cdef const char* f_at
     cdef Py_ssize_t f_len
     cdef const char* v_at
     cdef Py_ssize_t v_len
     cdef bytearray f_copy
     cdef bytearray v_copy
-    # set by take(): valid until clear()
-    cdef const char* name
-    cdef Py_ssize_t nn
-    cdef const char* value
-    cdef Py_ssize_t vn
-    cdef int name_part(self, const char* at, size_t n) except -1
-    cdef int value_part(self, const char* at, size_t n) except -1
-    cdef int keep(self) except -1
-    cdef int take(self) except -1
-    cdef int clear(self) except -1
+
+    cdef int start(self, int kind, void* owner) except -1
+    cdef int execute(self, const char* at, Py_ssize_t n) except -2
+    cdef int _name_part(self, const char* at, size_t n) except -2
+    cdef int _value_part(self, const char* at, size_t n) except -2
+    cdef int _keep(self) except -1
+    cdef int _field_done(self) except -2
+    cdef int on_message_begin(self) except -2
+    cdef int on_url(self, const char* at, size_t n) except -2
+    cdef int on_status(self, const char* at, size_t n) except -2
+    cdef int on_field(self, const char* name, Py_ssize_t nn, const char* value,
+                      Py_ssize_t vn) except -2
+    cdef int on_headers_complete(self) except -2
+    cdef int on_body(self, const char* at, size_t n) except -2
+    cdef int on_message_complete(self) except -2

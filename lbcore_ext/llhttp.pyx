@@ -154,11 +154,24 @@ def errno_name(int err) -> str:
     return (<bytes>API.errno_name(err)).decode()
 
 
+cdef llhttp_settings_t SETTINGS        # every Parser's: requests and responses
 cdef const char* _EMPTY = b""
 
 
-cdef class FieldParts:
-    cdef int name_part(self, const char* at, size_t n) except -1:
+cdef class Parser:
+    cdef int start(self, int kind, void* owner) except -1:
+        API.init(&self.p, kind, &SETTINGS)
+        self.p.data = <void*>self
+        self.owner = owner
+        return 0
+
+    cdef int execute(self, const char* at, Py_ssize_t n) except -2:
+        """llhttp_execute over one read; its errno (HPE_OK, HPE_PAUSED_UPGRADE...)."""
+        cdef int err = API.execute(&self.p, at, n)
+        self._keep()
+        return err
+
+    cdef int _name_part(self, const char* at, size_t n) except -2:
         if self.f_copy is not None:
             put_at(self.f_copy, at, n)
         else:
@@ -166,7 +179,7 @@ cdef class FieldParts:
             self.f_len = n
         return 0
 
-    cdef int value_part(self, const char* at, size_t n) except -1:
+    cdef int _value_part(self, const char* at, size_t n) except -2:
         if self.v_copy is not None:
             put_at(self.v_copy, at, n)
         else:
@@ -174,7 +187,7 @@ cdef class FieldParts:
             self.v_len = n
         return 0
 
-    cdef int keep(self) except -1:
+    cdef int _keep(self) except -1:
         """The read being parsed ends (its bytes object goes away): what of the
         field points into it is copied; the rest comes with the next read."""
         if self.f_at != NULL:
@@ -189,27 +202,142 @@ cdef class FieldParts:
             self.v_at = NULL
         return 0
 
-    cdef int take(self) except -1:
-        if self.f_copy is not None or self.v_copy is not None:
-            self.keep()                     # (a cut field: both parts in the copies)
+    cdef int _field_done(self) except -2:
+        cdef int r
+        if self.f_copy is None and self.v_copy is None:
+            # The common case: the whole field is in this read.
+            r = self.on_field(self.f_at if self.f_at != NULL else _EMPTY, self.f_len,
+                              self.v_at if self.v_at != NULL else _EMPTY, self.v_len)
+        else:
+            self._keep()                # (a cut field: both parts into the copies)
             if self.f_copy is None:
                 self.f_copy = bytearray()
-        if self.f_copy is not None:
-            self.name = PyByteArray_AS_STRING(self.f_copy)
-            self.nn = PyByteArray_GET_SIZE(self.f_copy)
             if self.v_copy is None:
                 self.v_copy = bytearray()
-            self.value = PyByteArray_AS_STRING(self.v_copy)
-            self.vn = PyByteArray_GET_SIZE(self.v_copy)
-            return 0
-        self.name = self.f_at if self.f_at != NULL else _EMPTY
-        self.nn = self.f_len
-        self.value = self.v_at if self.v_at != NULL else self.name
-        self.vn = self.v_len               # (0 when llhttp gave no part: empty)
+            r = self.on_field(PyByteArray_AS_STRING(self.f_copy),
+                              PyByteArray_GET_SIZE(self.f_copy),
+                              PyByteArray_AS_STRING(self.v_copy),
+                              PyByteArray_GET_SIZE(self.v_copy))
+        self.f_at = self.v_at = NULL
+        self.f_len = self.v_len = 0     # (0 when llhttp gave no value part: empty)
+        self.f_copy = self.v_copy = None
+        return r
+
+    # The hooks: a subclass overrides those its kind of message has.
+    cdef int on_message_begin(self) except -2:
         return 0
 
-    cdef int clear(self) except -1:
-        self.f_at = self.v_at = self.name = self.value = NULL
-        self.f_len = self.v_len = self.nn = self.vn = 0
-        self.f_copy = self.v_copy = None
+    cdef int on_url(self, const char* at, size_t n) except -2:
         return 0
+
+    cdef int on_status(self, const char* at, size_t n) except -2:
+        return 0
+
+    cdef int on_field(self, const char* name, Py_ssize_t nn, const char* value,
+                      Py_ssize_t vn) except -2:
+        return 0
+
+    cdef int on_headers_complete(self) except -2:
+        return 0
+
+    cdef int on_body(self, const char* at, size_t n) except -2:
+        return 0
+
+    cdef int on_message_complete(self) except -2:
+        return 0
+
+
+# ---- llhttp's callbacks: C functions, the Parser in llhttp_t.data -------------------
+# An exception in a hook is kept in cb_error and stops the parser.
+
+cdef int _cb_message_begin(llhttp_t* p) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self.on_message_begin()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_url(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self.on_url(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_status(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self.on_status(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self._name_part(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self._value_part(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_header_value_complete(llhttp_t* p) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self._field_done()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_headers_complete(llhttp_t* p) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self.on_headers_complete()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_body(llhttp_t* p, const char* at, size_t n) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self.on_body(at, n)
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+cdef int _cb_message_complete(llhttp_t* p) noexcept:
+    cdef Parser self = <Parser>p.data
+    try:
+        return self.on_message_complete()
+    except BaseException as exc:
+        self.cb_error = exc
+        return -1
+
+
+API.settings_init(&SETTINGS)
+SETTINGS.on_message_begin = _cb_message_begin
+SETTINGS.on_url = _cb_url
+SETTINGS.on_status = _cb_status
+SETTINGS.on_header_field = _cb_header_field
+SETTINGS.on_header_value = _cb_header_value
+SETTINGS.on_header_value_complete = _cb_header_value_complete
+SETTINGS.on_headers_complete = _cb_headers_complete
+SETTINGS.on_body = _cb_body
+SETTINGS.on_message_complete = _cb_message_complete

@@ -1,12 +1,17 @@
 from lbcore_ext.balancer cimport Member, Pool
 from lbcore_ext.counters cimport Counters
-from lbcore_ext.llhttp cimport FieldParts, llhttp_t
+from lbcore_ext.llhttp cimport Parser
 from lbcore_ext.request cimport Request
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.transport cimport SocketTransport
 
 cdef class Exchange
 cdef class UpstreamConnection
+
+
+cdef class ResponseParser(Parser):
+    """llhttp's hooks for one member connection (lbcore_ext/llhttp.pxd Parser)."""
+    pass
 
 
 cdef class Downstream:
@@ -151,9 +156,7 @@ cdef class UpstreamConnection:
     cdef Counters counters              # the worker's, for the live-object counts
     cdef Py_ssize_t mbase               # the member block it counts open in, -1: none
     cdef bint counted_open              # counted in M_CONN_ACTIVE
-    cdef llhttp_t p                     # the response parser, its data this connection
-    cdef FieldParts fields              # the response field being parsed
-    cdef object cb_error                # an exception raised inside a parser callback
+    cdef ResponseParser parser          # made in connection_made, dropped at the end
     cdef object write                   # transport.write, bound once
     cdef Exchange ex
     cdef bint closed
@@ -167,7 +170,8 @@ cdef class UpstreamConnection:
     cdef int sock(self)
     cdef int close(self) except -1
     cdef int _status(self, const char* at, size_t n) except -2
-    cdef int _field(self) except -2
+    cdef int _field(self, const char* name, Py_ssize_t nn, const char* value,
+                    Py_ssize_t vn) except -2
     cdef int _headers_complete(self) except -2
     cdef int _body(self, const char* at, size_t n) except -2
     cdef int _message_complete(self) except -2

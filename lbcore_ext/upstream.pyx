@@ -13,8 +13,8 @@ from functools import partial
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from lbcore_ext.bufs cimport new_ba, put_header, put_header_at
-from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_RESPONSE, FieldParts,
-                                llhttp_api, llhttp_api_t, llhttp_settings_t, llhttp_t)
+from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_RESPONSE, Parser, llhttp_api,
+                                llhttp_api_t)
 from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
@@ -65,7 +65,6 @@ cdef inline bint readable(int fd):
 from lbcore_ext.runtime cimport ListenerRuntime
 
 cdef llhttp_api_t* LL = llhttp_api()
-cdef llhttp_settings_t SETTINGS
 cdef bytes REASON_OK = b"OK"
 # The members a first try has tried: none (never appended to; a retry makes its own).
 cdef list NONE_TRIED = []
@@ -962,7 +961,7 @@ cdef class Exchange:
         self.ds.ds_end(self)
         # (a member that answered before the whole body reached it is not reused)
         self._finish(self.req_done and not self.body_dropped and not self.resp_close
-                     and LL.should_keep_alive(&self.conn.p))
+                     and LL.should_keep_alive(&self.conn.parser.p))
         return 0
 
     cdef int up_lost(self) except -1:
@@ -1038,9 +1037,8 @@ cdef class UpstreamConnection:
         else:
             sock = transport.get_extra_info("socket")
             self.fd = sock.fileno() if sock is not None else -1
-        self.fields = FieldParts.__new__(FieldParts)
-        LL.init(&self.p, HTTP_RESPONSE, &SETTINGS)
-        self.p.data = <void*>self
+        self.parser = ResponseParser.__new__(ResponseParser)
+        self.parser.start(HTTP_RESPONSE, <void*>self)
         # Bound once: a method looked up by name costs a lookup per call.
         self.write = transport.write
 
@@ -1063,15 +1061,14 @@ cdef class UpstreamConnection:
         cdef int err
         ds.ds_cork()
         try:
-            err = LL.execute(&self.p, at, n)
-            self.fields.keep()
-            if self.cb_error is not None:
-                exc, self.cb_error = self.cb_error, None
+            err = self.parser.execute(at, n)
+            if self.parser.cb_error is not None:
+                exc, self.parser.cb_error = self.parser.cb_error, None
                 raise exc
             if err == HPE_PAUSED_UPGRADE:
                 # The 101 head was parsed; what follows it is already tunnel data.
-                pos = LL.get_error_pos(&self.p) - at
-                LL.resume_after_upgrade(&self.p)
+                pos = LL.get_error_pos(&self.parser.p) - at
+                LL.resume_after_upgrade(&self.parser.p)
                 ex = self.ex
                 if ex is not None and self.tunnel and 0 <= pos < n:
                     ex._down_out(n - pos, True)
@@ -1116,6 +1113,7 @@ cdef class UpstreamConnection:
         self.ex = None
         self.transport = None
         self.own = None
+        self.parser = None
 
     def pause_writing(self):
         if self.ex is not None:
@@ -1145,24 +1143,22 @@ cdef class UpstreamConnection:
                               else PyBytes_FromStringAndSize(at, n))
         return 0
 
-    cdef int _field(self) except -2:
-        cdef FieldParts f = self.fields
-        f.take()
+    cdef int _field(self, const char* name, Py_ssize_t nn, const char* value,
+                    Py_ssize_t vn) except -2:
         if self.ex is not None:
-            self.ex.up_header(f.name, f.nn, f.value, f.vn)
-        f.clear()
+            self.ex.up_header(name, nn, value, vn)
         return 0
 
     cdef int _headers_complete(self) except -2:
         """1: no body follows (a HEAD request's response, an upgrade)."""
         cdef Exchange ex = self.ex
         if ex is not None:
-            ex.up_headers_complete(self.p.status_code)
+            ex.up_headers_complete(self.parser.p.status_code)
             if self.ex is not ex or self.closed:
                 return -1               # failed, retried or closed: stop reading it
-            if ex.is_head_method and self.p.status_code >= 200:
+            if ex.is_head_method and self.parser.p.status_code >= 200:
                 return 1
-        return 1 if self.p.upgrade else 0
+        return 1 if self.parser.p.upgrade else 0
 
     cdef int _body(self, const char* at, size_t n) except -2:
         if self.ex is not None:
@@ -1175,79 +1171,24 @@ cdef class UpstreamConnection:
         return 0
 
 
-# ---- llhttp's callbacks for member responses: C functions, the connection in data ----
+cdef class ResponseParser(Parser):
+    """llhttp's hooks for a member connection: each hands its part of the
+    response to the UpstreamConnection that owns this parser."""
+    cdef int on_status(self, const char* at, size_t n) except -2:
+        return (<UpstreamConnection>self.owner)._status(at, n)
 
-cdef int _cb_status(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self._status(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    cdef int on_field(self, const char* name, Py_ssize_t nn, const char* value,
+                      Py_ssize_t vn) except -2:
+        return (<UpstreamConnection>self.owner)._field(name, nn, value, vn)
 
+    cdef int on_headers_complete(self) except -2:
+        return (<UpstreamConnection>self.owner)._headers_complete()
 
-cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self.fields.name_part(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    cdef int on_body(self, const char* at, size_t n) except -2:
+        return (<UpstreamConnection>self.owner)._body(at, n)
 
-
-cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self.fields.value_part(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_header_value_complete(llhttp_t* p) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self._field()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_headers_complete(llhttp_t* p) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self._headers_complete()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_body(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self._body(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_message_complete(llhttp_t* p) noexcept:
-    cdef UpstreamConnection self = <UpstreamConnection>p.data
-    try:
-        return self._message_complete()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-LL.settings_init(&SETTINGS)
-SETTINGS.on_status = _cb_status
-SETTINGS.on_header_field = _cb_header_field
-SETTINGS.on_header_value = _cb_header_value
-SETTINGS.on_header_value_complete = _cb_header_value_complete
-SETTINGS.on_headers_complete = _cb_headers_complete
-SETTINGS.on_body = _cb_body
-SETTINGS.on_message_complete = _cb_message_complete
+    cdef int on_message_complete(self) except -2:
+        return (<UpstreamConnection>self.owner)._message_complete()
 
 
 def close_idle(Member m):
