@@ -157,6 +157,7 @@ DEF SSL_CTRL_SET_READ_AHEAD = 41
 DEF SSL_CTRL_GET_SESSION_REUSED = 8
 DEF SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
 DEF SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = 0x2
+DEF SSL_MODE_NO_AUTO_CHAIN = 0x8
 DEF SSL_MODE_RELEASE_BUFFERS = 0x10
 DEF SSL_VERIFY_PEER = 0x1
 DEF SSL_CTRL_SET_TLSEXT_SERVERNAME_CB = 53
@@ -503,8 +504,12 @@ cdef class TlsTransport:
             ERR_clear_error()
             raise OSError("SSL_set_fd failed")
         SSL_set_accept_state(ssl)
+        # NO_AUTO_CHAIN, as nginx sets it: the chain sent is the certificate
+        # file's, never one OpenSSL builds per handshake from the context's
+        # verify store (an X509_verify_cert for every full handshake with a
+        # certificate file that holds no intermediates).
         SSL_ctrl(ssl, SSL_CTRL_MODE, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE
-                 | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL)
+                 | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_NO_AUTO_CHAIN, NULL)
         # A record's header and body in one read() (two without); what is read
         # past a record stays in OpenSSL's buffer, so SSL_has_pending is checked
         # where the socket alone would not wake us.
