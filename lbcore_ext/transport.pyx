@@ -641,17 +641,27 @@ cdef class TlsTransport:
     cdef int _read(self) except -1:
         cdef Py_ssize_t got = 0
         cdef int n = 0, err = 0
+        cdef bint drained = False
         while TLS_READ_BUFFER - got >= 16384:
             n = SSL_read(self.ssl, _rbuf + got, <int>(TLS_READ_BUFFER - got))
             if n <= 0:
                 break
             got += n
+            if n < 16384 and not SSL_has_pending(self.ssl):
+                # A short record and nothing left in OpenSSL's buffer: read
+                # ahead took all the socket had, so the next SSL_read would
+                # only hit EAGAIN (a read() and OpenSSL's error-queue marks).
+                # The poll is level-triggered: bytes that come later wake us.
+                drained = True
+                break
         if n <= 0:
             err = SSL_get_error(self.ssl, n)
         if got:
             self._deliver(got)
             if self.state != ST_OPEN and self.state != ST_CLOSING:
                 return 0
+        if drained:
+            return 0
         if n > 0:
             # The buffer filled: more may wait in OpenSSL (read ahead) or the socket.
             if not self.read_paused and SSL_has_pending(self.ssl):
