@@ -82,7 +82,7 @@ else
 fi
 valgrind --tool=callgrind --callgrind-out-file=$D/cg.%p "${CMD[@]}" > $D/valgrind.log 2>&1 & V=$!
 trap 'kill $V $NG 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
+for _ in $(seq 300); do
     sleep 1; curl -sk -o /dev/null https://127.0.0.1:$ECDSA/ && curl -sk -o /dev/null https://127.0.0.1:$T13/ && break
 done
 PORT=$ECDSA; EXTRA=()
