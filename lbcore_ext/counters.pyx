@@ -94,7 +94,8 @@ GENERATED_CODES = ((400, "malformed"), (405, "method_not_allowed"), (408, "reque
                    (431, "header_too_large"), (501, "transfer_coding"), (502, "bad_gateway"),
                    (503, "no_member"), (504, "gateway_timeout"),
                    # second reasons of a code: count_reason()
-                   (502, "upstream_header_too_big"), (503, "qps_limit"))
+                   (502, "upstream_header_too_big"), (503, "qps_limit"),
+                   (400, "plain_http"))
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 1.2, 2.5, 5.0, 10.0)
 TLS_VERSIONS = GENERATED + len(GENERATED_CODES)    # TLSv1, TLSv1.1, TLSv1.2, TLSv1.3
 TLS_FAIL = TLS_VERSIONS + 4      # one cell per TLS_FAIL_REASONS entry
@@ -161,6 +162,7 @@ for _k, (_code, _reason) in enumerate(GENERATED_CODES):
 # GENERATED_CODES index of a reason other than its code's default.
 R_UPSTREAM_HEADER_TOO_BIG = [r for _, r in GENERATED_CODES].index("upstream_header_too_big")
 R_QPS_LIMIT = [r for _, r in GENERATED_CODES].index("qps_limit")
+R_PLAIN_HTTP = [r for _, r in GENERATED_CODES].index("plain_http")
 cdef double[13] _bounds
 for _k, _b in enumerate(BUCKETS):
     _bounds[_k] = _b

@@ -39,6 +39,8 @@ ctypedef int (*cipher_init_t)(void* cctx, const void* cipher, void* engine,
                               const unsigned char* key, const unsigned char* iv) noexcept nogil
 ctypedef int (*hmac_init_t)(void* hctx, const void* key, int n, const void* md,
                             void* engine) noexcept nogil
+ctypedef int (*ssl_version_t)(const void* s) noexcept nogil
+ctypedef const void* (*fetch_t)(void* libctx, const char* name, const char* props) noexcept nogil
 
 # OpenSSL's ssl.h / tls1.h constants.
 DEF SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72
@@ -50,6 +52,7 @@ TICKET_KEYS_LEN = 80
 DEF KEY_LEN = 80
 DEF NAME_LEN = 16
 DEF IV_LEN = 16
+DEF TLS1_3_VERSION = 0x0304
 
 cdef set_ciphersuites_t _set_ciphersuites = NULL
 cdef ctx_ctrl_t _ctx_ctrl = NULL
@@ -60,6 +63,14 @@ cdef evp_getter_t _sha256 = NULL
 cdef cipher_init_t _encrypt_init = NULL
 cdef cipher_init_t _decrypt_init = NULL
 cdef hmac_init_t _hmac_init = NULL
+cdef ssl_version_t _ssl_version = NULL
+# What the ticket callback hands to EVP_*Init_ex/HMAC_Init_ex: on OpenSSL 3,
+# AES-256-CBC and SHA-256 fetched from the default provider once, so that no
+# ticket sealed or opened fetches them again (the static EVP_aes_256_cbc() and
+# EVP_sha256() make every init look their implementation up: an EVP_MD_fetch
+# for each of HMAC's three digest contexts and an EVP_CIPHER_fetch).
+cdef const void* _cipher = NULL
+cdef const void* _md = NULL
 
 # The process's ticket keys: [0] issues and accepts tickets, [1] (the one
 # before the last rotation) only accepts them, and asks for a renewed ticket.
@@ -87,7 +98,7 @@ cdef void* open_lib(str name) except NULL:
 
 cdef int _load() except -1:
     global _set_ciphersuites, _ctx_ctrl, _ctx_callback_ctrl, _rand_bytes, _aes_256_cbc
-    global _sha256, _encrypt_init, _decrypt_init, _hmac_init
+    global _sha256, _encrypt_init, _decrypt_init, _hmac_init, _ssl_version, _cipher, _md
     if _set_ciphersuites != NULL:
         return 0
     cdef void* ssl_lib = open_lib("libssl")
@@ -100,10 +111,19 @@ cdef int _load() except -1:
     _encrypt_init = <cipher_init_t>dlsym(crypto, "EVP_EncryptInit_ex")
     _decrypt_init = <cipher_init_t>dlsym(crypto, "EVP_DecryptInit_ex")
     _hmac_init = <hmac_init_t>dlsym(crypto, "HMAC_Init_ex")
+    _ssl_version = <ssl_version_t>dlsym(ssl_lib, "SSL_version")
     if (_ctx_ctrl == NULL or _ctx_callback_ctrl == NULL or _rand_bytes == NULL
-            or _aes_256_cbc == NULL or _sha256 == NULL or _encrypt_init == NULL
+            or _ssl_version == NULL or _aes_256_cbc == NULL or _sha256 == NULL or _encrypt_init == NULL
             or _decrypt_init == NULL or _hmac_init == NULL):
         raise OSError("this OpenSSL lacks a function lbcore needs for session tickets")
+    cdef fetch_t cipher_fetch = <fetch_t>dlsym(crypto, "EVP_CIPHER_fetch")
+    cdef fetch_t md_fetch = <fetch_t>dlsym(crypto, "EVP_MD_fetch")
+    if cipher_fetch != NULL and md_fetch != NULL:           # OpenSSL 3
+        _cipher = cipher_fetch(NULL, "AES-256-CBC", NULL)
+        _md = md_fetch(NULL, "SHA256", NULL)
+    if _cipher == NULL or _md == NULL:                      # 1.1.1: no providers
+        _cipher = _aes_256_cbc()
+        _md = _sha256()
     _set_ciphersuites = <set_ciphersuites_t>dlsym(ssl_lib, "SSL_CTX_set_ciphersuites")
     if _set_ciphersuites == NULL:
         raise OSError("this libssl has no SSL_CTX_set_ciphersuites (OpenSSL < 1.1.1)")
@@ -114,8 +134,14 @@ cdef int _ticket_cb(void* s, unsigned char* name, unsigned char* iv, void* cctx,
                     int enc) noexcept nogil:
     """OpenSSL's ticket-key callback (runs inside the handshake, GIL released):
     encrypt new tickets under key 0; decrypt under whichever key named the
-    ticket, asking for a new ticket (2) when it was the previous key; 0 (full
-    handshake) for a key we no longer hold."""
+    ticket, asking for a new ticket (2) when it was the previous key or the
+    connection is TLS 1.3; 0 (full handshake) for a key we no longer hold.
+
+    TLS 1.3 clients use a ticket once (RFC 8446, C.4: browsers do), and with
+    a key callback OpenSSL sends no ticket after a resumption unless the
+    callback answers 2: with 1, such a client gets the two tickets of its
+    full handshake and then needs a full handshake again every third
+    connection. OpenSSL's own keys (nginx's default) send one."""
     cdef int i
     if _nkeys == 0:
         return 0
@@ -123,18 +149,18 @@ cdef int _ticket_cb(void* s, unsigned char* name, unsigned char* iv, void* cctx,
         if _rand_bytes(iv, IV_LEN) != 1:
             return -1
         memcpy(name, &_keys[0][0], NAME_LEN)
-        if _encrypt_init(cctx, _aes_256_cbc(), NULL, &_keys[0][48], iv) != 1:
+        if _encrypt_init(cctx, _cipher, NULL, &_keys[0][48], iv) != 1:
             return -1
-        if _hmac_init(hctx, &_keys[0][16], 32, _sha256(), NULL) != 1:
+        if _hmac_init(hctx, &_keys[0][16], 32, _md, NULL) != 1:
             return -1
         return 1
     for i in range(_nkeys):
         if memcmp(name, &_keys[i][0], NAME_LEN) == 0:
-            if _hmac_init(hctx, &_keys[i][16], 32, _sha256(), NULL) != 1:
+            if _hmac_init(hctx, &_keys[i][16], 32, _md, NULL) != 1:
                 return -1
-            if _decrypt_init(cctx, _aes_256_cbc(), NULL, &_keys[i][48], iv) != 1:
+            if _decrypt_init(cctx, _cipher, NULL, &_keys[i][48], iv) != 1:
                 return -1
-            return 1 if i == 0 else 2
+            return 1 if i == 0 and _ssl_version(s) != TLS1_3_VERSION else 2
     return 0
 
 

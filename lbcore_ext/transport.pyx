@@ -59,11 +59,12 @@ from libc.errno cimport EAGAIN, EINPROGRESS, EINTR, errno
 from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
 
-from lbcore_ext.counters cimport add, inc
+from lbcore_ext.counters cimport add, count_reason, inc
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.tlsctl cimport open_lib, ssl_ctx_ptr
 
-from lbcore_ext.counters import CONN_OPENING, TLS_FAIL, TLS_FAIL_REASONS, TLS_RESUMED
+from lbcore_ext.counters import (CONN_OPENING, R_PLAIN_HTTP, TLS_FAIL, TLS_FAIL_REASONS,
+                                 TLS_RESUMED)
 
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
@@ -195,6 +196,7 @@ DEF SSL_CTRL_SET_READ_AHEAD = 41
 DEF SSL_CTRL_GET_SESSION_REUSED = 8
 DEF SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
 DEF SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = 0x2
+DEF SSL_MODE_NO_AUTO_CHAIN = 0x8
 DEF SSL_MODE_RELEASE_BUFFERS = 0x10
 DEF SSL_VERIFY_PEER = 0x1
 DEF SSL_CTRL_SET_TLSEXT_SERVERNAME_CB = 53
@@ -282,6 +284,7 @@ cdef char _rbuf[READ_BUFFER]
 cdef Py_ssize_t O_OPENING = CONN_OPENING
 cdef Py_ssize_t O_TLS_FAIL = TLS_FAIL
 cdef Py_ssize_t O_TLS_RESUMED = TLS_RESUMED
+cdef int G_PLAIN_HTTP = R_PLAIN_HTTP
 cdef dict _FAIL_CELL = {r: i for i, r in enumerate(TLS_FAIL_REASONS)}
 
 # OpenSSL reason strings (ERR_reason_error_string, upper-cased with '_', which
@@ -1057,8 +1060,12 @@ cdef class TlsTransport(SocketTransport):
             ERR_clear_error()
             raise OSError("SSL_set_fd failed")
         SSL_set_accept_state(ssl)
+        # NO_AUTO_CHAIN, as nginx sets it: the chain sent is the certificate
+        # file's, never one OpenSSL builds per handshake from the context's
+        # verify store (an X509_verify_cert for every full handshake with a
+        # certificate file that holds no intermediates).
         SSL_ctrl(ssl, SSL_CTRL_MODE, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE
-                 | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL)
+                 | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_NO_AUTO_CHAIN, NULL)
         # A record's header and body in one read() (two without); what is read
         # past a record stays in OpenSSL's buffer, so SSL_has_pending is checked
         # where the socket alone would not wake us.
@@ -1165,6 +1172,10 @@ cdef class TlsTransport(SocketTransport):
         if self.fd < 0:
             return 0
         c_write(self.fd, PyBytes_AS_STRING(PLAIN_HTTP_400), PyBytes_GET_SIZE(PLAIN_HTTP_400))
+        # A 400 of lbcore's own, as the HTTP/1.1 framing's are (besides the
+        # handshake failure reason plain_http counted above).
+        count_reason(self.lrt.counters, self.lrt.cbase, self.lrt.pbase_local, 400,
+                     G_PLAIN_HTTP, 0.0)
         shutdown(self.fd, SHUT_WR)
         self.close_timer = self.loop.call_later(PLAIN_HTTP_LINGER, self.abort)
         return 0
@@ -1190,17 +1201,27 @@ cdef class TlsTransport(SocketTransport):
     cdef int _read(self) except -1:
         cdef Py_ssize_t got = 0
         cdef int n = 0, err = 0
+        cdef bint drained = False
         while READ_BUFFER - got >= 16384:
             n = SSL_read(self.ssl, _rbuf + got, <int>(READ_BUFFER - got))
             if n <= 0:
                 break
             got += n
+            if n < 16384 and not SSL_has_pending(self.ssl):
+                # A short record and nothing left in OpenSSL's buffer: read
+                # ahead took all the socket had, so the next SSL_read would
+                # only hit EAGAIN (a read() and OpenSSL's error-queue marks).
+                # The poll is level-triggered: bytes that come later wake us.
+                drained = True
+                break
         if n <= 0:
             err = SSL_get_error(self.ssl, n)
         if got:
             self._deliver(got)
             if self.state != ST_OPEN and self.state != ST_CLOSING:
                 return 0
+        if drained:
+            return 0
         if n > 0:
             # The buffer filled: more may wait in OpenSSL (read ahead) or the socket.
             if not self.read_paused and SSL_has_pending(self.ssl):

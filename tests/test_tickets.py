@@ -20,7 +20,10 @@ def contexts():
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(client)
     client.maximum_version = ssl.TLSVersion.TLSv1_2
-    return leaf, client
+    client13 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client13)
+    client13.minimum_version = ssl.TLSVersion.TLSv1_3
+    return leaf, client, client13
 
 
 def server_context(leaf) -> ssl.SSLContext:
@@ -48,6 +51,9 @@ def handshake(server_ctx, client_ctx, session=None):
             if data:
                 peer_in.write(data)
         if all(done):
+            if c_in.pending:                # TLS 1.3: tickets come after the handshake
+                with pytest.raises(ssl.SSLWantReadError):
+                    client.read(1)
             return client.session, client.session_reused
     raise AssertionError("handshake did not finish")
 
@@ -57,7 +63,7 @@ def key() -> bytes:
 
 
 def test_rotation_keeps_previous_key_for_one_period(contexts):
-    leaf, client = contexts
+    leaf, client, _ = contexts
     server = server_context(leaf)
     k1, k2, k3 = key(), key(), key()
     set_ticket_keys(k1)
@@ -75,10 +81,25 @@ def test_rotation_keeps_previous_key_for_one_period(contexts):
 def test_same_keys_in_another_context_resume(contexts):
     """What makes resumption work across workers: another process's context
     holding the same keys opens the ticket."""
-    leaf, client = contexts
+    leaf, client, _ = contexts
     set_ticket_keys(key())
     session, _ = handshake(server_context(leaf), client)
     assert handshake(server_context(leaf), client, session)[1]
+
+
+def test_tls13_resumption_issues_a_new_ticket(contexts):
+    """TLS 1.3 clients use a ticket once (RFC 8446, C.4): a resumption hands
+    out a fresh ticket, as OpenSSL does with its own keys (nginx's default),
+    so such a client keeps resuming."""
+    leaf, _, client = contexts
+    server = server_context(leaf)
+    set_ticket_keys(key())
+    s1, reused = handshake(server, client)
+    assert not reused and s1.has_ticket
+    s2, reused = handshake(server, client, s1)
+    assert reused and s2.has_ticket and s2.id != s1.id
+    s3, reused = handshake(server, client, s2)
+    assert reused and s3.id != s2.id
 
 
 def test_bad_key_length_refused():

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Instructions per request of the lbcore data plane under callgrind: stable to
 # about 0.5% where a timed benchmark moves by 10% on these machines.
+# (TLS handshakes, lbcore against nginx under callgrind: bench/callgrind/tls.sh.)
 #   bench/callgrind/run.sh [keepalive|close|tls-close|policies|policies-base] [requests]
 # policies: keep-alive through bench/policies.py's 100 forwarding policies (the
 # request matching the last); policies-base: the same request on a listener

@@ -105,6 +105,8 @@ def test_plain_http_on_the_tls_port_gets_a_400_in_plain_http(running, slow_backe
     assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
     time.sleep(0.2)
     assert metric(admin, "lbcore_tls_handshake_failures_total", reason="plain_http") == 1
+    # ...and as a 400 of lbcore's own, like the framing's refusals.
+    assert metric(admin, "lbcore_generated_errors_total", code="400", reason="plain_http") == 1
     assert lb.status()["ready"]
 
 
