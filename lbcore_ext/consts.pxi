@@ -76,6 +76,9 @@ DEF READ_BUFFER = 65536
 # Queued pieces one writev() takes on a plain connection (Linux's IOV_MAX is
 # 1024; more than a few dozen pieces queued is already a slow reader).
 DEF WRITEV_MAX = 64
+# Ready sockets the Poller takes from epoll per loop callback (more wait for the
+# next iteration: level-triggered, nothing is lost).
+DEF POLL_BATCH = 128
 # Write buffer marks for pause_writing/resume_writing: asyncio's defaults.
 DEF WRITE_HIGH = 65536
 DEF WRITE_LOW = 16384

@@ -15,6 +15,16 @@ cdef class HandshakeQueue:
     cdef int arm(self) except -1
 
 
+cdef class Poller:
+    cdef object loop
+    cdef int epfd
+    cdef list table                     # fd -> the SocketTransport watched, or None
+    cdef int update(self, SocketTransport t) except -1
+
+
+cdef Poller poller_for(object loop)
+
+
 cdef class SocketTransport:
     """A connection on a socket lbcore owns, driven by the loop's readiness
     events (add_reader/add_writer): the asyncio transport surface the
@@ -34,6 +44,8 @@ cdef class SocketTransport:
     cdef object sockname
     cdef bint reader_on
     cdef bint writer_on
+    cdef Poller poller                  # the loop's, from the first _reader/_writer
+    cdef unsigned int polled            # the epoll events it is registered for; 0: none
     cdef bint read_paused               # the protocol asked
     cdef bint read_wants_write          # (TLS) the read side needs the socket writable
     cdef bint write_paused              # we told the protocol to pause_writing
@@ -53,6 +65,7 @@ cdef class SocketTransport:
     cdef bytes peer_port(self)          # b"50000"
     cdef int _reader(self, bint on) except -1
     cdef int _writer(self, bint on) except -1
+    cdef int _event(self, bint readable) except -1
     # Readiness, per state; the base knows ST_OPEN and ST_CLOSING only.
     cdef int _readable(self) except -1
     cdef int _writable(self) except -1

@@ -66,6 +66,25 @@ from lbcore_ext.tlsctl cimport open_lib, ssl_ctx_ptr
 from lbcore_ext.counters import (CONN_OPENING, R_PLAIN_HTTP, TLS_FAIL, TLS_FAIL_REASONS,
                                  TLS_RESUMED)
 
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data_t "epoll_data":
+        void* ptr
+        int fd
+    struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* ev)
+    int epoll_wait(int epfd, epoll_event* evs, int maxevents, int timeout)
+    int EPOLL_CLOEXEC
+    int EPOLL_CTL_ADD
+    int EPOLL_CTL_MOD
+    int EPOLL_CTL_DEL
+    unsigned int EPOLLIN
+    unsigned int EPOLLOUT
+    unsigned int EPOLLERR
+    unsigned int EPOLLHUP
+
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
     ssize_t c_write "write"(int fd, const void* buf, size_t n)
@@ -468,6 +487,86 @@ cdef int _ipv4_text(char* out, const unsigned char* a) noexcept nogil:
     return n
 
 
+cdef class Poller:
+    """One epoll set per event loop for every socket lbcore owns, itself
+    watched by the loop (add_reader on the epoll descriptor): registering a
+    connection is one epoll_ctl, where the loop's add_reader costs a Python
+    check of its transport table (a WeakValueDictionary lookup that raises
+    KeyError), a libuv poll handle and, in libuv, an epoll_ctl probe pair,
+    an ioctl and an io_uring submission, with three deletes at close; and
+    one loop callback serves every ready socket of an iteration, dispatched
+    here in C. Level-triggered, as the loop's readers are."""
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self.table = []
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1")
+        loop.add_reader(self.epfd, self._ready)
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            c_close(self.epfd)
+
+    cdef int update(self, SocketTransport t) except -1:
+        """Watch t for what it wants now (reader_on, writer_on)."""
+        cdef epoll_event ev
+        cdef unsigned int want = (EPOLLIN if t.reader_on else 0) | (
+            EPOLLOUT if t.writer_on else 0)
+        cdef int fd = t.fd
+        if want == t.polled or fd < 0:
+            return 0
+        ev.events = want
+        ev.data.fd = fd
+        if t.polled == 0:
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+                raise OSError(errno, "epoll_ctl ADD")
+            while len(self.table) <= fd:
+                self.table.extend([None] * (fd + 64 - len(self.table)))
+            self.table[fd] = t
+        elif want == 0:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev)
+            self.table[fd] = None
+        elif epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev) != 0:
+            raise OSError(errno, "epoll_ctl MOD")
+        t.polled = want
+        return 0
+
+    def _ready(self):
+        cdef epoll_event evs[POLL_BATCH]
+        cdef int n = epoll_wait(self.epfd, evs, POLL_BATCH, 0)
+        cdef int i, fd
+        cdef unsigned int e
+        cdef object entry
+        cdef SocketTransport t
+        for i in range(n):
+            fd = evs[i].data.fd
+            e = evs[i].events
+            # By fd, not a pointer kept in the event: a socket an earlier event
+            # of this batch closed is gone from the table (and never freed
+            # under us: the table holds it while it is watched).
+            entry = self.table[fd] if fd < len(self.table) else None
+            if entry is None:
+                continue
+            t = <SocketTransport>entry
+            if e & (EPOLLIN | EPOLLHUP | EPOLLERR) and t.reader_on:
+                t._event(True)
+            if e & (EPOLLOUT | EPOLLHUP | EPOLLERR) and t.writer_on and t.fd == fd:
+                t._event(False)
+
+
+cdef dict _pollers = {}
+
+
+cdef Poller poller_for(object loop):
+    """The loop's Poller (a worker has one loop; tests may run several)."""
+    cdef Poller p = _pollers.get(loop)
+    if p is None:
+        p = _pollers[loop] = Poller(loop)
+    return p
+
+
 cdef class SocketTransport:
     def __cinit__(self):
         self.fd = -1
@@ -515,40 +614,42 @@ cdef class SocketTransport:
     # ---- readiness ----------------------------------------------------------------
 
     cdef int _reader(self, bint on) except -1:
-        if on and not self.reader_on:
-            self.reader_on = True
-            self.loop.add_reader(self.fd, self._on_readable)
-        elif not on and self.reader_on:
-            self.reader_on = False
-            self.loop.remove_reader(self.fd)
+        if on != self.reader_on:
+            self.reader_on = on
+            if self.poller is None:
+                self.poller = poller_for(self.loop)
+            self.poller.update(self)
         return 0
 
     cdef int _writer(self, bint on) except -1:
-        if on and not self.writer_on:
-            self.writer_on = True
-            self.loop.add_writer(self.fd, self._on_writable)
-        elif not on and self.writer_on:
-            self.writer_on = False
-            self.loop.remove_writer(self.fd)
+        if on != self.writer_on:
+            self.writer_on = on
+            if self.poller is None:
+                self.poller = poller_for(self.loop)
+            self.poller.update(self)
+        return 0
+
+    cdef int _event(self, bint readable) except -1:
+        """A readiness event from the Poller (or a call_soon): a failure ends
+        this connection and is reported, never raised into the loop."""
+        try:
+            if readable:
+                self._readable()
+            else:
+                self._writable()
+        except BaseException as exc:
+            self._fatal(exc)
+            self.loop.call_exception_handler({
+                "message": "lbcore transport: error while " + ("reading" if readable
+                                                               else "writing"),
+                "exception": exc, "transport": self, "protocol": self.protocol})
         return 0
 
     def _on_readable(self):
-        try:
-            self._readable()
-        except BaseException as exc:
-            self._fatal(exc)
-            self.loop.call_exception_handler({
-                "message": "lbcore transport: error while reading",
-                "exception": exc, "transport": self, "protocol": self.protocol})
+        self._event(True)
 
     def _on_writable(self):
-        try:
-            self._writable()
-        except BaseException as exc:
-            self._fatal(exc)
-            self.loop.call_exception_handler({
-                "message": "lbcore transport: error while writing",
-                "exception": exc, "transport": self, "protocol": self.protocol})
+        self._event(False)
 
     cdef int _readable(self) except -1:
         if self.state == ST_OPEN or self.state == ST_CLOSING:
