@@ -17,9 +17,10 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.test_metrics import scrape
 from tests.support.lbproc import free_port
 from tests.support.live import wait_live_zero
+from tests.support.procstats import cpu_seconds, listener_metric
+from tests.support.reloads import reload_under_load
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -96,15 +97,8 @@ def worker_pids(lb) -> list[int]:
     return [w["pid"] for w in lb.ready_workers(lb.status())]
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def metric(admin: int, name: str, listener: str = "web", **labels) -> float:
-    key = (name, tuple(sorted({"listener": listener, **labels}.items())))
-    return scrape(admin).get(key, 0.0)
+    return listener_metric(admin, name, listener, **labels)
 
 
 def read_response(s: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes, bytes]:
@@ -274,20 +268,7 @@ def test_reloads_fail_no_plain_request(site):
 
     threads = [threading.Thread(target=keepalive_client) for _ in range(3)]
     threads += [threading.Thread(target=new_conn_client) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        for gen in range(2, 12):
-            time.sleep(0.3)
-            lb.reload(text + f"# reload {gen}\n")
-            lb.wait(lambda s, gen=gen: s["config"]["generation"] == gen
-                    and len([w for w in s["workers"] if w["generation"] == gen
-                             and w["state"] == "ready"]) == 2, timeout=30)
-        time.sleep(1.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(20)
+    reload_under_load(lb, text, threads, stop)
     print(f"requests: {done}, failures: {len(failures)}")
     assert done["keepalive"] > 100 and done["new"] > 100, done
     assert not failures, failures[:5]

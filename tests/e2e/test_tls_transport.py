@@ -17,9 +17,10 @@ import time
 
 import pytest
 
-from tests.e2e.test_metrics import scrape
 from tests.e2e.test_tls_operations import handshake, https_config, trust, write_cert
 from tests.support.lbproc import free_port
+from tests.support.procstats import cpu_seconds, listener_metric
+from tests.support.reloads import reload_under_load
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,15 +37,8 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def metric(admin: int, name: str, listener: str = "tls", **labels) -> float:
-    key = (name, tuple(sorted({"listener": listener, **labels}.items())))
-    return scrape(admin).get(key, 0.0)
+    return listener_metric(admin, name, listener, **labels)
 
 
 def fetch_tls(port: int, ctx: ssl.SSLContext) -> bytes:
@@ -217,20 +211,7 @@ def test_reloads_fail_no_new_tls_connection(running, slow_backends, ca, server_c
     threads = [threading.Thread(target=python_client) for _ in range(4)]
     if openssl:
         threads.append(threading.Thread(target=s_client))
-    for t in threads:
-        t.start()
-    try:
-        for gen in range(2, 12):
-            time.sleep(0.3)
-            lb.reload(text + f"# reload {gen}\n")
-            lb.wait(lambda s, gen=gen: s["config"]["generation"] == gen
-                    and len([w for w in s["workers"] if w["generation"] == gen
-                             and w["state"] == "ready"]) == 2, timeout=30)
-        time.sleep(1.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(20)
+    reload_under_load(lb, text, threads, stop)
     print(f"requests: {done}, failures: {len(failures)}")
     assert done["python"] > 200
     assert not failures, failures[:5]
