@@ -73,6 +73,7 @@ pools:
             capture_output=True, text=True, timeout=280)
         out = result.stdout + result.stderr
         failures = [line for line in out.splitlines() if line.startswith("FAIL")]
+        print(out.splitlines()[-1] if out.splitlines() else "no replay output")
         assert not failures, "\n".join(failures)
         assert " 0 failed" in out.splitlines()[-1], out[-2000:]
     finally:
