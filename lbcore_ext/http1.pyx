@@ -159,14 +159,18 @@ cdef class HttpProtocol(Downstream):
         self._schedule(self.last_activity + self.lrt.request_timeout)
 
     def data_received(self, bytes data):
+        self.buffer_received(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    cdef int buffer_received(self, const char* at, Py_ssize_t n) except -1:
+        """A read from the client, in place (lbcore's transports: the worker's
+        read buffer) or from data_received: parsed where it lies; what must
+        outlive it (a cut field, the target, body pieces) is copied."""
         self.last_activity = monotonic()
         if self.tunnel is not None:
-            self.tunnel.tunnel_write(data)
-            return
+            self.tunnel.tunnel_write(PyBytes_FromStringAndSize(at, n))
+            return 0
         if self.stop_parsing or self.closed:
-            return
-        cdef const char* at = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+            return 0
         cdef RequestParser parser = self.parser
         cdef int err = parser.execute(at, n)
         if parser.cb_error is not None:
@@ -181,7 +185,8 @@ cdef class HttpProtocol(Downstream):
                 # llhttp takes "GET /\r\n" as HTTP/0.9 and waits for headers;
                 # HTTP/0.9 has no place at a proxy's edge.
                 self._send_error(400, None)
-            return
+            return 0
+        cdef Py_ssize_t pos
         if err == HPE_PAUSED_UPGRADE:
             # An upgrade request's head is parsed; the rest belongs to the tunnel
             # if the member answers 101. Either way no more HTTP on this connection.
@@ -189,13 +194,14 @@ cdef class HttpProtocol(Downstream):
             pos = LL.get_error_pos(&parser.p) - at
             LL.resume_after_upgrade(&parser.p)
             if 0 <= pos < n:
-                rest = data[pos:]
+                rest = PyBytes_FromStringAndSize(at + pos, n - pos)
                 self.tunnel_pending = rest if self.tunnel_pending is None else (
                     self.tunnel_pending + rest)
-            return
+            return 0
         if self.error_code == 0 and (self.stop_parsing or self.closed):
-            return                      # stopped by a callback: the connection is done
+            return 0                    # stopped by a callback: the connection is done
         self._send_error(self.error_code or 400, None)
+        return 0
 
     def eof_received(self):
         # Half-close from the client: finish what is in flight, then close.

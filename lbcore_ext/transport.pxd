@@ -15,6 +15,14 @@ cdef class HandshakeQueue:
     cdef int arm(self) except -1
 
 
+cdef class Receiver:
+    """A protocol that takes what lbcore's transports read in place, as a
+    pointer into the worker's shared read buffer, valid until it returns
+    (no bytes object, no Python call). The default makes the bytes and calls
+    data_received."""
+    cdef int buffer_received(self, const char* p, Py_ssize_t n) except -1
+
+
 cdef class Poller:
     cdef object loop
     cdef int epfd

@@ -299,6 +299,9 @@ _load()
 
 # One read buffer for every connection of the worker (one thread, one loop).
 cdef char _rbuf[READ_BUFFER]
+# Where a closing connection's unread bytes are dropped: never _rbuf, which a
+# protocol may be parsing when it closes this (or another) connection.
+cdef char _drain[READ_BUFFER]
 
 cdef Py_ssize_t O_OPENING = CONN_OPENING
 cdef Py_ssize_t O_TLS_FAIL = TLS_FAIL
@@ -487,6 +490,12 @@ cdef int _ipv4_text(char* out, const unsigned char* a) noexcept nogil:
     return n
 
 
+cdef class Receiver:
+    cdef int buffer_received(self, const char* p, Py_ssize_t n) except -1:
+        self.data_received(PyBytes_FromStringAndSize(p, n))
+        return 0
+
+
 cdef class Poller:
     """One epoll set per event loop for every socket lbcore owns, itself
     watched by the loop (add_reader on the epoll descriptor): registering a
@@ -672,13 +681,19 @@ cdef class SocketTransport:
         """data_received with what was read. Over TLS, the writes it makes are
         sent together after it returns (one SSL_write, so as few records as
         the data allows); plain TCP sends each write at once."""
-        data = PyBytes_FromStringAndSize(_rbuf, n)
+        cdef object protocol = self.protocol
         if not self.batch_writes:
-            self.protocol.data_received(data)
+            if isinstance(protocol, Receiver):
+                (<Receiver>protocol).buffer_received(_rbuf, n)
+            else:
+                protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
             return 0
         self.batching = True
         try:
-            self.protocol.data_received(data)
+            if isinstance(protocol, Receiver):
+                (<Receiver>protocol).buffer_received(_rbuf, n)
+            else:
+                protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
         finally:
             self.batching = False
         if self.wqueue and not self.writer_on and (self.state == ST_OPEN
@@ -871,7 +886,7 @@ cdef class SocketTransport:
         if self.fd >= 0:
             if not self.eof_got:
                 for _ in range(4):
-                    if recv(self.fd, _rbuf, READ_BUFFER, MSG_DONTWAIT) <= 0:
+                    if recv(self.fd, _drain, READ_BUFFER, MSG_DONTWAIT) <= 0:
                         break
             c_close(self.fd)
             self.fd = -1
@@ -1284,7 +1299,7 @@ cdef class TlsTransport(SocketTransport):
     def _linger_read(self):
         cdef ssize_t n
         while self.fd >= 0:
-            n = recv(self.fd, _rbuf, READ_BUFFER, MSG_DONTWAIT)
+            n = recv(self.fd, _drain, READ_BUFFER, MSG_DONTWAIT)
             if n > 0:
                 continue
             if n < 0 and (errno == EAGAIN or errno == EINTR):

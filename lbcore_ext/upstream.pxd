@@ -3,7 +3,7 @@ from lbcore_ext.counters cimport Counters
 from lbcore_ext.llhttp cimport Parser
 from lbcore_ext.request cimport Request
 from lbcore_ext.runtime cimport ListenerRuntime
-from lbcore_ext.transport cimport SocketTransport
+from lbcore_ext.transport cimport Receiver, SocketTransport
 
 cdef class Exchange
 cdef class UpstreamConnection
@@ -14,7 +14,7 @@ cdef class ResponseParser(Parser):
     pass
 
 
-cdef class Downstream:
+cdef class Downstream(Receiver):
     """What an Exchange needs from the client side: HTTP/1.1 connections now,
     HTTP/2 streams later. The forwarding core talks only to this."""
     cdef object transport
@@ -150,7 +150,7 @@ cdef class Exchange:
     cdef Py_ssize_t head_limit(self)
 
 
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(Receiver):
     cdef object transport
     cdef Member member
     cdef Counters counters              # the worker's, for the live-object counts

@@ -19,7 +19,7 @@ from lbcore_ext.clock cimport monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts, local_size
-from lbcore_ext.transport cimport SocketTransport
+from lbcore_ext.transport cimport Receiver, SocketTransport
 
 from lbcore_ext.transport import tcp_connect
 
@@ -199,7 +199,7 @@ cdef int response_field_kind(const char* name, Py_ssize_t n) noexcept:
     return R_RELAY
 
 
-cdef class Downstream:
+cdef class Downstream(Receiver):
     cdef int ds_write(self, object data) except -1:
         raise NotImplementedError
 
@@ -1011,7 +1011,7 @@ cdef class Exchange:
         return 0
 
 
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(Receiver):
     def __cinit__(self, Member member, Counters counters=None, Py_ssize_t mbase=-1):
         self.fd = -1
         self.member = member
@@ -1043,20 +1043,23 @@ cdef class UpstreamConnection:
         self.write = transport.write
 
     def data_received(self, bytes data):
+        self.buffer_received(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+    cdef int buffer_received(self, const char* at, Py_ssize_t n) except -1:
+        """A read from the member, in place (lbcore's transports) or from
+        data_received: parsed where it lies."""
         cdef Exchange ex = self.ex
         if ex is None:
             # Bytes from a backend while idle: the stream can't be trusted.
             self.close()
-            return
+            return 0
         ex.last_read = monotonic()
-        add_at(self.counters, ex.mbase, O_M_BYTES_IN, len(data))
+        add_at(self.counters, ex.mbase, O_M_BYTES_IN, n)
         if self.tunnel:
-            ex._down_out(len(data), True)
-            ex.ds.ds_write(data)
-            return
+            ex._down_out(n, True)
+            ex.ds.ds_write(PyBytes_FromStringAndSize(at, n))
+            return 0
         cdef Downstream ds = ex.ds
-        cdef const char* at = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos
         cdef int err
         ds.ds_cork()
@@ -1072,14 +1075,14 @@ cdef class UpstreamConnection:
                 ex = self.ex
                 if ex is not None and self.tunnel and 0 <= pos < n:
                     ex._down_out(n - pos, True)
-                    ex.ds.ds_write(data[pos:])
-                return
+                    ex.ds.ds_write(PyBytes_FromStringAndSize(at + pos, n - pos))
+                return 0
             if err != HPE_OK:
                 ex = self.ex
                 if ex is not None:
                     ex.up_invalid()
                 self.close()
-                return
+                return 0
             ex = self.ex
             if (ex is not None and not ex.resp_started
                     and (ex.state == S_WAITING or ex.state == S_SENDING)):
@@ -1092,6 +1095,7 @@ cdef class UpstreamConnection:
                     ex.up_too_big()     # (closes this connection)
         finally:
             ds.ds_uncork()
+        return 0
 
     def eof_received(self):
         return False
