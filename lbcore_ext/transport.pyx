@@ -496,6 +496,16 @@ cdef class Receiver:
         return 0
 
 
+cdef inline int _hand_over(object protocol, Py_ssize_t n) except -1:
+    """The n bytes read into _rbuf: in place to a Receiver, as bytes to any
+    other protocol's data_received."""
+    if isinstance(protocol, Receiver):
+        (<Receiver>protocol).buffer_received(_rbuf, n)
+    else:
+        protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+    return 0
+
+
 cdef class Poller:
     """One epoll set per event loop for every socket lbcore owns, itself
     watched by the loop (add_reader on the epoll descriptor): registering a
@@ -678,22 +688,15 @@ cdef class SocketTransport:
         raise NotImplementedError
 
     cdef int _deliver(self, Py_ssize_t n) except -1:
-        """data_received with what was read. Over TLS, the writes it makes are
+        """What was read, to the protocol. Over TLS, the writes it makes are
         sent together after it returns (one SSL_write, so as few records as
         the data allows); plain TCP sends each write at once."""
-        cdef object protocol = self.protocol
         if not self.batch_writes:
-            if isinstance(protocol, Receiver):
-                (<Receiver>protocol).buffer_received(_rbuf, n)
-            else:
-                protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+            _hand_over(self.protocol, n)
             return 0
         self.batching = True
         try:
-            if isinstance(protocol, Receiver):
-                (<Receiver>protocol).buffer_received(_rbuf, n)
-            else:
-                protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+            _hand_over(self.protocol, n)
         finally:
             self.batching = False
         if self.wqueue and not self.writer_on and (self.state == ST_OPEN
