@@ -42,7 +42,7 @@ from lbcore_ext.counters import (
     W_STATE,
     Counters,
 )
-from lbcore_ext.http1 import HttpProtocol
+from lbcore_ext.http1 import HttpFactory
 from lbcore_ext.tlsctl import TICKET_KEYS_LEN, set_ticket_keys, use_ticket_keys
 from lbcore_ext.upstream import close_idle
 
@@ -142,7 +142,7 @@ async def open_listeners(cfg, runtime: Runtime, sockets: list | None = None) -> 
     servers: list = []
     for i, (listener, lrt) in enumerate(zip(cfg.listeners, runtime.listeners, strict=True)):
         lrt.handshake_timeout = TLS_HANDSHAKE_TIMEOUT
-        factory = functools.partial(HttpProtocol, lrt)
+        factory = HttpFactory(lrt)
         socks = sockets[i] if sockets is not None else bind_listener(listener.address,
                                                                      listener.port)
         for sock in socks:

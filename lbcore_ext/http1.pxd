@@ -1,7 +1,12 @@
 from lbcore_ext.llhttp cimport Parser
 from lbcore_ext.request cimport Client, Request
 from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
+from lbcore_ext.transport cimport ProtocolFactory, SocketTransport
 from lbcore_ext.upstream cimport Downstream, Exchange
+
+
+cdef class HttpFactory(ProtocolFactory):
+    cdef ListenerRuntime lrt
 
 cdef class RequestParser(Parser):
     """llhttp's hooks for one client connection (lbcore_ext/llhttp.pxd Parser)."""
@@ -10,6 +15,7 @@ cdef class RequestParser(Parser):
 
 cdef class HttpProtocol(Downstream):
     cdef ListenerRuntime lrt
+    cdef SocketTransport st             # the transport when it is lbcore's own, else None
     cdef Client client                  # peer and TLS facts, shared by its requests
     cdef RequestParser parser           # made in connection_made, dropped at the end
     cdef Request req                    # the request being parsed
@@ -45,3 +51,9 @@ cdef class HttpProtocol(Downstream):
     cdef int _schedule(self, double at) except -1
     cdef int _after_exchange(self) except -1
     cdef int _close(self) except -1
+    cdef int init(self, ListenerRuntime lrt) except -1
+    cdef int _t_write(self, object data) except -1
+    cdef int _t_close(self) except -1
+    cdef int _t_abort(self) except -1
+    cdef int _t_pause(self) except -1
+    cdef int _t_resume(self) except -1

@@ -23,8 +23,8 @@ from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
 from lbcore_ext.request cimport D_ANSWER, Client, Request
-from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
-from lbcore_ext.transport cimport SocketTransport
+from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime, new_timer
+from lbcore_ext.transport cimport ProtocolFactory, SocketTransport, TlsTransport
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 from lbcore_ext.counters import (CONN_ACTIVE, CONN_TOTAL, TIMEOUT_IDLE, TIMEOUT_REQUEST,
@@ -43,6 +43,7 @@ cdef Py_ssize_t O_TIMEOUT_REQUEST = TIMEOUT_REQUEST
 cdef Py_ssize_t O_LIVE_CC = W_LIVE_CLIENT_CONNS
 cdef dict TLS_VERSION_CELL = {"TLSv1": TLS_VERSIONS, "TLSv1.1": TLS_VERSIONS + 1,
                               "TLSv1.2": TLS_VERSIONS + 2, "TLSv1.3": TLS_VERSIONS + 3}
+cdef Py_ssize_t C_TLS_VERSIONS = TLS_VERSIONS
 
 # One timer per connection, checked lazily: when it fires it looks at the phase
 # the connection is in and either acts or re-arms for the remaining time.
@@ -79,12 +80,28 @@ cdef bytes local_response(int status, bytes lines, bytes body, bint head, bint c
     return ba_bytes(out)
 
 
+cdef class HttpFactory(ProtocolFactory):
+    """The Acceptor's factory of a listener's HttpProtocol, made from C."""
+
+    def __init__(self, ListenerRuntime lrt):
+        self.lrt = lrt
+
+    cdef object make(self):
+        cdef HttpProtocol p = HttpProtocol.__new__(HttpProtocol)
+        p.init(self.lrt)
+        return p
+
+
 cdef class HttpProtocol(Downstream):
     def __init__(self, ListenerRuntime lrt):
+        self.init(lrt)
+
+    cdef int init(self, ListenerRuntime lrt) except -1:
         self.lrt = lrt
         self.wbuf = []
         self.queue = []
         add(lrt.counters, O_LIVE_CC, 1)
+        return 0
 
     def __dealloc__(self):
         if self.lrt is not None:
@@ -93,6 +110,9 @@ cdef class HttpProtocol(Downstream):
     # ---- connection life ----------------------------------------------------------
 
     def connection_made(self, transport):
+        self.made(transport)
+
+    cdef int made(self, object transport) except -1:
         """Called after the TLS handshake on HTTPS listeners (access control
         already ran in the Acceptor, before any TLS byte)."""
         cdef ListenerRuntime lrt = self.lrt
@@ -105,6 +125,7 @@ cdef class HttpProtocol(Downstream):
             # lbcore's transports keep accept()'s binary address: its text is
             # made here once, in C (no tuple, no str, no encode).
             st = <SocketTransport>transport
+            self.st = st
             self.loop = st.loop
             client.peer_ip = st.peer_ip()
             client.peer_port = st.peer_port()
@@ -119,36 +140,51 @@ cdef class HttpProtocol(Downstream):
         self.client = client
         # TLS listeners hand over TLS transports only: no need to ask the transport.
         self.is_tls = lrt.ssl_ctx is not None
-        sslobj = transport.get_extra_info("ssl_object") if self.is_tls else None
+        # lbcore's TLS transport answers from C; another (tests) as an SSLObject.
+        cdef TlsTransport tt = None
+        cdef int v
+        sslobj = None
+        if self.is_tls:
+            if isinstance(transport, TlsTransport):
+                tt = <TlsTransport>transport
+            else:
+                sslobj = transport.get_extra_info("ssl_object")
         lrt.conns.add(self)
         if lrt.counters is not None:
             inc(lrt.counters, lrt.cbase + O_CONN_TOTAL)
             add(lrt.counters, lrt.cbase + O_CONN_ACTIVE, 1)
-            if sslobj is not None:
+            if tt is not None:
+                v = tt.tls_version()
+                if v >= 0:
+                    inc(lrt.counters, lrt.cbase + C_TLS_VERSIONS + v)
+            elif sslobj is not None:
                 cell = TLS_VERSION_CELL.get(sslobj.version())
                 if cell is not None:
                     inc(lrt.counters, lrt.cbase + <Py_ssize_t>cell)
         if lrt.sni_guard is not None:
-            client.sni_name = getattr(sslobj, "lbcore_sni", None)
+            client.sni_name = tt.lbcore_sni if tt is not None else getattr(
+                sslobj, "lbcore_sni", None)
         if lrt.hooks & K_ON_ACCEPT and not lrt.phases.on_accept(client.peer_ip.decode(),
                                                                 int(client.peer_port)):
             self.closed = True
             transport.abort()
-            return
+            return 0
         if self.is_tls:
-            if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
+            if tt.alpn_h2() if tt is not None else (
+                    sslobj is not None and sslobj.selected_alpn_protocol() == "h2"):
                 # ALPN chose HTTP/2: hand the connection to the HTTP/2 framing.
                 self.closed = True
                 self.handed_off = True      # H2Connection counts this connection's end
                 h2conn = H2Connection(client)
                 lrt.conns.discard(self)
                 lrt.conns.add(h2conn)
+                self.st = None
                 transport.set_protocol(h2conn)
                 h2conn.connection_made(transport)
-                return
+                return 0
         # (Made only now: the timer's bound method would tie a connection handed
         # to HTTP/2 into a cycle only the cyclic GC frees.)
-        self.timer = LazyTimer(self.loop, self._on_timer)
+        self.timer = new_timer(self.loop, self._on_timer)
         self.parser = RequestParser.__new__(RequestParser)
         self.parser.start(HTTP_REQUEST, <void*>self)
         # (A connection whose handshake ends after a drain began still gets
@@ -157,6 +193,7 @@ cdef class HttpProtocol(Downstream):
         self.last_activity = self.loop.time()
         self.req_start = self.last_activity
         self._schedule(self.last_activity + self.lrt.request_timeout)
+        return 0
 
     def data_received(self, bytes data):
         self.buffer_received(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
@@ -217,11 +254,14 @@ cdef class HttpProtocol(Downstream):
             self.parsing = None
         if not self.queue:
             self.closed = True
-            self.transport.close()
+            self._t_close()
         # Over TLS a half-close can't be kept: the transport closes itself.
         return not self.is_tls
 
     def connection_lost(self, exc):
+        self.lost(exc)
+
+    cdef int lost(self, object exc) except -1:
         if self.lrt.counters is not None and self.client is not None and not self.handed_off:
             add(self.lrt.counters, self.lrt.cbase + O_CONN_ACTIVE, -1)
         if not self.handed_off:
@@ -241,6 +281,44 @@ cdef class HttpProtocol(Downstream):
         self.parser = None
         self.timer = None
         self.tunnel = None
+        self.st = None
+        return 0
+
+    # The transport, from C when it is lbcore's own (no Python method call).
+    cdef int _t_write(self, object data) except -1:
+        if self.st is not None:
+            self.st.write(data)
+        else:
+            self.transport.write(data)
+        return 0
+
+    cdef int _t_close(self) except -1:
+        if self.st is not None:
+            self.st.close()
+        else:
+            self.transport.close()
+        return 0
+
+    cdef int _t_abort(self) except -1:
+        if self.st is not None:
+            self.st.abort()
+        else:
+            self.transport.abort()
+        return 0
+
+    cdef int _t_pause(self) except -1:
+        if self.st is not None:
+            self.st.pause_reading()
+        else:
+            self.transport.pause_reading()
+        return 0
+
+    cdef int _t_resume(self) except -1:
+        if self.st is not None:
+            self.st.resume_reading()
+        else:
+            self.transport.resume_reading()
+        return 0
 
     def pause_writing(self):
         # The client reads slower than the backend sends: stop reading the backend.
@@ -345,7 +423,7 @@ cdef class HttpProtocol(Downstream):
         elif not self.reading_paused:
             # Pipelined: hold further requests until the ones before are answered.
             self.reading_paused = True
-            self.transport.pause_reading()
+            self._t_pause()
         return 1 if p.upgrade else 0
 
     cdef int _body(self, const char* at, size_t n) except -2:
@@ -382,7 +460,7 @@ cdef class HttpProtocol(Downstream):
             self.pending_answer = req
             if not self.reading_paused:
                 self.reading_paused = True
-                self.transport.pause_reading()
+                self._t_pause()
             return 0
         if not keep:
             self.stop_parsing = True
@@ -403,7 +481,7 @@ cdef class HttpProtocol(Downstream):
         if self.corked:
             self.wbuf.append(data)
         else:
-            self.transport.write(data)
+            self._t_write(data)
         return 0
 
     cdef int ds_cork(self) except -1:
@@ -416,7 +494,7 @@ cdef class HttpProtocol(Downstream):
             data = self.wbuf[0] if len(self.wbuf) == 1 else b"".join(self.wbuf)
             self.wbuf = []
             if not self.closed:
-                self.transport.write(data)
+                self._t_write(data)
         return 0
 
     cdef int ds_write(self, object data) except -1:
@@ -508,7 +586,7 @@ cdef class HttpProtocol(Downstream):
             return 0
         if self.reading_paused:
             self.reading_paused = False
-            self.transport.resume_reading()
+            self._t_resume()
         if self.parsing is None:
             self.last_activity = monotonic()
             self._schedule(self.last_activity + self.lrt.idle_timeout)
@@ -521,7 +599,7 @@ cdef class HttpProtocol(Downstream):
             self.tunnel_pending = None
         if self.reading_paused:
             self.reading_paused = False
-            self.transport.resume_reading()
+            self._t_resume()
         self._schedule(self.loop.time() + (self.lrt.idle_timeout or self.lrt.request_timeout))
         return 0
 
@@ -563,19 +641,19 @@ cdef class HttpProtocol(Downstream):
         self.stop_parsing = True
         if not self.closed:
             self.closed = True
-            self.transport.abort()
+            self._t_abort()
         return 0
 
     cdef int ds_pause_reading(self) except -1:
         if not self.reading_paused and not self.closed:
             self.reading_paused = True
-            self.transport.pause_reading()
+            self._t_pause()
         return 0
 
     cdef int ds_resume_reading(self) except -1:
         if self.reading_paused and not self.closed and len(self.queue) <= 1:
             self.reading_paused = False
-            self.transport.resume_reading()
+            self._t_resume()
         return 0
 
     # ---- errors and time-outs -----------------------------------------------------
@@ -618,7 +696,7 @@ cdef class HttpProtocol(Downstream):
             self.closed = True
             if self.timer is not None:
                 self.timer.cancel()
-            self.transport.close()
+            self._t_close()
         return 0
 
     cdef int _schedule(self, double at) except -1:

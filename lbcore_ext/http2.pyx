@@ -23,7 +23,7 @@ from lbcore_ext.clock cimport monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport error_body, error_lines
 from lbcore_ext.request cimport D_ANSWER, Client, Request, valid_field_value
-from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime
+from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime, new_timer
 from lbcore_ext.upstream cimport Downstream, Exchange
 
 import asyncio
@@ -824,7 +824,7 @@ cdef class H2Connection:
         cdef nghttp2_settings_entry iv[1]
         self.transport = transport
         self.loop = get_running_loop()
-        self.timer = LazyTimer(self.loop, self._on_timer)
+        self.timer = new_timer(self.loop, self._on_timer)
         if nghttp2_session_server_new2(&self.session, CALLBACKS, <void*>self, OPTIONS) != 0:
             raise MemoryError("nghttp2_session_server_new2")
         # SETTINGS_MAX_CONCURRENT_STREAMS goes in a SETTINGS frame of our own,

@@ -85,6 +85,7 @@ cdef class Request:
     cdef int field(self, bytes name, bytes lname, bytes value) except -1
     cdef int field_raw(self, const char* name, Py_ssize_t nn, const char* value,
                        Py_ssize_t vn) except -1
+    cdef int connection_tokens(self, const char* vp, Py_ssize_t vn) except -1
     cdef int field_at(self, const char* name, Py_ssize_t nn, const char* low, unsigned int h,
                       const char* vp, Py_ssize_t vn, bytes value) except -1
     cdef int set_authority(self, bytes value) except -1

@@ -66,7 +66,6 @@ DEF FIELD_NAME_FAST = 64
 # RFC 9110 9.2.2: these may be retried after they were sent.
 cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
                                        b"TRACE"))
-cdef frozenset KEEP_TOKENS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 # RFC 3986 host (reg-name / IP-literal) plus ":" port: anything else in Host is a 400.
 cdef unsigned char HOST_OK[256]
@@ -92,6 +91,26 @@ cdef inline bint all_in(const unsigned char* table, const unsigned char* p,
         return False
     for i in range(n):
         if not table[p[i]]:
+            return False
+    return True
+
+
+cdef inline char lower_c(char c) noexcept:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline bint is_space(char c) noexcept:
+    """What bytes.strip() strips: SP, HTAB, LF, VT, FF, CR."""
+    return c == 32 or 9 <= c <= 13
+
+
+cdef inline bint same_ci(const char* p, Py_ssize_t n, const char* lit, Py_ssize_t ln) noexcept:
+    """p[:n], ASCII case folded, is the lower-case literal lit[:ln]."""
+    cdef Py_ssize_t i
+    if n != ln:
+        return False
+    for i in range(n):
+        if lower_c(p[i]) != lit[i]:
             return False
     return True
 
@@ -364,6 +383,10 @@ cdef class Request:
         if a == A_DROP:
             # Hop-by-hop or owned by lbcore: never forwarded.
             return 0
+        if a == A_CONNECTION:
+            # (Its tokens are read where they lie: Connection: close and
+            # keep-alive make no bytes object.)
+            return self.connection_tokens(vp, vn)
         if value is None:
             value = PyBytes_FromStringAndSize(vp, vn)
         cdef long long n
@@ -418,20 +441,47 @@ cdef class Request:
             else:
                 self.bad_te = True
         elif a == A_CONNECTION:
-            for tok in value.lower().split(b","):
-                tok = tok.strip()
-                if tok == b"keep-alive":
-                    self.keepalive_token = True
-                elif tok and tok not in KEEP_TOKENS and lrt._actions.get(tok) is None:
-                    # A token naming a field lbcore frames, routes or owns (Host,
-                    # Content-Length, Transfer-Encoding, Cookie, X-Forwarded-For,
-                    # X-Real-IP...) is ignored, as nginx ignores them all: the
-                    # client can't strip what the member needs or what lbcore sets.
-                    if self.conn_tokens is None:
-                        self.conn_tokens = []
-                    self.conn_tokens.append(tok)
+            self.connection_tokens(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
         elif a == A_UPGRADE:
             self.upgrade = value
+        return 0
+
+    cdef int connection_tokens(self, const char* vp, Py_ssize_t vn) except -1:
+        """Connection's comma-separated tokens: keep-alive noted, close and
+        upgrade read elsewhere (llhttp's flags, the Upgrade field), any other
+        name one more hop-by-hop field to drop. A token naming a field lbcore
+        frames, routes or owns (Host, Content-Length, Transfer-Encoding,
+        Cookie, X-Forwarded-For, X-Real-IP...) is ignored, as nginx ignores
+        them all: the client can't strip what the member needs or what
+        lbcore sets."""
+        cdef Py_ssize_t i = 0, b, e, k
+        cdef bytes tok
+        cdef char* t
+        while i <= vn:
+            b = i
+            while i < vn and vp[i] != 44:                   # ','
+                i += 1
+            e = i
+            i += 1
+            while b < e and is_space(vp[b]):
+                b += 1
+            while e > b and is_space(vp[e - 1]):
+                e -= 1
+            if e == b:
+                continue
+            if same_ci(vp + b, e - b, "keep-alive", 10):
+                self.keepalive_token = True
+                continue
+            if same_ci(vp + b, e - b, "close", 5) or same_ci(vp + b, e - b, "upgrade", 7):
+                continue
+            tok = PyBytes_FromStringAndSize(NULL, e - b)
+            t = PyBytes_AS_STRING(tok)
+            for k in range(e - b):
+                t[k] = lower_c(vp[b + k])
+            if self.lrt._actions.get(tok) is None:
+                if self.conn_tokens is None:
+                    self.conn_tokens = []
+                self.conn_tokens.append(tok)
         return 0
 
     cdef int set_authority(self, bytes value) except -1:

@@ -77,14 +77,22 @@ cdef class ListenerRuntime:
                               bytes host, bytes tls_lines, object view) except -1
 
 
+cdef class TimerBucket:
+    """The timers due in one tick, a doubly linked list (no hashing to join
+    or leave it)."""
+    cdef LazyTimer head
+    cdef long long tick
+
+
 cdef class TimerWheel:
     cdef object loop
-    cdef dict buckets                   # tick -> set of LazyTimer due then
+    cdef dict buckets                   # tick -> TimerBucket
     cdef list heap                      # ticks that have a bucket (heapq)
     cdef object handle                  # the one loop timer, for tick `armed`
     cdef long long armed
+    cdef TimerBucket last               # the latest add's: most adds fall in the same tick
     cdef int add(self, LazyTimer t, long long tick) except -1
-    cdef int remove(self, LazyTimer t, long long tick) except -1
+    cdef int remove(self, LazyTimer t) except -1
 
 
 cdef class LazyTimer:
@@ -93,5 +101,12 @@ cdef class LazyTimer:
     cdef object callback
     cdef TimerWheel wheel
     cdef long long tick                 # the 10 ms tick it is due in; 0 = not armed
+    cdef TimerBucket bucket             # the one it is linked in, or None
+    cdef LazyTimer prev
+    cdef LazyTimer next
     cdef int schedule(self, double at) except -1
     cdef int cancel(self) except -1
+
+
+# A LazyTimer on the loop's wheel that calls callback() (made from C).
+cdef LazyTimer new_timer(object loop, object callback)

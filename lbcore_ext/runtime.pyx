@@ -282,20 +282,34 @@ DEF TICK = 0.01
 cdef dict _wheels = {}
 
 
+cdef TimerWheel _last_wheel = None
+
+
 cdef TimerWheel wheel_for(object loop):
-    cdef TimerWheel w = _wheels.get(id(loop))
+    global _last_wheel
+    cdef TimerWheel w = _last_wheel
+    if w is not None and w.loop is loop:
+        return w
+    w = _wheels.get(id(loop))
     if w is None or w.loop is not loop:
         w = TimerWheel(loop)
         _wheels[id(loop)] = w
+    _last_wheel = w
     return w
+
+
+cdef class TimerBucket:
+    pass
 
 
 cdef class TimerWheel:
     """Every connection's timer, on one loop timer. A loop timer costs uvloop
     about 5,000 instructions to make (a TimerHandle, a libuv timer, a context
     copy): per connection, that was 6% of a short connection's cost. Here a
-    timer joins the set of its 10 ms tick, and the loop timer is armed only
-    when a tick earlier than all others appears."""
+    timer joins the list of its 10 ms tick, and the loop timer is armed only
+    when a tick earlier than all others appears. Joining the tick of the
+    previous join (the common case: every connection of those 10 ms asks for
+    the same time-out) and leaving touch no dict."""
 
     def __init__(self, loop):
         self.loop = loop
@@ -303,11 +317,21 @@ cdef class TimerWheel:
         self.heap = []
 
     cdef int add(self, LazyTimer t, long long tick) except -1:
-        bucket = self.buckets.get(tick)
-        if bucket is None:
-            bucket = self.buckets[tick] = set()
-            heappush(self.heap, tick)
-        bucket.add(t)
+        cdef TimerBucket b = self.last
+        if b is None or b.tick != tick:
+            b = self.buckets.get(tick)
+            if b is None:
+                b = TimerBucket.__new__(TimerBucket)
+                b.tick = tick
+                self.buckets[tick] = b
+                heappush(self.heap, tick)
+            self.last = b
+        t.bucket = b
+        t.prev = None
+        t.next = b.head
+        if b.head is not None:
+            b.head.prev = t
+        b.head = t
         if self.handle is None or tick < self.armed:
             if self.handle is not None:
                 self.handle.cancel()
@@ -315,30 +339,52 @@ cdef class TimerWheel:
             self.handle = self.loop.call_at(tick * TICK, self.fire)
         return 0
 
-    cdef int remove(self, LazyTimer t, long long tick) except -1:
-        bucket = self.buckets.get(tick)
-        if bucket is not None:
-            bucket.discard(t)
+    cdef int remove(self, LazyTimer t) except -1:
+        cdef TimerBucket b = t.bucket
+        if b is None:
+            return 0
+        if t.prev is not None:
+            t.prev.next = t.next
+        else:
+            b.head = t.next
+        if t.next is not None:
+            t.next.prev = t.prev
+        t.prev = None
+        t.next = None
+        t.bucket = None
         return 0
 
     def fire(self):
         cdef LazyTimer t
+        cdef TimerBucket b
         cdef long long now = <long long>(self.loop.time() / TICK)
         self.handle = None
         while self.heap and self.heap[0] <= now:
-            bucket = self.buckets.pop(heappop(self.heap), None)
-            if bucket:
-                for t in list(bucket):
-                    if t.tick:
-                        t.tick = 0
-                        try:
-                            t.callback()
-                        except Exception as exc:    # one connection's bug stops no timer
-                            self.loop.call_exception_handler({
-                                "message": "lbcore timer callback failed", "exception": exc})
+            b = self.buckets.pop(heappop(self.heap), None)
+            if b is None:
+                continue
+            if b is self.last:
+                self.last = None
+            while b.head is not None:
+                t = b.head
+                self.remove(t)
+                if t.tick:
+                    t.tick = 0
+                    try:
+                        t.callback()
+                    except Exception as exc:    # one connection's bug stops no timer
+                        self.loop.call_exception_handler({
+                            "message": "lbcore timer callback failed", "exception": exc})
         if self.heap:
             self.armed = self.heap[0]
             self.handle = self.loop.call_at(self.armed * TICK, self.fire)
+
+
+cdef LazyTimer new_timer(object loop, object callback):
+    cdef LazyTimer t = LazyTimer.__new__(LazyTimer)
+    t.callback = callback
+    t.wheel = wheel_for(loop)
+    return t
 
 
 cdef class LazyTimer:
@@ -354,13 +400,13 @@ cdef class LazyTimer:
         if self.tick:
             if self.tick <= tick:
                 return 0
-            self.wheel.remove(self, self.tick)
+            self.wheel.remove(self)
         self.tick = tick
         self.wheel.add(self, tick)
         return 0
 
     cdef int cancel(self) except -1:
         if self.tick:
-            self.wheel.remove(self, self.tick)
+            self.wheel.remove(self)
             self.tick = 0
         return 0

@@ -19,15 +19,32 @@ cdef class Receiver:
     """A protocol that takes what lbcore's transports read in place, as a
     pointer into the worker's shared read buffer, valid until it returns
     (no bytes object, no Python call). The default makes the bytes and calls
-    data_received."""
+    data_received. made() and lost() are connection_made and connection_lost
+    called from C (the defaults call those methods)."""
     cdef int buffer_received(self, const char* p, Py_ssize_t n) except -1
+    cdef int made(self, object transport) except -1
+    cdef int lost(self, object exc) except -1
+
+
+cdef class ProtocolFactory:
+    """A listener's protocol factory the transports call from C (make), with
+    no functools.partial, type call or __init__ argument parsing; calling it
+    from Python makes one too."""
+    cdef object make(self)
 
 
 cdef class Poller:
     cdef object loop
     cdef int epfd
     cdef list table                     # fd -> the SocketTransport watched, or None
+    # connection_lost calls owed: (protocol, exc) pairs, made after the batch
+    # of events that closed them (or by one call_soon outside a batch).
+    cdef list lost
+    cdef bint dispatching               # inside _ready (or running the owed calls)
+    cdef bint flush_armed               # a call_soon of _run_lost is pending
     cdef int update(self, SocketTransport t) except -1
+    cdef int defer_lost(self, object protocol, object exc) except -1
+    cdef int run_lost(self) except -1
 
 
 cdef Poller poller_for(object loop)
@@ -92,6 +109,12 @@ cdef class SocketTransport:
     cdef int _release(self, int prev) except -1   # the subclass's end (close_notify, SSL_free)
     cdef int _finish(self, object exc) except -1
     cdef int _fatal(self, object exc) except -1
+    # The asyncio surface, also callable from C by the protocols.
+    cpdef write(self, object data)
+    cpdef close(self)
+    cpdef abort(self)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
 
 
 cdef class TcpTransport(SocketTransport):
@@ -124,6 +147,8 @@ cdef class TlsTransport(SocketTransport):
     cdef int _handshake_ok(self) except -1
     cdef int _handshake_failed(self, str reason) except -1
     cdef int _plain_http(self) except -1
+    cdef int tls_version(self)          # 0..3 for TLSv1..TLSv1.3, -1: none (yet)
+    cdef bint alpn_h2(self)             # ALPN settled on h2
 
 
 # Take over an accepted, non-blocking socket (its fd is the transport's to

@@ -57,7 +57,7 @@ include "consts.pxi"
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN, EINPROGRESS, EINTR, errno
 from libc.stdint cimport uint16_t, uint32_t
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcpy, memset, strerror, strncmp
 
 from lbcore_ext.counters cimport add, count_reason, inc
 from lbcore_ext.runtime cimport ListenerRuntime
@@ -495,6 +495,36 @@ cdef class Receiver:
         self.data_received(PyBytes_FromStringAndSize(p, n))
         return 0
 
+    cdef int made(self, object transport) except -1:
+        self.connection_made(transport)
+        return 0
+
+    cdef int lost(self, object exc) except -1:
+        self.connection_lost(exc)
+        return 0
+
+
+cdef class ProtocolFactory:
+    cdef object make(self):
+        raise NotImplementedError
+
+    def __call__(self):
+        return self.make()
+
+
+cdef inline object _make(object factory):
+    if isinstance(factory, ProtocolFactory):
+        return (<ProtocolFactory>factory).make()
+    return factory()
+
+
+cdef inline int _made(object protocol, object transport) except -1:
+    if isinstance(protocol, Receiver):
+        (<Receiver>protocol).made(transport)
+    else:
+        protocol.connection_made(transport)
+    return 0
+
 
 cdef inline int _hand_over(object protocol, Py_ssize_t n) except -1:
     """The n bytes read into _rbuf: in place to a Receiver, as bytes to any
@@ -519,6 +549,7 @@ cdef class Poller:
     def __cinit__(self, loop):
         self.loop = loop
         self.table = []
+        self.lost = []
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1")
@@ -559,20 +590,63 @@ cdef class Poller:
         cdef unsigned int e
         cdef object entry
         cdef SocketTransport t
-        for i in range(n):
-            fd = evs[i].data.fd
-            e = evs[i].events
-            # By fd, not a pointer kept in the event: a socket an earlier event
-            # of this batch closed is gone from the table (and never freed
-            # under us: the table holds it while it is watched).
-            entry = self.table[fd] if fd < len(self.table) else None
-            if entry is None:
-                continue
-            t = <SocketTransport>entry
-            if e & (EPOLLIN | EPOLLHUP | EPOLLERR) and t.reader_on:
-                t._event(True)
-            if e & (EPOLLOUT | EPOLLHUP | EPOLLERR) and t.writer_on and t.fd == fd:
-                t._event(False)
+        self.dispatching = True
+        try:
+            for i in range(n):
+                fd = evs[i].data.fd
+                e = evs[i].events
+                # By fd, not a pointer kept in the event: a socket an earlier event
+                # of this batch closed is gone from the table (and never freed
+                # under us: the table holds it while it is watched).
+                entry = self.table[fd] if fd < len(self.table) else None
+                if entry is None:
+                    continue
+                t = <SocketTransport>entry
+                if e & (EPOLLIN | EPOLLHUP | EPOLLERR) and t.reader_on:
+                    t._event(True)
+                if e & (EPOLLOUT | EPOLLHUP | EPOLLERR) and t.writer_on and t.fd == fd:
+                    t._event(False)
+        finally:
+            self.run_lost()
+
+    cdef int defer_lost(self, object protocol, object exc) except -1:
+        """connection_lost is never called inside the close that causes it
+        (asyncio's rule: the protocol is not re-entered): it is owed, and
+        paid when the batch of events being dispatched ends, or by one
+        call_soon for every close made outside a batch (a timer, a future's
+        callback). One loop callback per connection cost about 2,500
+        instructions (the Handle, the loop's idle handle, the context)."""
+        self.lost.append((protocol, exc))
+        if not self.dispatching and not self.flush_armed:
+            self.flush_armed = True
+            self.loop.call_soon(self._run_lost_soon)
+        return 0
+
+    def _run_lost_soon(self):
+        self.flush_armed = False
+        if not self.dispatching:
+            self.run_lost()
+
+    cdef int run_lost(self) except -1:
+        cdef list owed
+        cdef object protocol, exc
+        self.dispatching = True
+        try:
+            while self.lost:
+                owed, self.lost = self.lost, []
+                for protocol, exc in owed:
+                    try:
+                        if isinstance(protocol, Receiver):
+                            (<Receiver>protocol).lost(exc)
+                        else:
+                            protocol.connection_lost(exc)
+                    except Exception as err:     # one protocol's bug stops no other
+                        self.loop.call_exception_handler({
+                            "message": "lbcore transport: connection_lost failed",
+                            "exception": err, "protocol": protocol})
+        finally:
+            self.dispatching = False
+        return 0
 
 
 cdef dict _pollers = {}
@@ -724,7 +798,7 @@ cdef class SocketTransport:
     cdef int _push(self) except -2:
         raise NotImplementedError
 
-    def write(self, data):
+    cpdef write(self, object data):
         cdef Py_ssize_t left, done = 0, n = 0
         cdef const char* p
         if self.state != ST_OPEN or self.eof_pending or self.eof_sent:
@@ -813,13 +887,13 @@ cdef class SocketTransport:
 
     # ---- the rest of asyncio's transport ------------------------------------------
 
-    def pause_reading(self):
+    cpdef pause_reading(self):
         if not self.read_paused:
             self.read_paused = True
             if self.state == ST_OPEN:
                 self._reader(False)
 
-    def resume_reading(self):
+    cpdef resume_reading(self):
         if self.read_paused:
             self.read_paused = False
             if self.state == ST_OPEN and not self.eof_got:
@@ -841,7 +915,7 @@ cdef class SocketTransport:
         """The socket's descriptor (-1 once closed): still the transport's."""
         return self.fd
 
-    def close(self):
+    cpdef close(self):
         """Send what is queued, then close."""
         if self.state >= ST_CLOSING:
             return
@@ -851,13 +925,18 @@ cdef class SocketTransport:
         self._reader(False)
         if self.wqueue:
             self.state = ST_CLOSING
-            self.close_timer = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, self.abort)
+            self.close_timer = self.loop.call_later(CLOSE_FLUSH_TIMEOUT, self._time_out)
             return
         self._finish(None)
 
-    def abort(self):
+    cpdef abort(self):
         if self.state != ST_CLOSED:
             self._abort()
+
+    def _time_out(self):
+        """close_timer: the queued bytes did not leave in time (or the plain
+        HTTP linger ended)."""
+        self.abort()
 
     cdef int _abort(self) except -1:
         self._finish(None)
@@ -896,7 +975,9 @@ cdef class SocketTransport:
         self.wqueue = None
         self.wsize = 0
         if self.protocol is not None and (prev == ST_OPEN or prev == ST_CLOSING):
-            self.loop.call_soon(self.protocol.connection_lost, exc)
+            if self.poller is None:
+                self.poller = poller_for(self.loop)
+            self.poller.defer_lost(self.protocol, exc)
         # The protocol holds this transport: drop the way back, so reference
         # counting frees both (no cycle left for the cyclic GC).
         self.protocol = None
@@ -1019,8 +1100,8 @@ cdef TcpTransport tcp_accept(object loop, int fd, const void* sa, object factory
     t.set_peer(sa)
     t.state = ST_OPEN
     try:
-        t.protocol = factory()
-        t.protocol.connection_made(t)
+        t.protocol = _make(factory)
+        _made(t.protocol, t)
     except BaseException as exc:
         t._fatal(exc)
         loop.call_exception_handler({"message": "lbcore transport: connection_made failed",
@@ -1056,9 +1137,9 @@ class _Connecting:
             return
         t = _tcp_open(self.loop, fd)
         try:
-            protocol = self.factory()
+            protocol = _make(self.factory)
             t.protocol = protocol
-            protocol.connection_made(t)
+            _made(protocol, t)
         except BaseException as exc:
             t._fatal(exc)
             self.fut.set_exception(exc)
@@ -1255,9 +1336,9 @@ cdef class TlsTransport(SocketTransport):
                     p = <unsigned char*>PyBytes_AS_STRING(self.peer_cert)
                     i2d_X509(x509, &p)
                 X509_free(x509)
-        self.protocol = self.factory()
+        self.protocol = _make(self.factory)
         self.factory = None
-        self.protocol.connection_made(self)
+        _made(self.protocol, self)
         # Application data that came with the client's last handshake flight
         # may already sit in OpenSSL's buffer: the socket won't say so.
         if self.state == ST_OPEN and not self.read_paused and SSL_has_pending(self.ssl):
@@ -1296,7 +1377,7 @@ cdef class TlsTransport(SocketTransport):
         count_reason(self.lrt.counters, self.lrt.cbase, self.lrt.pbase_local, 400,
                      G_PLAIN_HTTP, 0.0)
         shutdown(self.fd, SHUT_WR)
-        self.close_timer = self.loop.call_later(PLAIN_HTTP_LINGER, self.abort)
+        self.close_timer = self.loop.call_later(PLAIN_HTTP_LINGER, self._time_out)
         return 0
 
     def _linger_read(self):
@@ -1414,7 +1495,7 @@ cdef class TlsTransport(SocketTransport):
     def write_eof(self):
         raise NotImplementedError("no half-close over TLS (close_notify ends both ways)")
 
-    def resume_reading(self):
+    cpdef resume_reading(self):
         if self.read_paused:
             self.read_paused = False
             if self.state == ST_OPEN and not self.eof_got:
@@ -1463,6 +1544,19 @@ cdef class TlsTransport(SocketTransport):
 
     def version(self):
         return (<bytes>self.c_version).decode() if self.c_version != NULL else None
+
+    cdef int tls_version(self):
+        cdef const char* v = self.c_version
+        if v == NULL or strncmp(v, "TLSv1", 5) != 0:
+            return -1
+        if v[5] == 0:
+            return 0
+        if v[5] == 46 and v[6] >= 49 and v[6] <= 51 and v[7] == 0:    # ".1" .. ".3"
+            return v[6] - 48
+        return -1
+
+    cdef bint alpn_h2(self):
+        return self.alpn == ALPN_H2
 
     def cipher(self):
         if self.c_cipher == NULL:

@@ -5,7 +5,6 @@ For behaviour of the forwarding core itself; tests/e2e drives the real CLI."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 import threading
 import time
@@ -15,7 +14,7 @@ import uvloop
 
 from lbcore_ext.acceptor import Acceptor
 from lbcore_ext.balancer import Member, Pool
-from lbcore_ext.http1 import HttpProtocol
+from lbcore_ext.http1 import HttpFactory
 from lbcore_ext.runtime import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
@@ -94,7 +93,7 @@ async def start_proxy(ports_weights, configure: Callable[[ListenerRuntime], None
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    acceptor = Acceptor(loop, sock, functools.partial(HttpProtocol, lrt), lrt)
+    acceptor = Acceptor(loop, sock, HttpFactory(lrt), lrt)
     acceptor.start()
     return acceptor, sock.getsockname()[1], lrt
 
