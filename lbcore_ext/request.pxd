@@ -98,7 +98,7 @@ cdef class Request:
     cdef int _facts(self) except -1
     cdef bytes upstream_head(self)
     cdef bint is_head(self)
-    cdef bint idempotent(self)
+    cdef bint idempotent(self) noexcept
     cdef int refuse(self, int code) except -1
     cdef int refused(self, int code) except -1
     cdef int answered(self, int status, bint generated) except -1

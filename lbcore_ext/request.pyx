@@ -17,7 +17,7 @@ include "consts.pxi"
 cimport cython
 from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr
+from libc.string cimport memchr, memcmp
 
 from lbcore_ext.bufs cimport (ba_bytes, fnv_hash, hex_value, lower_hash, new_ba, put, put_ba,
                               put_header, put_header_at, put_int)
@@ -63,9 +63,6 @@ cdef object wall_time = __import__("time").time
 # through a bytes object).
 DEF FIELD_NAME_FAST = 64
 
-# RFC 9110 9.2.2: these may be retried after they were sent.
-cdef frozenset IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
-                                       b"TRACE"))
 
 # RFC 3986 host (reg-name / IP-literal) plus ":" port: anything else in Host is a 400.
 cdef unsigned char HOST_OK[256]
@@ -701,8 +698,23 @@ cdef class Request:
     cdef bint is_head(self):
         return self.method == b"HEAD"
 
-    cdef bint idempotent(self):
-        return self.method in IDEMPOTENT
+    cdef bint idempotent(self) noexcept:
+        """RFC 9110 9.2.2: GET, HEAD, OPTIONS, PUT, DELETE and TRACE may be
+        retried after they were sent (compared in C: no set lookup)."""
+        cdef bytes m = self.method
+        if m is None:
+            return False
+        cdef const char* p = PyBytes_AS_STRING(m)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(m)
+        if n == 3:
+            return memcmp(p, b"GET", 3) == 0 or memcmp(p, b"PUT", 3) == 0
+        if n == 4:
+            return memcmp(p, b"HEAD", 4) == 0
+        if n == 5:
+            return memcmp(p, b"TRACE", 5) == 0
+        if n == 6:
+            return memcmp(p, b"DELETE", 6) == 0
+        return n == 7 and memcmp(p, b"OPTIONS", 7) == 0
 
     # ---- toward the member ---------------------------------------------------------
 
