@@ -2,7 +2,9 @@
 with the same ECDSA P-256 certificate, and TLS 1.2 + 1.3 on one more
 listener, keep-alive to the origin,
 X-Forwarded-For, no access log), run one at a time pinned to CPU 0 with the
-load generator and the origin pinned to CPU 1.
+load generator and the origin pinned to CPU 1, in rounds: each round runs
+every scenario on each proxy in turn, and a figure is the median over the
+rounds (so a neighbour's load that drifts over minutes falls on all three).
 
 The figure of merit is the proxy's CPU time per request (user+sys of all its
 processes from /proc, divided by requests served): on 2 cores the load side
@@ -567,16 +569,25 @@ def run(seconds: int, runs: int, proxies: list[str], scenarios: list[Scenario],
     results: dict = {}
     try:
         wait_port(ORIGIN_PORT, proc=origin)
-        for name in proxies:
-            busy = [sc for sc in scenarios if sc.kind != "idle"]
-            if busy:
+        # Rounds, each proxy in turn within a round: what the other tenants of
+        # a shared machine take drifts over minutes, and with every run of one
+        # proxy before the next one's, the drift went into the ratios.
+        busy = [sc for sc in scenarios if sc.kind != "idle"]
+        samples_of: dict[tuple[str, str], list[dict]] = {}
+        for i in range(runs if busy else 0):
+            for name in proxies:
                 proc = start_proxy(name, cmds[name], d, lbcore_tree, LISTEN_PORTS)
                 try:
                     for sc in busy:
-                        record(results, sc, name, [timed(proc, sc, seconds)
-                                                   for _ in range(runs)])
+                        samples_of.setdefault((sc.name, name), []).append(
+                            timed(proc, sc, seconds))
                 finally:
                     stop_proxy(proc)
+                print(f"round {i + 1}/{runs}: {name} done", file=sys.stderr, flush=True)
+        for sc in busy:
+            for name in proxies:
+                record(results, sc, name, samples_of[(sc.name, name)])
+        for name in proxies:
             for sc in scenarios:
                 if sc.kind == "idle":     # a fresh proxy for every run
                     samples = []
