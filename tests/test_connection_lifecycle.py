@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from lbcore_ext.transport import tcp_connect
-from tests.support.inproc import LoopThread, start_backend, start_proxy
+from tests.support.inproc import HeadEcho, LoopThread, start_backend, start_proxy
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +112,6 @@ def test_a_failing_connection_lost_is_reported_and_stops_no_other(lt):
     assert events == [["made", "data", "close returned", "lost"]] * 2
     assert [r["message"] for r in reported] == ["lbcore transport: connection_lost failed"]
     assert isinstance(reported[0]["exception"], RuntimeError)
-
-
-class HeadEcho(asyncio.Protocol):
-    """A member that answers each request with the head it received."""
-
-    def connection_made(self, transport):
-        self.transport, self.buf = transport, b""
-
-    def data_received(self, data):
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                 % (len(head), head))
 
 
 def proxy(lt) -> int:

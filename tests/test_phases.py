@@ -19,19 +19,7 @@ from lbcore_ext.runtime import H_CONNECTION, H_HOST, ListenerRuntime
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
 from tenant_phases import TenantPhases  # noqa: E402
 
-
-class EchoHeaders(asyncio.Protocol):
-    """Answers each request with its own head as the body."""
-
-    def connection_made(self, transport):
-        self.transport, self.buf = transport, b""
-
-    def data_received(self, data):
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                 % (len(head), head))
+from tests.support.inproc import HeadEcho  # noqa: E402
 
 
 async def fetch(port: int, request: bytes) -> bytes:
@@ -51,7 +39,7 @@ def runtime(port: int, phases) -> ListenerRuntime:
 
 async def scenario(phases, dead_backend=False):
     loop = asyncio.get_running_loop()
-    backend = await loop.create_server(EchoHeaders, "127.0.0.1", 0)
+    backend = await loop.create_server(HeadEcho, "127.0.0.1", 0)
     bport = backend.sockets[0].getsockname()[1]
     if dead_backend:
         backend.close()

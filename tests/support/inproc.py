@@ -56,6 +56,20 @@ class ReferenceBackend(asyncio.Protocol):
         raise NotImplementedError
 
 
+class HeadEcho(asyncio.Protocol):
+    """A member that answers each request with the head it received as the body."""
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(head), head))
+
+
 class LoopThread:
     """A uvloop event loop running in a daemon thread; `call` runs a coroutine
     on it and waits for the result."""
