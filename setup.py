@@ -7,8 +7,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("LBCORE_DEBUG") == "1"
-MODULES = ["counters", "runtime", "balancer", "headers", "phases", "request", "upstream",
-           "http2", "http1", "iptrie", "tlsctl", "llhttp", "transport", "acceptor", "logfmt", "regex", "policy"]
+MODULES = ["clock", "counters", "runtime", "balancer", "headers", "phases", "request",
+           "upstream", "http2", "http1", "iptrie", "tlsctl", "llhttp", "transport", "acceptor",
+           "logfmt", "regex", "policy"]
 
 
 def pkg_config(package: str, debian: str) -> dict:

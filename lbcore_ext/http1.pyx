@@ -19,7 +19,7 @@ from libc.string cimport memchr
 from lbcore_ext.bufs cimport ba_bytes, new_ba, put, put_ba, put_int
 from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, Parser, llhttp_api,
                                 llhttp_api_t, llhttp_t, method_bytes)
-from lbcore_ext.clock cimport monotonic
+from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
 from lbcore_ext.request cimport D_ANSWER, Client, Request
@@ -613,7 +613,7 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
-        cdef double seconds = monotonic() - ex.t_start if ex is not None else -1.0
+        cdef double seconds = clock_now() - ex.t_start if ex is not None else -1.0
         cdef Py_ssize_t pbase = ex.pbase if ex is not None else self.lrt.pbase_local
         if ex is not None and ex.gen_reason >= 0:
             count_reason(self.lrt.counters, self.lrt.cbase, pbase, code, ex.gen_reason, seconds)

@@ -19,7 +19,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
-from lbcore_ext.clock cimport monotonic
+from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport error_body, error_lines
 from lbcore_ext.request cimport D_ANSWER, Client, Request, valid_field_value
@@ -714,7 +714,7 @@ cdef class H2Stream(Downstream):
 
     cdef int ds_error(self, Exchange ex, int code, bytes router_code) except -1:
         # The Exchange logs its own errors; their time counts in the histogram.
-        cdef double seconds = monotonic() - ex.t_start if ex is not None else -1.0
+        cdef double seconds = clock_now() - ex.t_start if ex is not None else -1.0
         cdef Py_ssize_t pbase = ex.pbase if ex is not None else self.conn.lrt.pbase_local
         if ex is not None and ex.gen_reason >= 0:
             count_reason(self.conn.lrt.counters, self.conn.lrt.cbase, pbase, code,

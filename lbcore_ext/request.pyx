@@ -21,7 +21,7 @@ from libc.string cimport memchr, memcmp
 
 from lbcore_ext.bufs cimport (ba_bytes, fnv_hash, hex_value, lower_hash, new_ba, put, put_ba,
                               put_header, put_header_at, put_int)
-from lbcore_ext.clock cimport monotonic
+from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
 from lbcore_ext.headers cimport error_body, error_response, header_line, reason_phrase
 from lbcore_ext.policy cimport A_FIXED, A_FORWARD, A_REDIRECT, Facts, Policy
@@ -823,7 +823,7 @@ cdef class Request:
             count_response(lrt.counters, lrt.cbase, self.pbase, status, generated, -1.0)
         if lrt.access_log is not None:
             self._meta()
-            lrt.access_log.append((self.meta, status, monotonic() - self.t_start,
+            lrt.access_log.append((self.meta, status, clock_now() - self.t_start,
                                    None, self.rx_bytes() + self.body_seen, tx,
                                    self.answer_size(status, generated, False)))
         return 0

@@ -59,6 +59,8 @@ from libc.errno cimport EAGAIN, EINPROGRESS, EINTR, errno
 from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror, strncmp
 
+from lbcore_ext.clock cimport batch_begin, batch_end, stamp
+
 from lbcore_ext.counters cimport add, count_reason, inc
 from lbcore_ext.runtime cimport ListenerRuntime
 from lbcore_ext.tlsctl cimport open_lib, ssl_ctx_ptr
@@ -591,6 +593,7 @@ cdef class Poller:
         cdef object entry
         cdef SocketTransport t
         self.dispatching = True
+        batch_begin()
         try:
             for i in range(n):
                 fd = evs[i].data.fd
@@ -602,12 +605,16 @@ cdef class Poller:
                 if entry is None:
                     continue
                 t = <SocketTransport>entry
+                stamp()
                 if e & (EPOLLIN | EPOLLHUP | EPOLLERR) and t.reader_on:
                     t._event(True)
                 if e & (EPOLLOUT | EPOLLHUP | EPOLLERR) and t.writer_on and t.fd == fd:
                     t._event(False)
         finally:
-            self.run_lost()
+            try:
+                self.run_lost()
+            finally:
+                batch_end()
 
     cdef int defer_lost(self, object protocol, object exc) except -1:
         """connection_lost is never called inside the close that causes it

@@ -15,7 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from lbcore_ext.bufs cimport new_ba, put_header, put_header_at
 from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_RESPONSE, Parser, llhttp_api,
                                 llhttp_api_t)
-from lbcore_ext.clock cimport monotonic
+from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.balancer cimport Member, Pool, cookie_value
 from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts, local_size
@@ -700,7 +700,7 @@ cdef class Exchange:
             if custom is not None:
                 status, lines, body = answer_parts(custom)
                 count_response(self.lrt.counters, self.lrt.cbase, self.pbase, status, True,
-                               monotonic() - self.t_start)
+                               clock_now() - self.t_start)
                 n = local_size(status, lines, body, self.is_head_method)
                 self._down_out(n - (0 if self.is_head_method else len(body)), False)
                 if not self.is_head_method:
@@ -733,7 +733,7 @@ cdef class Exchange:
         if req.meta is not None:
             if self.member is not None:
                 self._try(b"%d" % status)
-            self.lrt.access_log.append((req.meta, status, monotonic() - req.t_start,
+            self.lrt.access_log.append((req.meta, status, clock_now() - req.t_start,
                                         self.tries, req.rx_bytes() + req.body_seen
                                         + self.rx_tunnel, self.tx_head + self.tx_body,
                                         self.tx_body))
@@ -770,7 +770,7 @@ cdef class Exchange:
     cdef int _finish(self, bint reusable) except -1:
         self.state = S_DONE
         count_response(self.lrt.counters, self.lrt.cbase, self.pbase, self.status, False,
-                       monotonic() - self.t_start)
+                       clock_now() - self.t_start)
         self._release(reusable)
         if self.lrt.hooks or self.req.meta is not None:
             self._log(self.status)
