@@ -13,6 +13,7 @@
 #   tls13-resumed         the same client with --resume --tls13 (TLS 1.3 PSK)
 #   tls-close             wrk -c10 with Connection: close (mostly TLS 1.2
 #                         resumptions through wrk's session cache)
+#   tls-ka                wrk -c10 keep-alive: per request, not per connection
 # Loopback ports CG_PORT (29080) to CG_PORT+19; CG_DIR (/tmp/lbcore-cg-tls)
 # keeps the callgrind file for callgrind_annotate. Two runs at once need their
 # own CG_PORT and CG_DIR.
@@ -90,13 +91,15 @@ case $MODE in
     full-ecdsa) ;;
     full-rsa) PORT=$RSA ;;
     tls13-resumed) PORT=$T13; EXTRA=(--resume --tls13) ;;
-    tls-close) ;;
+    tls-close|tls-ka) ;;
     *) echo "unknown mode $MODE" >&2; exit 2 ;;
 esac
 load() {    # $1 seconds; prints the number of connections made
     if [ "$MODE" = tls-close ]; then
         taskset -c 1 wrk -t1 -c10 -d"$1" -H "Connection: close" https://127.0.0.1:$PORT/ \
             | awk '/requests in/ {print $1}'
+    elif [ "$MODE" = tls-ka ]; then
+        taskset -c 1 wrk -t1 -c10 -d"$1" https://127.0.0.1:$PORT/ | awk '/requests in/ {print $1}'
     else
         taskset -c 1 "$PY" -m bench.loadclients handshake $PORT --seconds "$1" --procs 4 \
             "${EXTRA[@]}" > $D/load.json
@@ -111,4 +114,5 @@ N=$(load "$SECS")
 callgrind_control -d $V > /dev/null; sleep 1
 F=$(ls -t $D/cg.*.1 | head -1)
 T=$(callgrind_annotate "$F" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-echo "$WHO $MODE: $N connections, $T instructions, $((T / N)) per connection ($F)"
+UNIT=connection; [ "$MODE" = tls-ka ] && UNIT=request
+echo "$WHO $MODE: $N ${UNIT}s, $T instructions, $((T / N)) per $UNIT ($F)"
