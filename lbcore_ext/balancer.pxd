@@ -1,5 +1,17 @@
 from libc.stdint cimport uint32_t, uint64_t
 
+# Pool.algorithm and Pool.sticky, as C constants (the module exports the same
+# values under the names without C_ for the control plane): compared per
+# request, a module global is a dict lookup and an int object.
+cdef enum:
+    C_ALG_WRR = 0
+    C_ALG_WLC = 1
+    C_ALG_SOURCE_IP_HASH = 2
+    C_STICKY_NONE = 0
+    C_STICKY_LB_COOKIE = 1
+    C_STICKY_APP_COOKIE = 2
+    C_STICKY_SOURCE_IP = 3
+
 cdef class Member:
     """A backend server. `healthy` is set by the health checker (operations issue)."""
     cdef public str name

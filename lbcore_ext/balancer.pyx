@@ -8,14 +8,14 @@ from libc.stdlib cimport free, malloc
 
 import time
 
-ALG_WRR = 0
-ALG_WLC = 1
-ALG_SOURCE_IP_HASH = 2
+ALG_WRR = C_ALG_WRR
+ALG_WLC = C_ALG_WLC
+ALG_SOURCE_IP_HASH = C_ALG_SOURCE_IP_HASH
 
-STICKY_NONE = 0
-STICKY_LB_COOKIE = 1
-STICKY_APP_COOKIE = 2
-STICKY_SOURCE_IP = 3
+STICKY_NONE = C_STICKY_NONE
+STICKY_LB_COOKIE = C_STICKY_LB_COOKIE
+STICKY_APP_COOKIE = C_STICKY_APP_COOKIE
+STICKY_SOURCE_IP = C_STICKY_SOURCE_IP
 # When the lb_cookie carries Secure: on HTTPS listeners only (a browser drops a
 # Secure cookie set over plain HTTP), on every listener, or never.
 COOKIE_SECURE_AUTO = 0
@@ -100,7 +100,7 @@ cdef class Member:
 
 
 cdef class Pool:
-    def __init__(self, str name, members, int algorithm=ALG_WRR, int sticky=STICKY_NONE,
+    def __init__(self, str name, members, int algorithm=C_ALG_WRR, int sticky=C_STICKY_NONE,
                  bytes cookie_name=None, int cookie_max_age=86400, double slow_start=0.0,
                  bint fail_open=False, clock=None, Py_ssize_t max_head=0,
                  int cookie_secure=COOKIE_SECURE_AUTO, bytes cookie_same_site=b"Lax"):
@@ -128,7 +128,7 @@ cdef class Pool:
         self.max_retries = 4
         self.budget_percent = 20.0
         self.budget_min = 3
-        if algorithm == ALG_SOURCE_IP_HASH or sticky == STICKY_SOURCE_IP:
+        if algorithm == C_ALG_SOURCE_IP_HASH or sticky == C_STICKY_SOURCE_IP:
             self._build_ring()
 
     def __dealloc__(self):
@@ -182,16 +182,16 @@ cdef class Pool:
         """The member for this request: a sticky binding if it is still usable,
         else the pool's algorithm."""
         cdef Member m
-        if self.sticky == STICKY_SOURCE_IP and client_ip is not None:
+        if self.sticky == C_STICKY_SOURCE_IP and client_ip is not None:
             return self._hash(tried, client_ip)
-        if cookie is not None and (self.sticky == STICKY_LB_COOKIE
-                                   or self.sticky == STICKY_APP_COOKIE):
+        if cookie is not None and (self.sticky == C_STICKY_LB_COOKIE
+                                   or self.sticky == C_STICKY_APP_COOKIE):
             m = self.sticky_member(cookie)
             if m is not None and self.eligible(m, tried):
                 return m
-        if self.algorithm == ALG_WRR:
+        if self.algorithm == C_ALG_WRR:
             return self._wrr(tried, self.clock() if self.slow_start > 0.0 else 0.0)
-        if self.algorithm == ALG_WLC:
+        if self.algorithm == C_ALG_WLC:
             return self._wlc(tried, self.clock() if self.slow_start > 0.0 else 0.0)
         return self._hash(tried, client_ip if client_ip is not None else b"")
 
@@ -199,7 +199,7 @@ cdef class Pool:
         value = cookie_value(cookie, self.cookie_name)
         if value is None:
             return None
-        if self.sticky == STICKY_LB_COOKIE:
+        if self.sticky == C_STICKY_LB_COOKIE:
             return self.by_token.get(value)
         entry = self.app_sessions.get(value)
         if entry is None:

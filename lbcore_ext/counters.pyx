@@ -166,6 +166,11 @@ R_PLAIN_HTTP = [r for _, r in GENERATED_CODES].index("plain_http")
 cdef double[13] _bounds
 for _k, _b in enumerate(BUCKETS):
     _bounds[_k] = _b
+# The offsets the per-response functions add, as C integers: a module global
+# is a dict lookup and Python arithmetic (two int objects) per response.
+cdef Py_ssize_t C_RESP_CLASS = RESP_CLASS
+cdef Py_ssize_t C_HIST = HIST
+cdef Py_ssize_t C_GENERATED = GENERATED
 
 
 cpdef void count_response(Counters c, Py_ssize_t base, Py_ssize_t pbase, int status,
@@ -174,11 +179,11 @@ cpdef void count_response(Counters c, Py_ssize_t base, Py_ssize_t pbase, int sta
     generated-error cell on its listener (`base`)."""
     if c is None or base < 0 or pbase < 0 or status < 100 or status > 599:
         return
-    c.row[pbase + RESP_CLASS + status // 100 - 1] += 1
+    c.row[pbase + C_RESP_CLASS + status // 100 - 1] += 1
     if generated and _gen_index[status] >= 0:
         c.row[base + _gen_index[status]] += 1
     if seconds >= 0.0:
-        observe(c, pbase + HIST, seconds)
+        observe(c, pbase + C_HIST, seconds)
 
 
 cpdef void count_reason(Counters c, Py_ssize_t base, Py_ssize_t pbase, int status, int reason,
@@ -187,10 +192,10 @@ cpdef void count_reason(Counters c, Py_ssize_t base, Py_ssize_t pbase, int statu
     its code's default reason."""
     if c is None or base < 0 or pbase < 0 or status < 100 or status > 599:
         return
-    c.row[pbase + RESP_CLASS + status // 100 - 1] += 1
-    c.row[base + GENERATED + reason] += 1
+    c.row[pbase + C_RESP_CLASS + status // 100 - 1] += 1
+    c.row[base + C_GENERATED + reason] += 1
     if seconds >= 0.0:
-        observe(c, pbase + HIST, seconds)
+        observe(c, pbase + C_HIST, seconds)
 
 
 cpdef void observe(Counters c, Py_ssize_t at, double seconds):

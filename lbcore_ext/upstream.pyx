@@ -16,7 +16,8 @@ from lbcore_ext.bufs cimport new_ba, put_header, put_header_at
 from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_RESPONSE, Parser, llhttp_api,
                                 llhttp_api_t)
 from lbcore_ext.clock cimport clock_now, monotonic
-from lbcore_ext.balancer cimport Member, Pool, cookie_value
+from lbcore_ext.balancer cimport (C_STICKY_APP_COOKIE, C_STICKY_LB_COOKIE, C_STICKY_SOURCE_IP,
+                                  Member, Pool, cookie_value)
 from lbcore_ext.counters cimport Counters, add, add_at, count_response, inc, observe
 from lbcore_ext.request cimport Request, answer_parts, local_size
 from lbcore_ext.transport cimport Receiver, SocketTransport
@@ -31,8 +32,7 @@ from lbcore_ext.counters import (BYTES_IN, BYTES_OUT, M_ACTIVE, M_BYTES_IN, M_BY
                                  W_LIVE_MEMBER_CONNS, W_LIVE_MEMBER_IDLE)
 from lbcore_ext.phases import (HOOK_ERROR_WHILE_PROXY, HOOK_FAIL_TO_CONNECT, HOOK_FAIL_TO_PROXY,
                                HOOK_LOGGING, HOOK_RESPONSE_FILTER, HOOK_UPSTREAM_PEER)
-from lbcore_ext.balancer import (RETRY_502, RETRY_503, STICKY_APP_COOKIE, STICKY_LB_COOKIE,
-                                 STICKY_SOURCE_IP)
+from lbcore_ext.balancer import RETRY_502, RETRY_503
 from lbcore_ext.headers cimport chunk_header, error_response, header_line
 
 
@@ -317,7 +317,7 @@ cdef class Exchange:
                            b"40001" if self.req.policy is not None else b"40000")
             self._error(503, router_code)
             return 0
-        if pool.sticky == STICKY_SOURCE_IP:
+        if pool.sticky == C_STICKY_SOURCE_IP:
             self.sticky_bound = True
         elif self.req.cookie is not None and pool.sticky:
             self.sticky_bound = pool.sticky_member(self.req.cookie) is m
@@ -812,7 +812,7 @@ cdef class Exchange:
             self.resp_upgrade = PyBytes_FromStringAndSize(value, vn)
         elif kind == R_SET_COOKIE:
             put_header_at(self.rhead, name, nn, value, vn)
-            if self.pool.sticky == STICKY_APP_COOKIE:
+            if self.pool.sticky == C_STICKY_APP_COOKIE:
                 first = PyBytes_FromStringAndSize(value, vn).split(b";", 1)[0]
                 v = cookie_value(first, self.pool.cookie_name)
                 if v is not None:
@@ -878,7 +878,7 @@ cdef class Exchange:
                 self.ds.ds_resume_reading()
         if self.lrt.hooks & K_RESPONSE_FILTER:
             self._response_filter(status)
-        if self.pool.sticky == STICKY_LB_COOKIE and not self.sticky_bound:
+        if self.pool.sticky == C_STICKY_LB_COOKIE and not self.sticky_bound:
             if self.rhead is None:
                 self.rhead = bytearray()
             self.rhead += b"Set-Cookie: " + self.pool.cookie_name + b"=" + self.member.token
