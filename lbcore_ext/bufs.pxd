@@ -143,6 +143,19 @@ cdef inline unsigned int lower_hash(const char* src, char* dst, Py_ssize_t n) no
     return h
 
 
+cdef inline bint same_lower(const char* name, const char* lower, Py_ssize_t n) noexcept:
+    """name, in any case, is `lower` (n bytes of lower case)."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>name[i]
+        if 65 <= c <= 90:
+            c |= 32
+        if c != <unsigned char>lower[i]:
+            return False
+    return True
+
+
 cdef inline unsigned int fnv_hash(const char* p, Py_ssize_t n) noexcept:
     """lower_hash of a name already in lower case."""
     cdef unsigned int h = 2166136261u

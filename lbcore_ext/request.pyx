@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memchr, memcmp
 
 from lbcore_ext.bufs cimport (ba_bytes, fnv_hash, hex_value, lower_hash, new_ba, put, put_ba,
-                              put_header, put_header_at, put_int)
+                              put_header, put_header_at, put_int, same_lower)
 from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
 from lbcore_ext.headers cimport error_body, error_response, header_line, reason_phrase
@@ -92,24 +92,9 @@ cdef inline bint all_in(const unsigned char* table, const unsigned char* p,
     return True
 
 
-cdef inline char lower_c(char c) noexcept:
-    return c + 32 if 65 <= c <= 90 else c
-
-
 cdef inline bint is_space(char c) noexcept:
     """What bytes.strip() strips: SP, HTAB, LF, VT, FF, CR."""
     return c == 32 or 9 <= c <= 13
-
-
-cdef inline bint same_ci(const char* p, Py_ssize_t n, const char* lit, Py_ssize_t ln) noexcept:
-    """p[:n], ASCII case folded, is the lower-case literal lit[:ln]."""
-    cdef Py_ssize_t i
-    if n != ln:
-        return False
-    for i in range(n):
-        if lower_c(p[i]) != lit[i]:
-            return False
-    return True
 
 
 cdef bint valid_host(bytes value):
@@ -451,9 +436,9 @@ cdef class Request:
         Cookie, X-Forwarded-For, X-Real-IP...) is ignored, as nginx ignores
         them all: the client can't strip what the member needs or what
         lbcore sets."""
-        cdef Py_ssize_t i = 0, b, e, k
+        cdef Py_ssize_t i = 0, b, e, n
         cdef bytes tok
-        cdef char* t
+        cdef unsigned int h
         while i <= vn:
             b = i
             while i < vn and vp[i] != 44:                   # ','
@@ -464,18 +449,18 @@ cdef class Request:
                 b += 1
             while e > b and is_space(vp[e - 1]):
                 e -= 1
-            if e == b:
+            n = e - b
+            if n == 0:
                 continue
-            if same_ci(vp + b, e - b, "keep-alive", 10):
+            if n == 10 and same_lower(vp + b, "keep-alive", 10):
                 self.keepalive_token = True
                 continue
-            if same_ci(vp + b, e - b, "close", 5) or same_ci(vp + b, e - b, "upgrade", 7):
+            if ((n == 5 and same_lower(vp + b, "close", 5))
+                    or (n == 7 and same_lower(vp + b, "upgrade", 7))):
                 continue
-            tok = PyBytes_FromStringAndSize(NULL, e - b)
-            t = PyBytes_AS_STRING(tok)
-            for k in range(e - b):
-                t[k] = lower_c(vp[b + k])
-            if self.lrt._actions.get(tok) is None:
+            tok = PyBytes_FromStringAndSize(NULL, n)
+            h = lower_hash(vp + b, PyBytes_AS_STRING(tok), n)
+            if self.lrt.action_of(PyBytes_AS_STRING(tok), n, h) == 0:
                 if self.conn_tokens is None:
                     self.conn_tokens = []
                 self.conn_tokens.append(tok)

@@ -12,7 +12,7 @@ from functools import partial
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
-from lbcore_ext.bufs cimport new_ba, put_header, put_header_at
+from lbcore_ext.bufs cimport new_ba, put_header, put_header_at, same_lower
 from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_RESPONSE, Parser, llhttp_api,
                                 llhttp_api_t)
 from lbcore_ext.clock cimport clock_now, monotonic
@@ -161,19 +161,6 @@ DEF R_LENGTH = 3            # Content-Length: re-framed by us
 DEF R_SET_COOKIE = 4        # relayed, and read for application-cookie stickiness
 DEF R_CONNECTION = 5
 DEF R_UPGRADE = 6
-
-
-cdef inline bint same_lower(const char* name, const char* lower, Py_ssize_t n) noexcept:
-    """name, in any case, is `lower` (n bytes of lower case)."""
-    cdef Py_ssize_t i
-    cdef unsigned char c
-    for i in range(n):
-        c = <unsigned char>name[i]
-        if 65 <= c <= 90:
-            c |= 32
-        if c != <unsigned char>lower[i]:
-            return False
-    return True
 
 
 cdef int response_field_kind(const char* name, Py_ssize_t n) noexcept:
