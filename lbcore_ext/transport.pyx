@@ -528,6 +528,14 @@ cdef inline int _made(object protocol, object transport) except -1:
     return 0
 
 
+cdef inline int _lost(object protocol, object exc) except -1:
+    if isinstance(protocol, Receiver):
+        (<Receiver>protocol).lost(exc)
+    else:
+        protocol.connection_lost(exc)
+    return 0
+
+
 cdef inline int _hand_over(object protocol, Py_ssize_t n) except -1:
     """The n bytes read into _rbuf: in place to a Receiver, as bytes to any
     other protocol's data_received."""
@@ -643,10 +651,7 @@ cdef class Poller:
                 owed, self.lost = self.lost, []
                 for protocol, exc in owed:
                     try:
-                        if isinstance(protocol, Receiver):
-                            (<Receiver>protocol).lost(exc)
-                        else:
-                            protocol.connection_lost(exc)
+                        _lost(protocol, exc)
                     except Exception as err:     # one protocol's bug stops no other
                         self.loop.call_exception_handler({
                             "message": "lbcore transport: connection_lost failed",
