@@ -106,10 +106,7 @@ cdef class Parser:
 
     cdef int start(self, int kind, void* owner) except -1
     cdef int execute(self, const char* at, Py_ssize_t n) except -2
-    cdef int _name_part(self, const char* at, size_t n) except -2
-    cdef int _value_part(self, const char* at, size_t n) except -2
     cdef int _keep(self) except -1
-    cdef int _field_done(self) except -2
     cdef int on_message_begin(self) except -2
     cdef int on_url(self, const char* at, size_t n) except -2
     cdef int on_status(self, const char* at, size_t n) except -2

@@ -18,9 +18,14 @@ version must read back through both the struct and llhttp's getters.
 Either failing is an ImportError that names both versions."""
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.exc cimport PyErr_Fetch, PyErr_NormalizeException, PyErr_Occurred
+from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memset
 
 from lbcore_ext.bufs cimport put_at
+
+cdef extern from "Python.h":
+    int PyException_SetTraceback(object ex, object tb) except -1
 
 import os
 
@@ -168,24 +173,14 @@ cdef class Parser:
     cdef int execute(self, const char* at, Py_ssize_t n) except -2:
         """llhttp_execute over one read; its errno (HPE_OK, HPE_PAUSED_UPGRADE...)."""
         cdef int err = API.execute(&self.p, at, n)
+        if err != HPE_OK and PyErr_Occurred() != NULL:
+            self.cb_error = _fetch_error()
+            # (llhttp returns a span callback's own number, -2 here, as its
+            # errno; the other callbacks' errors get their HPE_CB_* code.)
+            if err < 0:
+                err = HPE_USER
         self._keep()
         return err
-
-    cdef int _name_part(self, const char* at, size_t n) except -2:
-        if self.f_copy is not None:
-            put_at(self.f_copy, at, n)
-        else:
-            self.f_at = at
-            self.f_len = n
-        return 0
-
-    cdef int _value_part(self, const char* at, size_t n) except -2:
-        if self.v_copy is not None:
-            put_at(self.v_copy, at, n)
-        else:
-            self.v_at = at
-            self.v_len = n
-        return 0
 
     cdef int _keep(self) except -1:
         """The read being parsed ends (its bytes object goes away): what of the
@@ -201,27 +196,6 @@ cdef class Parser:
             put_at(self.v_copy, self.v_at, self.v_len)
             self.v_at = NULL
         return 0
-
-    cdef int _field_done(self) except -2:
-        cdef int r
-        if self.f_copy is None and self.v_copy is None:
-            # The common case: the whole field is in this read.
-            r = self.on_field(self.f_at if self.f_at != NULL else _EMPTY, self.f_len,
-                              self.v_at if self.v_at != NULL else _EMPTY, self.v_len)
-        else:
-            self._keep()                # (a cut field: both parts into the copies)
-            if self.f_copy is None:
-                self.f_copy = bytearray()
-            if self.v_copy is None:
-                self.v_copy = bytearray()
-            r = self.on_field(PyByteArray_AS_STRING(self.f_copy),
-                              PyByteArray_GET_SIZE(self.f_copy),
-                              PyByteArray_AS_STRING(self.v_copy),
-                              PyByteArray_GET_SIZE(self.v_copy))
-        self.f_at = self.v_at = NULL
-        self.f_len = self.v_len = 0     # (0 when llhttp gave no value part: empty)
-        self.f_copy = self.v_copy = None
-        return r
 
     # The hooks: a subclass overrides those its kind of message has.
     cdef int on_message_begin(self) except -2:
@@ -248,96 +222,106 @@ cdef class Parser:
 
 
 # ---- llhttp's callbacks: C functions, the Parser in llhttp_t.data -------------------
-# An exception in a hook is kept in cb_error and stops the parser.
+# A hook's exception stops the parser and ends up in cb_error: the callbacks
+# are `except -2`, so one returns -2 with the exception set, llhttp takes any
+# return other than 0 or HPE_PAUSED as a callback error and returns at once,
+# and execute() moves the exception into cb_error. (A try/except in each
+# callback saved and restored the thread's exception state on every call:
+# some 50 instructions, three calls per header field.)
 
-cdef int _cb_message_begin(llhttp_t* p) noexcept:
+cdef object _fetch_error():
+    """The exception set, taken out of the thread state, with its traceback."""
+    cdef PyObject* t = NULL
+    cdef PyObject* v = NULL
+    cdef PyObject* tb = NULL
+    PyErr_Fetch(&t, &v, &tb)
+    PyErr_NormalizeException(&t, &v, &tb)
+    if tb != NULL:
+        PyException_SetTraceback(<object>v, <object>tb)
+    exc = <object>v
+    Py_XDECREF(t)
+    Py_XDECREF(v)
+    Py_XDECREF(tb)
+    return exc
+
+
+cdef int _cb_message_begin(llhttp_t* p) except -2:
+    return (<Parser>p.data).on_message_begin()
+
+
+cdef int _cb_url(llhttp_t* p, const char* at, size_t n) except -2:
+    return (<Parser>p.data).on_url(at, n)
+
+
+cdef int _cb_status(llhttp_t* p, const char* at, size_t n) except -2:
+    return (<Parser>p.data).on_status(at, n)
+
+
+cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) except -2:
+    """A part of a field's name: where it lies, or onto the copy of what an
+    earlier read held of it."""
     cdef Parser self = <Parser>p.data
-    try:
-        return self.on_message_begin()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    if self.f_copy is not None:
+        put_at(self.f_copy, at, n)
+    else:
+        self.f_at = at
+        self.f_len = n
+    return 0
 
 
-cdef int _cb_url(llhttp_t* p, const char* at, size_t n) noexcept:
+cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) except -2:
     cdef Parser self = <Parser>p.data
-    try:
-        return self.on_url(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    if self.v_copy is not None:
+        put_at(self.v_copy, at, n)
+    else:
+        self.v_at = at
+        self.v_len = n
+    return 0
 
 
-cdef int _cb_status(llhttp_t* p, const char* at, size_t n) noexcept:
+cdef int _cb_header_value_complete(llhttp_t* p) except -2:
+    """A whole field, to on_field: in place when this read held all of it
+    (the common case), else from the copies."""
     cdef Parser self = <Parser>p.data
-    try:
-        return self.on_status(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+    cdef int r
+    if self.f_copy is None and self.v_copy is None:
+        r = self.on_field(self.f_at if self.f_at != NULL else _EMPTY, self.f_len,
+                          self.v_at if self.v_at != NULL else _EMPTY, self.v_len)
+    else:
+        self._keep()                # (a cut field: both parts into the copies)
+        if self.f_copy is None:
+            self.f_copy = bytearray()
+        if self.v_copy is None:
+            self.v_copy = bytearray()
+        r = self.on_field(PyByteArray_AS_STRING(self.f_copy),
+                          PyByteArray_GET_SIZE(self.f_copy),
+                          PyByteArray_AS_STRING(self.v_copy),
+                          PyByteArray_GET_SIZE(self.v_copy))
+        self.f_copy = self.v_copy = None
+    self.f_at = self.v_at = NULL
+    self.f_len = self.v_len = 0     # (0 when llhttp gave no value part: empty)
+    return r
 
 
-cdef int _cb_header_field(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef Parser self = <Parser>p.data
-    try:
-        return self._name_part(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+cdef int _cb_headers_complete(llhttp_t* p) except -2:
+    return (<Parser>p.data).on_headers_complete()
 
 
-cdef int _cb_header_value(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef Parser self = <Parser>p.data
-    try:
-        return self._value_part(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+cdef int _cb_body(llhttp_t* p, const char* at, size_t n) except -2:
+    return (<Parser>p.data).on_body(at, n)
 
 
-cdef int _cb_header_value_complete(llhttp_t* p) noexcept:
-    cdef Parser self = <Parser>p.data
-    try:
-        return self._field_done()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_headers_complete(llhttp_t* p) noexcept:
-    cdef Parser self = <Parser>p.data
-    try:
-        return self.on_headers_complete()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_body(llhttp_t* p, const char* at, size_t n) noexcept:
-    cdef Parser self = <Parser>p.data
-    try:
-        return self.on_body(at, n)
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
-
-
-cdef int _cb_message_complete(llhttp_t* p) noexcept:
-    cdef Parser self = <Parser>p.data
-    try:
-        return self.on_message_complete()
-    except BaseException as exc:
-        self.cb_error = exc
-        return -1
+cdef int _cb_message_complete(llhttp_t* p) except -2:
+    return (<Parser>p.data).on_message_complete()
 
 
 API.settings_init(&SETTINGS)
-SETTINGS.on_message_begin = _cb_message_begin
-SETTINGS.on_url = _cb_url
-SETTINGS.on_status = _cb_status
-SETTINGS.on_header_field = _cb_header_field
-SETTINGS.on_header_value = _cb_header_value
-SETTINGS.on_header_value_complete = _cb_header_value_complete
-SETTINGS.on_headers_complete = _cb_headers_complete
-SETTINGS.on_body = _cb_body
-SETTINGS.on_message_complete = _cb_message_complete
+SETTINGS.on_message_begin = <llhttp_cb>_cb_message_begin
+SETTINGS.on_url = <llhttp_data_cb>_cb_url
+SETTINGS.on_status = <llhttp_data_cb>_cb_status
+SETTINGS.on_header_field = <llhttp_data_cb>_cb_header_field
+SETTINGS.on_header_value = <llhttp_data_cb>_cb_header_value
+SETTINGS.on_header_value_complete = <llhttp_cb>_cb_header_value_complete
+SETTINGS.on_headers_complete = <llhttp_cb>_cb_headers_complete
+SETTINGS.on_body = <llhttp_data_cb>_cb_body
+SETTINGS.on_message_complete = <llhttp_cb>_cb_message_complete
