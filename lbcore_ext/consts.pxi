@@ -98,3 +98,7 @@ DEF ACCEPT_BACKOFF = 0.5
 # Room a request or response head starts with: most heads fit, so one allocation
 # (under 512 bytes, from CPython's small-object allocator) serves the whole head.
 DEF HEAD_RESERVE = 480
+# A response head to a client gets room for a body of up to this many bytes
+# (its Content-Length) as well: a small response's body, read with its head,
+# goes out in the same buffer and the same send without a realloc.
+DEF BODY_ROOM = 4096

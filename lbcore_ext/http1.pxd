@@ -29,7 +29,7 @@ cdef class HttpProtocol(Downstream):
     cdef bint idle                      # no request partly received
     cdef int resp_mode                  # R_* framing of the response being written
     cdef bint corked
-    cdef list wbuf                      # writes held while corked
+    cdef bytearray wba                  # writes held while corked, gathered
     cdef LazyTimer timer
     cdef double req_start               # first byte of a request whose header is incomplete
     cdef double last_activity
@@ -45,6 +45,7 @@ cdef class HttpProtocol(Downstream):
     cdef int _body(self, const char* at, size_t n) except -2
     cdef int _message_complete(self) except -2
     cdef int _out(self, object data) except -1
+    cdef int _out_at(self, const char* p, Py_ssize_t n) except -1
     cdef int _answer_directly(self, Request req) except -1
     cdef int _send_error(self, int code, bytes router_code) except -1
     cdef int _emit_error(self, int code, bytes router_code, bint head) except -1
@@ -53,6 +54,7 @@ cdef class HttpProtocol(Downstream):
     cdef int _close(self) except -1
     cdef int init(self, ListenerRuntime lrt) except -1
     cdef int _t_write(self, object data) except -1
+    cdef int _t_write_at(self, const char* p, Py_ssize_t n) except -1
     cdef int _t_close(self) except -1
     cdef int _t_abort(self) except -1
     cdef int _t_pause(self) except -1

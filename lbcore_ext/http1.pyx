@@ -14,9 +14,10 @@ import asyncio
 
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.string cimport memchr
 
-from lbcore_ext.bufs cimport ba_bytes, new_ba, put, put_ba, put_int
+from lbcore_ext.bufs cimport ba_bytes, new_ba, put, put_at, put_ba, put_int
 from lbcore_ext.llhttp cimport (HPE_OK, HPE_PAUSED_UPGRADE, HTTP_REQUEST, Parser, llhttp_api,
                                 llhttp_api_t, llhttp_t, method_bytes)
 from lbcore_ext.clock cimport clock_now, monotonic
@@ -98,7 +99,6 @@ cdef class HttpProtocol(Downstream):
 
     cdef int init(self, ListenerRuntime lrt) except -1:
         self.lrt = lrt
-        self.wbuf = []
         self.queue = []
         add(lrt.counters, O_LIVE_CC, 1)
         return 0
@@ -292,6 +292,13 @@ cdef class HttpProtocol(Downstream):
             self.transport.write(data)
         return 0
 
+    cdef int _t_write_at(self, const char* p, Py_ssize_t n) except -1:
+        if self.st is not None:
+            self.st.write_at(p, n)
+        else:
+            self.transport.write(PyBytes_FromStringAndSize(p, n))
+        return 0
+
     cdef int _t_close(self) except -1:
         if self.st is not None:
             self.st.close()
@@ -478,10 +485,25 @@ cdef class HttpProtocol(Downstream):
     cdef int _out(self, object data) except -1:
         if self.closed:
             return 0
-        if self.corked:
-            self.wbuf.append(data)
-        else:
+        if not self.corked:
             self._t_write(data)
+        elif type(data) is bytes:
+            self._out_at(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        else:
+            self._out(bytes(data))
+        return 0
+
+    cdef int _out_at(self, const char* p, Py_ssize_t n) except -1:
+        """_out() of the bytes at p: corked, onto what waits (no object)."""
+        if self.closed:
+            return 0
+        if not self.corked:
+            self._t_write_at(p, n)
+        elif self.wba is None:
+            self.wba = new_ba(n if n > HEAD_RESERVE else HEAD_RESERVE)
+            put_at(self.wba, p, n)
+        else:
+            put_at(self.wba, p, n)
         return 0
 
     cdef int ds_cork(self) except -1:
@@ -489,12 +511,15 @@ cdef class HttpProtocol(Downstream):
         return 0
 
     cdef int ds_uncork(self) except -1:
+        """What was written while corked (a response's head and what of its
+        body one read of the member held) leaves in one send, from the one
+        buffer it was gathered in."""
+        cdef bytearray out = self.wba
         self.corked = False
-        if self.wbuf:
-            data = self.wbuf[0] if len(self.wbuf) == 1 else b"".join(self.wbuf)
-            self.wbuf = []
+        if out is not None:
+            self.wba = None
             if not self.closed:
-                self._t_write(data)
+                self._t_write_at(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
         return 0
 
     cdef int ds_write(self, object data) except -1:
@@ -509,7 +534,10 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
                      long long content_length, bint no_body) except -1:
-        cdef bytearray out = new_ba(HEAD_RESERVE + (len(rhead) if rhead is not None else 0))
+        cdef bytearray out = new_ba(
+            HEAD_RESERVE + (len(rhead) if rhead is not None else 0)
+            + (content_length if 0 < content_length <= BODY_ROOM and self.corked
+               and self.wba is None and not no_body else 0))
         put(out, b"HTTP/1.1 ")
         put_int(out, status)
         put(out, b" ")
@@ -538,7 +566,14 @@ cdef class HttpProtocol(Downstream):
         elif ex.client_http10:
             put(out, b"Connection: keep-alive\r\n")
         put(out, b"\r\n")
-        self._out(ba_bytes(out))
+        if self.closed:
+            return 0
+        if not self.corked:
+            self._t_write_at(PyByteArray_AS_STRING(out), PyByteArray_GET_SIZE(out))
+        elif self.wba is None:
+            self.wba = out              # (the body is put after the head, in its room)
+        else:
+            put_ba(self.wba, out)
         return 0
 
     cdef int ds_body(self, Exchange ex, object data) except -1:
@@ -546,6 +581,15 @@ cdef class HttpProtocol(Downstream):
             self._out(chunk_header(len(data)) + data + b"\r\n")
         else:
             self._out(data)
+        return 0
+
+    cdef int ds_body_at(self, Exchange ex, const char* at, Py_ssize_t n) except -1:
+        if self.resp_mode == R_CHUNK:
+            self._out(chunk_header(n))
+            self._out_at(at, n)
+            self._out_at("\r\n", 2)
+        else:
+            self._out_at(at, n)
         return 0
 
     cdef int ds_end(self, Exchange ex) except -1:
@@ -690,7 +734,7 @@ cdef class HttpProtocol(Downstream):
         return 0
 
     cdef int _close(self) except -1:
-        if self.wbuf:
+        if self.wba is not None:
             self.ds_uncork()
         if not self.closed:
             self.closed = True

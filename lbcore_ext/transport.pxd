@@ -111,6 +111,8 @@ cdef class SocketTransport:
     cdef int _fatal(self, object exc) except -1
     # The asyncio surface, also callable from C by the protocols.
     cpdef write(self, object data)
+    cdef int write_at(self, const char* p, Py_ssize_t n) except -1
+    cdef int _write(self, object data, const char* p, Py_ssize_t n) except -1
     cpdef close(self)
     cpdef abort(self)
     cpdef pause_reading(self)

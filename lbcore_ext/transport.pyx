@@ -811,34 +811,49 @@ cdef class SocketTransport:
         raise NotImplementedError
 
     cpdef write(self, object data):
-        cdef Py_ssize_t left, done = 0, n = 0
-        cdef const char* p
+        if type(data) is bytes:
+            self._write(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        else:
+            self._write(data, NULL, 0)
+
+    cdef int write_at(self, const char* p, Py_ssize_t n) except -1:
+        """write() of n bytes at p, which the caller may reuse when this
+        returns: sent from where they lie when nothing waits, and only what
+        the socket does not take now (or, inside a batch, all) is copied."""
+        self._write(None, p, n)
+        return 0
+
+    cdef int _write(self, object data, const char* p, Py_ssize_t n) except -1:
+        """data (bytes, then p and n are its bytes), or None and the bytes at p."""
+        cdef Py_ssize_t done = 0, sent = 0
         if self.state != ST_OPEN or self.eof_pending or self.eof_sent:
-            return
-        if (not self.batching and not self.wqueue and not self.writer_on
-                and type(data) is bytes):
-            # The common case: nothing queued, straight to the socket from the bytes.
-            left = PyBytes_GET_SIZE(data)
-            p = PyBytes_AS_STRING(data)
-            while done < left:
-                n = self._send(p + done, left - done)
-                if n <= 0:
+            return 0
+        if p != NULL and not self.batching and not self.wqueue and not self.writer_on:
+            # The common case: nothing queued, straight to the socket.
+            while done < n:
+                sent = self._send(p + done, n - done)
+                if sent <= 0:
                     break
-                done += n
-            if done == left:
-                return
-            if n < 0:
+                done += sent
+            if done == n:
+                return 0
+            if sent < 0:
                 self._fatal(ConnectionResetError(self.err, "lost while writing"))
-                return
-            self._queue(data[done:] if done else data)
+                return 0
+            if data is None:
+                data = PyBytes_FromStringAndSize(p + done, n - done)
+            elif done:
+                data = data[done:]
+            self._queue(data)
             self._writer(True)                  # the socket is full: wait for it
         else:
-            self._queue(data)
+            self._queue(data if data is not None else PyBytes_FromStringAndSize(p, n))
             if not self.batching and not self.writer_on:
                 self._flush()
         if self.wsize > WRITE_HIGH and not self.write_paused and self.state == ST_OPEN:
             self.write_paused = True
             self.protocol.pause_writing()
+        return 0
 
     def writelines(self, list_of_data):
         for data in list_of_data:

@@ -35,6 +35,9 @@ cdef class Downstream(Receiver):
     cdef int ds_head(self, Exchange ex, int status, bytes reason, object rhead,
                      long long content_length, bint no_body) except -1
     cdef int ds_body(self, Exchange ex, object data) except -1
+    # (the body bytes where they lie, valid for the call: HTTP/1.1 gathers them
+    # without an object; the default makes bytes for ds_body)
+    cdef int ds_body_at(self, Exchange ex, const char* at, Py_ssize_t n) except -1
     cdef int ds_end(self, Exchange ex) except -1
     # Hold writes while one upstream read is processed, then send them as one.
     cdef int ds_cork(self) except -1
@@ -142,7 +145,7 @@ cdef class Exchange:
     cdef int up_header(self, const char* name, Py_ssize_t nn, const char* value,
                        Py_ssize_t vn) except -1
     cdef int up_headers_complete(self, int status) except -1
-    cdef int up_body(self, bytes data) except -1
+    cdef int up_body(self, const char* at, Py_ssize_t n) except -1
     cdef int up_message_complete(self) except -1
     cdef int up_lost(self) except -1
     cdef int up_invalid(self) except -1

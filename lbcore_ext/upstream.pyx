@@ -221,6 +221,9 @@ cdef class Downstream(Receiver):
     cdef int ds_body(self, Exchange ex, object data) except -1:
         raise NotImplementedError
 
+    cdef int ds_body_at(self, Exchange ex, const char* at, Py_ssize_t n) except -1:
+        return self.ds_body(ex, PyBytes_FromStringAndSize(at, n))
+
     cdef int ds_end(self, Exchange ex) except -1:
         raise NotImplementedError
 
@@ -932,11 +935,12 @@ cdef class Exchange:
             self.conn.transport.write(data)
         return 0
 
-    cdef int up_body(self, bytes data) except -1:
+    cdef int up_body(self, const char* at, Py_ssize_t n) except -1:
+        """A piece of the response body, still in the member's read."""
         if self.state == S_DONE:
             return 0
-        self._down_out(len(data), True)
-        self.ds.ds_body(self, data)
+        self._down_out(n, True)
+        self.ds.ds_body_at(self, at, n)
         return 0
 
     cdef int up_message_complete(self) except -1:
@@ -1153,7 +1157,7 @@ cdef class UpstreamConnection(Receiver):
 
     cdef int _body(self, const char* at, size_t n) except -2:
         if self.ex is not None:
-            self.ex.up_body(PyBytes_FromStringAndSize(at, n))
+            self.ex.up_body(at, n)
         return 0
 
     cdef int _message_complete(self) except -2:
