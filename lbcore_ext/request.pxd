@@ -1,6 +1,6 @@
 from lbcore_ext.balancer cimport Pool
 from lbcore_ext.policy cimport Facts, Policy
-from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.runtime cimport ForwardedLines, ListenerRuntime
 
 # Request.decide()
 cdef enum:
@@ -18,6 +18,7 @@ cdef class Client:
     cdef object sni_name                # SNI of the handshake (mutual+SNI listeners)
     cdef bytes _tls_lines               # X-Forwarded-TLS-* lines, built on first use
     cdef tuple _tls_info                # (version, cipher, sni, resumed) for the access log
+    cdef ForwardedLines fwd             # made at its first forwarded request
     cdef bytes tls_lines(self)
     cdef bytes local_authority(self)
     cdef tuple tls_info(self)
@@ -96,7 +97,7 @@ cdef class Request:
     cdef int apply_policy(self, Policy p) except -1
     cdef int _answer(self, int status, bytes lines, bytes body, int reason) except -1
     cdef int _facts(self) except -1
-    cdef bytes upstream_head(self)
+    cdef bytearray upstream_head(self)
     cdef bint is_head(self)
     cdef bint idempotent(self) noexcept
     cdef int refuse(self, int code) except -1

@@ -19,7 +19,7 @@ from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from lbcore_ext.bufs cimport (ba_bytes, fnv_hash, hex_value, lower_hash, new_ba, put, put_ba,
+from lbcore_ext.bufs cimport (fnv_hash, hex_value, lower_hash, new_ba, put, put_ba,
                               put_header, put_header_at, put_int, same_lower)
 from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc, shared_cell
@@ -703,7 +703,7 @@ cdef class Request:
 
     # ---- toward the member ---------------------------------------------------------
 
-    cdef bytes upstream_head(self):
+    cdef bytearray upstream_head(self):
         """The HTTP/1.1 head the member gets: the client's fields minus
         hop-by-hop and owned ones, then lbcore's (spec 5)."""
         cdef ListenerRuntime lrt = self.lrt
@@ -736,10 +736,13 @@ cdef class Request:
             put(out, b"Content-Length: ")
             put_int(out, self.cl)
             put(out, b"\r\n")
-        lrt.append_forwarded(out, self.client.peer_ip, self.client.peer_port, self.xff,
-                             self.host, self.client.tls_lines(), self.view)
+        cdef Client client = self.client
+        if client.fwd is None or client.fwd.lrt is not lrt:
+            client.fwd = lrt.forwarded_lines(client.peer_ip, client.peer_port,
+                                             client.tls_lines())
+        lrt.append_forwarded(out, client.fwd, self.xff, self.host, self.view)
         put(out, b"\r\n")
-        return ba_bytes(out)
+        return out
 
     # ---- counting and the access log ---------------------------------------------
 

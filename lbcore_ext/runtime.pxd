@@ -73,8 +73,21 @@ cdef class ListenerRuntime:
     cdef int action_of(self, const char* lname, Py_ssize_t n, unsigned int h) noexcept
     cdef int _index_actions(self) except -1
     cdef bytes next_request_id(self)
-    cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
-                              bytes host, bytes tls_lines, object view) except -1
+    cdef ForwardedLines forwarded_lines(self, bytes peer_ip, bytes peer_port, bytes tls_lines)
+    cdef int append_forwarded(self, bytearray out, ForwardedLines f, bytes xff, bytes host,
+                              object view) except -1
+
+
+cdef class ForwardedLines:
+    """The lines lbcore adds toward the backend that are the same for every
+    request of one client connection, made once per connection and listener:
+    what is left per request is the X-Forwarded-Host line and a client's own
+    X-Forwarded-For."""
+    cdef ListenerRuntime lrt            # the listener they were made for
+    cdef bytes peer_ip
+    cdef bytes head                     # X-Forwarded-For (the peer alone), X-Real-IP, -Proto
+    cdef bytes rest                     # X-Real-IP, X-Forwarded-Proto
+    cdef bytes tail                     # X-Forwarded-Port, -For-Port, TLS lines, static lines
 
 
 cdef class TimerBucket:

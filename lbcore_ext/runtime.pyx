@@ -219,44 +219,42 @@ cdef class ListenerRuntime:
                 out += names[key] + value.encode() + b"\r\n"
         return out
 
-    cdef int append_forwarded(self, bytearray out, bytes peer_ip, bytes peer_port, bytes xff,
-                              bytes host, bytes tls_lines, object view) except -1:
+    cdef ForwardedLines forwarded_lines(self, bytes peer_ip, bytes peer_port, bytes tls_lines):
+        """What append_forwarded adds for every request of one connection."""
+        cdef ForwardedLines f = ForwardedLines.__new__(ForwardedLines)
+        f.lrt = self
+        f.peer_ip = peer_ip
+        f.rest = ((self.n_real_ip + peer_ip + b"\r\n" if self.x_real_ip else b"")
+                  + (self.n_proto + self.scheme + b"\r\n" if self.x_forwarded_proto else b""))
+        f.head = (self.n_xff + peer_ip + b"\r\n" if self.xff_mode == C_XFF_APPEND
+                  or self.xff_mode == C_XFF_REMOVE else b"") + f.rest
+        f.tail = ((self.n_port + self.port_bytes + b"\r\n" if self.x_forwarded_port else b"")
+                  + (self.n_for_port + peer_port + b"\r\n" if self.x_forwarded_for_port
+                     else b"")
+                  + (tls_lines if tls_lines is not None else b"") + self.static_lines)
+        return f
+
+    cdef int append_forwarded(self, bytearray out, ForwardedLines f, bytes xff, bytes host,
+                              object view) except -1:
         """The headers lbcore adds toward the backend (spec 5), after the
-        client's own; `xff` is the client's X-Forwarded-For when appending."""
-        if self.xff_mode == C_XFF_APPEND:
+        client's own, in this order: X-Forwarded-For, X-Real-IP,
+        X-Forwarded-Proto, -Host, -Port, -For-Port, the TLS lines, the static
+        lines; `xff` is the client's X-Forwarded-For when appending. f holds
+        what is the same for the whole connection (forwarded_lines())."""
+        if xff is not None and self.xff_mode == C_XFF_APPEND:
             put(out, self.n_xff)
-            if xff is not None:
-                put(out, xff)
-                put(out, b", ")
-            put(out, peer_ip)
+            put(out, xff)
+            put(out, b", ")
+            put(out, f.peer_ip)
             put(out, b"\r\n")
-        elif self.xff_mode == C_XFF_REMOVE:
-            put(out, self.n_xff)
-            put(out, peer_ip)
-            put(out, b"\r\n")
-        if self.x_real_ip:
-            put(out, self.n_real_ip)
-            put(out, peer_ip)
-            put(out, b"\r\n")
-        if self.x_forwarded_proto:
-            put(out, self.n_proto)
-            put(out, self.scheme)
-            put(out, b"\r\n")
+            put(out, f.rest)
+        else:
+            put(out, f.head)
         if self.x_forwarded_host and host is not None:
             put(out, self.n_host)
             put(out, host)
             put(out, b"\r\n")
-        if self.x_forwarded_port:
-            put(out, self.n_port)
-            put(out, self.port_bytes)
-            put(out, b"\r\n")
-        if self.x_forwarded_for_port:
-            put(out, self.n_for_port)
-            put(out, peer_port)
-            put(out, b"\r\n")
-        if tls_lines is not None:
-            put(out, tls_lines)
-        put(out, self.static_lines)
+        put(out, f.tail)
         if self.hooks & K_UPSTREAM_REQUEST_FILTER:
             extra = self.phases.upstream_request_filter(view)
             if extra:
@@ -410,3 +408,7 @@ cdef class LazyTimer:
             self.wheel.remove(self)
             self.tick = 0
         return 0
+
+
+cdef class ForwardedLines:
+    pass

@@ -56,7 +56,7 @@ cdef class Exchange:
     cdef Pool pool
     cdef Py_ssize_t pbase               # the route block its responses count in
     cdef object loop
-    cdef bytes head
+    cdef bytearray head                 # the upstream request head, kept for a retry
     cdef bint is_head_method
     cdef bint idempotent
     cdef bint has_body

@@ -10,6 +10,7 @@ cimport cython
 
 from functools import partial
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from lbcore_ext.bufs cimport new_ba, put_header, put_header_at, same_lower
@@ -522,8 +523,11 @@ cdef class Exchange:
         conn.ex = self
         conn.head_bytes = 0
         self.conn = conn
-        conn.write(self.head)
-        self._up_out(len(self.head))
+        if conn.own is not None:
+            conn.own.write_at(PyByteArray_AS_STRING(self.head), PyByteArray_GET_SIZE(self.head))
+        else:
+            conn.write(bytes(self.head))
+        self._up_out(PyByteArray_GET_SIZE(self.head))
         self.t_sent = monotonic()
         self.t_connected = self.t_sent
         if not self._send_buffered():
