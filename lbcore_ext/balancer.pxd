@@ -21,7 +21,11 @@ cdef class Member:
     cdef public bint healthy
     cdef public double up_since         # loop time it became healthy (slow start)
     cdef public long active             # requests in flight
-    cdef public list idle               # idle upstream connections, most recent last
+    # Idle upstream connections: a stack linked through the connections
+    # (upstream.pyx idle_push / idle_pop), the most recent on top. No list that
+    # reallocates as it empties and fills again, request after request.
+    cdef object idle_top                # an UpstreamConnection, or None
+    cdef public int n_idle
     cdef public bytes token             # opaque id for the lb_cookie (never the address)
     cdef public int config_index        # its member's position in the config's pool (-1: none)
     # Its member block (counters.M_*) per listener position, -1 where none.

@@ -76,7 +76,6 @@ cdef class Member:
         self.healthy = True
         self.up_since = 0.0
         self.active = 0
-        self.idle = []
         self.current_weight = 0
         self.config_index = -1
         self.cells = ()

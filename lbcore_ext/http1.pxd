@@ -19,7 +19,8 @@ cdef class HttpProtocol(Downstream):
     cdef Client client                  # peer and TLS facts, shared by its requests
     cdef RequestParser parser           # made in connection_made, dropped at the end
     cdef Request req                    # the request being parsed
-    cdef list queue                     # exchanges in request order; [0] is running
+    cdef Exchange active                # the exchange being answered
+    cdef list waiting                   # pipelined ones behind it, in order; None: none
     cdef Exchange parsing               # the exchange receiving request body
     cdef bint reading_paused
     cdef bint stop_parsing              # no more requests on this connection
@@ -51,6 +52,7 @@ cdef class HttpProtocol(Downstream):
     cdef int _emit_error(self, int code, bytes router_code, bint head) except -1
     cdef int _schedule(self, double at) except -1
     cdef int _after_exchange(self) except -1
+    cdef int _abort_exchanges(self, Exchange spare) except -1
     cdef int _close(self) except -1
     cdef int init(self, ListenerRuntime lrt) except -1
     cdef int _t_write(self, object data) except -1

@@ -99,7 +99,6 @@ cdef class HttpProtocol(Downstream):
 
     cdef int init(self, ListenerRuntime lrt) except -1:
         self.lrt = lrt
-        self.queue = []
         add(lrt.counters, O_LIVE_CC, 1)
         return 0
 
@@ -244,15 +243,12 @@ cdef class HttpProtocol(Downstream):
         # Half-close from the client: finish what is in flight, then close.
         # Mid-body, the request can never complete: end its exchange now and
         # free its member connection (not at request_timeout).
-        cdef Exchange ex
         self.stop_parsing = True
         if self.parsing is not None:
-            for ex in self.queue:
-                ex.abort()
+            self._abort_exchanges(None)
             self.parsing.abort()
-            self.queue = []
             self.parsing = None
-        if not self.queue:
+        if self.active is None:
             self.closed = True
             self._t_close()
         # Over TLS a half-close can't be kept: the transport closes itself.
@@ -269,12 +265,9 @@ cdef class HttpProtocol(Downstream):
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-        cdef Exchange ex
-        for ex in self.queue:
-            ex.abort()
+        self._abort_exchanges(None)
         if self.parsing is not None:
             self.parsing.abort()
-        self.queue = []
         self.parsing = None
         # The timer holds a bound method of this protocol: drop it so reference
         # counting frees the connection instead of the cyclic GC.
@@ -329,16 +322,12 @@ cdef class HttpProtocol(Downstream):
 
     def pause_writing(self):
         # The client reads slower than the backend sends: stop reading the backend.
-        cdef Exchange ex
-        if self.queue:
-            ex = self.queue[0]
-            ex.pause_upstream()
+        if self.active is not None:
+            self.active.pause_upstream()
 
     def resume_writing(self):
-        cdef Exchange ex
-        if self.queue:
-            ex = self.queue[0]
-            ex.resume_upstream()
+        if self.active is not None:
+            self.active.resume_upstream()
 
     # ---- llhttp callbacks ---------------------------------------------------------
 
@@ -350,7 +339,7 @@ cdef class HttpProtocol(Downstream):
         on the connection (it would see a reset and no answer)."""
         if self.closed or self.handed_off:
             return
-        if (self.idle and not self.queue and self.parsing is None and self.tunnel is None
+        if (self.idle and self.active is None and self.parsing is None and self.tunnel is None
                 and self.loop.time() - self.last_activity >= DRAIN_IDLE_GRACE):
             self.stop_parsing = True
             self._close()
@@ -423,11 +412,15 @@ cdef class HttpProtocol(Downstream):
             return 1 if p.upgrade else 0
         ex = Exchange.new(self, req)
         self.parsing = ex
-        self.queue.append(ex)
         self.req_start = 0.0
-        if len(self.queue) == 1:
+        if self.active is None:
+            self.active = ex
             ex.start()
-        elif not self.reading_paused:
+            return 1 if p.upgrade else 0
+        if self.waiting is None:
+            self.waiting = []
+        self.waiting.append(ex)
+        if not self.reading_paused:
             # Pipelined: hold further requests until the ones before are answered.
             self.reading_paused = True
             self._t_pause()
@@ -461,8 +454,8 @@ cdef class HttpProtocol(Downstream):
         connection carries on (a redirect or a health page costs no new
         connection); a body is not read, so the connection closes after.
         Behind pipelined requests still in flight, the answer waits its turn."""
-        cdef bint keep = req.keep_alive and not req.has_body and not self.queue
-        if self.queue:
+        cdef bint keep = req.keep_alive and not req.has_body and self.active is None
+        if self.active is not None:
             self.stop_parsing = True
             self.pending_answer = req
             if not self.reading_paused:
@@ -598,8 +591,8 @@ cdef class HttpProtocol(Downstream):
         return 0
 
     cdef int ds_exchange_done(self, Exchange ex, bint keep_alive) except -1:
-        if self.queue and self.queue[0] is ex:
-            self.queue.pop(0)
+        if self.active is ex:
+            self.active = self.waiting.pop(0) if self.waiting else None
         if self.parsing is ex and not keep_alive:
             self.parsing = None
         if not keep_alive:
@@ -614,9 +607,8 @@ cdef class HttpProtocol(Downstream):
         cdef Request req
         if self.closed:
             return 0
-        if self.queue:
-            nxt = self.queue[0]
-            nxt.start()
+        if self.active is not None:
+            self.active.start()
             return 0
         if self.pending_answer is not None:
             req, self.pending_answer = self.pending_answer, None
@@ -668,12 +660,8 @@ cdef class HttpProtocol(Downstream):
 
     cdef int ds_local(self, Exchange ex, int status, bytes lines, bytes body) except -1:
         """A fail_to_proxy page (counted and logged by the Exchange)."""
-        cdef Exchange other
         self.stop_parsing = True
-        for other in self.queue:
-            if other is not ex:
-                other.abort()
-        self.queue = []
+        self._abort_exchanges(ex)
         self.parsing = None
         self._out(local_response(status, lines, body, ex.is_head_method))
         self._close()
@@ -695,7 +683,7 @@ cdef class HttpProtocol(Downstream):
         return 0
 
     cdef int ds_resume_reading(self) except -1:
-        if self.reading_paused and not self.closed and len(self.queue) <= 1:
+        if self.reading_paused and not self.closed and not self.waiting:
             self.reading_paused = False
             self._t_resume()
         return 0
@@ -721,16 +709,27 @@ cdef class HttpProtocol(Downstream):
     cdef int _emit_error(self, int code, bytes router_code, bint head) except -1:
         """A generated error ends the connection: after it the stream can't be
         trusted. Counted by the caller (or the request core)."""
-        cdef Exchange ex
         self.stop_parsing = True
-        for ex in self.queue:
-            ex.abort()
+        self._abort_exchanges(None)
         if self.parsing is not None:
             self.parsing.abort()
-        self.queue = []
         self.parsing = None
         self._out(error_response(code, router_code, True, head))
         self._close()
+        return 0
+
+    cdef int _abort_exchanges(self, Exchange spare) except -1:
+        """Every exchange in flight but `spare` is aborted, and all are forgotten."""
+        cdef Exchange ex = self.active
+        cdef list waiting = self.waiting
+        self.active = None
+        self.waiting = None
+        if ex is not None and ex is not spare:
+            ex.abort()
+        if waiting:
+            for ex in waiting:
+                if ex is not spare:
+                    ex.abort()
         return 0
 
     cdef int _close(self) except -1:
@@ -780,15 +779,15 @@ cdef class HttpProtocol(Downstream):
                 self._close()
                 return
             due = d
-        if self.queue:                              # an exchange in flight
-            ex = self.queue[0]
+        if self.active is not None:                 # an exchange in flight
+            ex = self.active
             d = ex.deadline()
             if d > 0.0:
                 if now >= d:
                     ex.expire()
                     if self.closed:
                         return
-                    d = ex.deadline() if self.queue and self.queue[0] is ex else 0.0
+                    d = ex.deadline() if self.active is ex else 0.0
                     if d <= 0.0:
                         d = now + lrt.request_timeout
                 due = min(due, d)

@@ -170,6 +170,8 @@ cdef class UpstreamConnection(Receiver):
     cdef double last_used
     cdef int fd                         # the socket's, for a readability check mid-body
     cdef SocketTransport own            # the transport when it is lbcore's own
+    cdef UpstreamConnection idle_below  # the next in its member's idle stack
+    cdef bint in_idle
     cdef int sock(self)
     cdef int close(self) except -1
     cdef int _status(self, const char* at, size_t n) except -2

@@ -475,8 +475,8 @@ cdef class Exchange:
         cdef UpstreamConnection c
         cdef double now = monotonic()
         self._begin_try()
-        while m.idle:
-            c = m.idle.pop()
+        while m.n_idle:
+            c = idle_pop(m)
             add(self.lrt.counters, O_LIVE_IDLE, -1)
             if c.closed:
                 continue
@@ -750,12 +750,12 @@ cdef class Exchange:
         cdef UpstreamConnection c = self.conn
         self.conn = None
         c.ex = None
-        if reusable and not c.closed and len(self.member.idle) < UPSTREAM_MAX_IDLE:
+        if reusable and not c.closed and self.member.n_idle < UPSTREAM_MAX_IDLE:
             c.last_used = monotonic()
             if c.read_paused:
                 c.read_paused = False
                 c.transport.resume_reading()
-            self.member.idle.append(c)
+            idle_push(self.member, c)
             add(self.lrt.counters, O_LIVE_IDLE, 1)
         else:
             c.close()
@@ -1103,8 +1103,8 @@ cdef class UpstreamConnection(Receiver):
         cdef Exchange ex = self.ex
         if ex is not None:
             ex.up_lost()
-        elif self in self.member.idle:
-            self.member.idle.remove(self)
+        elif self.in_idle:
+            idle_remove(self.member, self)
             add(self.counters, O_LIVE_IDLE, -1)
         # The transport holds this connection: drop the way back so reference
         # counting frees it now, not the cyclic GC later.
@@ -1193,6 +1193,47 @@ cdef class ResponseParser(Parser):
 def close_idle(Member m):
     """A member that left its pool: its idle connections close now rather
     than wait for their expiry (nothing will pick the member again)."""
-    cdef UpstreamConnection c
-    for c in list(m.idle):
+    cdef UpstreamConnection c = <UpstreamConnection>m.idle_top
+    cdef list all = []
+    while c is not None:
+        all.append(c)
+        c = c.idle_below
+    for c in all:
         c.close()
+
+
+cdef int idle_push(Member m, UpstreamConnection c) except -1:
+    c.idle_below = <UpstreamConnection>m.idle_top
+    c.in_idle = True
+    m.idle_top = c
+    m.n_idle += 1
+    return 0
+
+
+cdef UpstreamConnection idle_pop(Member m):
+    """The most recent idle connection, taken off the stack (m.n_idle > 0)."""
+    cdef UpstreamConnection c = <UpstreamConnection>m.idle_top
+    m.idle_top = c.idle_below
+    c.idle_below = None
+    c.in_idle = False
+    m.n_idle -= 1
+    return c
+
+
+cdef int idle_remove(Member m, UpstreamConnection c) except -1:
+    """c, wherever it is in the stack (a member closed an idle connection)."""
+    cdef UpstreamConnection above = None
+    cdef UpstreamConnection at = <UpstreamConnection>m.idle_top
+    while at is not None and at is not c:
+        above = at
+        at = at.idle_below
+    if at is None:
+        return 0
+    if above is None:
+        m.idle_top = c.idle_below
+    else:
+        above.idle_below = c.idle_below
+    c.idle_below = None
+    c.in_idle = False
+    m.n_idle -= 1
+    return 0
