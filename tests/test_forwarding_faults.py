@@ -70,9 +70,20 @@ class Scripted(asyncio.Protocol):
         elif path == b"/close-after":
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             t.close()
+        elif path.startswith(b"/later/"):
+            # /later/<ms>[/close/<ms>]: the usual answer after a delay, and
+            # then maybe a close of the (idle, kept-alive) connection.
+            parts = path.split(b"/")
+            loop = asyncio.get_running_loop()
+            loop.call_later(int(parts[2]) / 1000, self.answer)
+            if len(parts) > 4:
+                loop.call_later(int(parts[4]) / 1000, t.close)
         else:
-            body = b"%s %d" % (self.name.encode(), self.conn_id)
-            t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            self.answer()
+
+    def answer(self):
+        body = b"%s %d" % (self.name.encode(), self.conn_id)
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 class Healthy(Scripted):
@@ -110,10 +121,14 @@ def make(lt, members=("a",), timeouts=1.0, pool_kwargs=None):
             lrt.request_timeout = 5.0
             lrt.connect_timeout = 0.5
 
-        _, port, _ = await start_proxy(ports, configure, pool_kwargs)
+        _, port, lrt = await start_proxy(ports, configure, pool_kwargs)
+        MADE[port] = lrt
         return port
 
     return lt.call(start()), served
+
+
+MADE: dict = {}                         # port -> the proxy's ListenerRuntime
 
 
 def get(port, path, method=b"GET", extra=b"", version=b"HTTP/1.1"):
@@ -184,6 +199,32 @@ def test_connection_the_backend_closed_is_not_reused(lt):
     assert get(port, b"/close-after").endswith(b"ok")
     time.sleep(0.1)
     assert get(port, b"/id").startswith(b"HTTP/1.1 200")
+
+
+def test_idle_connection_closed_in_the_middle_of_the_stack(lt):
+    """Three member connections go idle in turn (the stack: first, second,
+    third on top); the member then closes the second. It leaves the idle
+    stack from the middle: the next requests reuse the third, never the
+    closed one, and none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+    port, _ = make(lt)
+    paths = [b"/later/100", b"/later/250/close/600", b"/later/400"]
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda p: get(port, p), paths))
+    assert all(o.startswith(b"HTTP/1.1 200") for o in outs)
+    first, second, third = (o.rsplit(b" ", 1)[-1] for o in outs)
+    assert len({first, second, third}) == 3
+    member = MADE[port].pool.members[0]
+    assert member.n_idle == 3
+    time.sleep(0.5)                     # (the second closed at 600 ms after its request)
+    assert member.n_idle == 2
+    ids = [get(port, b"/id").rsplit(b" ", 1)[-1] for _ in range(4)]
+    assert ids == [third] * 4
+    # Two at once: the third, then the first below it; the second is gone.
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda p: get(port, p), [b"/later/300", b"/later/300"]))
+    assert {o.rsplit(b" ", 1)[-1] for o in outs} == {first, third}
+    assert member.n_idle == 2
 
 
 def test_silent_member_504_then_retry_elsewhere_for_get_only(lt):

@@ -80,6 +80,13 @@ def test_https_headers_toward_backend(lb, backends, certs):
             "X-Forwarded-For": "1.2.3.4", "X-Real-IP": "6.6.6.6", "Connection": "X-Secret",
             "X-Secret": "hop", "Keep-Alive": "timeout=5", "X-Forwarded-ELB-IP": "evil",
             "X-Custom": "kept"})
+        # The same connection again: the forwarded lines made once for it
+        # (ForwardedLines) still take each request's own X-Forwarded-For.
+        again = [headers_of(c.get(f"https://localhost:{port}/", headers=extra))
+                 for extra in ({}, {"X-Forwarded-For": "5.6.7.8"}, {})]
+    assert [g["x-forwarded-for"] for g in again] == [
+        "127.0.0.1", "5.6.7.8, 127.0.0.1", "127.0.0.1"]
+    assert {(g["x-real-ip"], g["x-forwarded-proto"]) for g in again} == {("127.0.0.1", "https")}
     assert r.status_code == 200
     h = headers_of(r)
     assert r.json()["path"] == "/path?q=1"
