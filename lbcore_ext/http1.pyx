@@ -492,11 +492,10 @@ cdef class HttpProtocol(Downstream):
             return 0
         if not self.corked:
             self._t_write_at(p, n)
-        elif self.wba is None:
+            return 0
+        if self.wba is None:
             self.wba = new_ba(n if n > HEAD_RESERVE else HEAD_RESERVE)
-            put_at(self.wba, p, n)
-        else:
-            put_at(self.wba, p, n)
+        put_at(self.wba, p, n)
         return 0
 
     cdef int ds_cork(self) except -1:
