@@ -626,6 +626,43 @@ def pooled(runs: list[dict]) -> dict:
     return merged
 
 
+def quiet_fit(results: dict) -> str:
+    """What each proxy's figure would be on a quiet CPU 0, as a markdown table:
+    per scenario and proxy, the least-squares line of the figure of merit
+    against the share of CPU 0 that other processes took in each round
+    (cpu0_other_pct), read at 0%. On this VM that share (interrupts, steal,
+    neighbours) goes from 1% to 25% between rounds and the CPU a proxy is
+    charged rises with it, about 15 µs per point for a full handshake, so a
+    median still carries the rounds' luck; the intercept does not. Scenarios
+    whose rounds don't spread over at least 5 points are left out."""
+    names = [n for n, _, _ in PROXIES]
+    labels = {n: label for n, label, _ in PROXIES}
+    head = (["scenario", "unit"] + [f"{labels[n]} at 0% (slope, rounds)" for n in names]
+            + ["lbcore/best at 0%"])
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for scenario, by_proxy in results.items():
+        sc = BY_NAME[scenario]
+        fit: dict[str, tuple[float, float, int]] = {}
+        for n in names:
+            pts = [(s["cpu0_other_pct"], s[sc.metric]) for s in by_proxy.get(n, {}).get("runs", [])
+                   if "cpu0_other_pct" in s and sc.metric in s]
+            xs = [x for x, _ in pts]
+            if len(pts) < 4 or max(xs) - min(xs) < 5:
+                continue
+            mx, my = sum(xs) / len(xs), sum(y for _, y in pts) / len(pts)
+            slope = (sum((x - mx) * (y - my) for x, y in pts)
+                     / sum((x - mx) ** 2 for x in xs))
+            fit[n] = (my - slope * mx, slope, len(pts))
+        if "lbcore" not in fit or len(fit) < 2:
+            continue
+        best = min(v[0] for n, v in fit.items() if n != "lbcore")
+        cells = [scenario, sc.unit] + [f"{_num(fit[n][0])} ({fit[n][1]:+.1f}/%, {fit[n][2]})"
+                                       if n in fit else "–" for n in names]
+        cells.append(f"{fit['lbcore'][0] / best:.2f}x")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def _num(v: float) -> str:
     return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}" if v < 10 else f"{v:.1f}"
 
@@ -779,10 +816,16 @@ def main(argv: list[str] | None = None) -> int:
                    "to it")
     p.add_argument("--pool", type=Path, nargs="+", metavar="RESULTS.json",
                    help="run nothing: the table of the medians over every run of these "
-                   "earlier runs (made in rounds), per scenario and proxy")
+                   "earlier runs (made in rounds), per scenario and proxy, and each "
+                   "figure fitted to a quiet CPU 0")
     args = p.parse_args(argv)
     if args.pool:
-        print(table(pooled([json.loads(f.read_text())["results"] for f in args.pool])))
+        merged = pooled([json.loads(f.read_text())["results"] for f in args.pool])
+        print(table(merged))
+        fitted = quiet_fit(merged)
+        if fitted:
+            print("\nFitted to a quiet CPU 0 (least squares against the share other "
+                  "processes took, every round):\n\n" + fitted)
         return 0
     if args.chart is not None:
         png = args.chart.with_suffix(".png")

@@ -138,3 +138,17 @@ def test_chart_is_drawn_from_a_results_file(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pool_prints_medians_and_the_quiet_cpu_fit():
+    """--pool over two committed runs: the medians table, then each handshake
+    figure fitted to a quiet CPU 0 (the runs' rounds spread over 1-24%)."""
+    res = Path(harness.__file__).parent / "results"
+    out = subprocess.run([sys.executable, "-m", "bench", "--pool",
+                          str(res / "2026-12-01-2211.json"), str(res / "2026-12-01-2247.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    medians, _, fitted = out.stdout.partition("Fitted to a quiet CPU 0")
+    assert "| https_full_handshake_ecdsa | µs/handshake |" in medians
+    rows = [r for r in fitted.splitlines() if r.startswith("| https_full_handshake_ecdsa |")]
+    assert len(rows) == 1 and rows[0].rstrip(" |").endswith("x"), fitted
