@@ -626,6 +626,14 @@ def pooled(runs: list[dict]) -> dict:
     return merged
 
 
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_head(head: list[str]) -> list[str]:
+    """A markdown table's header row and the rule under it."""
+    return [_md_row(head), "|---" * len(head) + "|"]
+
 def quiet_fit(results: dict) -> str:
     """What each proxy's figure would be on a quiet CPU 0, as a markdown table:
     per scenario and proxy, the least-squares line of the figure of merit
@@ -639,7 +647,7 @@ def quiet_fit(results: dict) -> str:
     labels = {n: label for n, label, _ in PROXIES}
     head = (["scenario", "unit"] + [f"{labels[n]} at 0% (slope, rounds)" for n in names]
             + ["lbcore/best at 0%"])
-    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = _md_head(head)
     for scenario, by_proxy in results.items():
         sc = BY_NAME[scenario]
         fit: dict[str, tuple[float, float, int]] = {}
@@ -659,7 +667,7 @@ def quiet_fit(results: dict) -> str:
         cells = [scenario, sc.unit] + [f"{_num(fit[n][0])} ({fit[n][1]:+.1f}/%, {fit[n][2]})"
                                        if n in fit else "–" for n in names]
         cells.append(f"{fit['lbcore'][0] / best:.2f}x")
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(_md_row(cells))
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
@@ -681,7 +689,7 @@ def table(results: dict) -> str:
     others = [n for n in names if n != "lbcore"]
     head = (["scenario", "unit"] + [labels[n] for n in names]
             + [f"lbcore/{labels[n]}" for n in others] + ["lbcore/best"])
-    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = _md_head(head)
     for scenario, r in results.items():
         sc = BY_NAME[scenario]
         key = sc.metric
@@ -691,11 +699,11 @@ def table(results: dict) -> str:
         ref = [r[n][key] for n in others if n in r]
         cells += [f"{lb / r[n][key]:.2f}x" if lb and n in r else "–" for n in others]
         cells.append(f"{lb / min(ref):.2f}x" if lb and ref else "–")
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(_md_row(cells))
     head = (["scenario", "rate"] + [labels[n] for n in names]
             + [f"p50 ms {labels[n]}" for n in names] + [f"p99 ms {labels[n]}" for n in names])
     if any(BY_NAME[scenario].kind != "idle" for scenario in results):
-        rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        rows += ["", *_md_head(head)]
     for scenario, r in results.items():
         sc = BY_NAME[scenario]
         if sc.kind == "idle":
@@ -704,13 +712,13 @@ def table(results: dict) -> str:
                                        for n in names]
         for q in ("p50_ms", "p99_ms"):
             cells += [f"{r[n][q]:.2f}" if n in r else "–" for n in names]
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(_md_row(cells))
     for scenario, r in results.items():
         if BY_NAME[scenario].kind != "idle":
             continue
         head = ["proxy", "idle conns", "RSS before MiB", "RSS with them MiB", "KiB/conn",
                 "new request ms (median / max)", "CPU µs per conn opened", "CPU % while idle"]
-        rows += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        rows += ["", *_md_head(head)]
         for n in names:
             if n in r:
                 x = r[n]
