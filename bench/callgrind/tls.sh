@@ -16,7 +16,9 @@
 #   tls-ka                wrk -c10 keep-alive: per request, not per connection
 # Loopback ports CG_PORT (29080) to CG_PORT+19; CG_DIR (/tmp/lbcore-cg-tls)
 # keeps the callgrind file for callgrind_annotate. Two runs at once need their
-# own CG_PORT and CG_DIR.
+# own CG_PORT and CG_DIR. CG_OPTS adds callgrind options, e.g. a cache model
+# the size of this machine's per-core L2 (what a miss to L3 costs):
+#   CG_OPTS="--cache-sim=yes --I1=32768,8,64 --D1=49152,12,64 --LL=2097152,16,64"
 set -euo pipefail
 WHO=${1:-lbcore}; MODE=${2:-full-ecdsa}; SECS=${3:-20}
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=${CG_ROOT:-$(cd "$HERE/../.." && pwd)}
@@ -81,7 +83,7 @@ if [ "$WHO" = nginx ]; then
 else
     CMD=("$PY" "$HERE/solo.py" $D/lb.yaml)
 fi
-valgrind --tool=callgrind --callgrind-out-file=$D/cg.%p "${CMD[@]}" > $D/valgrind.log 2>&1 & V=$!
+valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file=$D/cg.%p "${CMD[@]}" > $D/valgrind.log 2>&1 & V=$!
 trap 'kill $V $NG 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
     sleep 1; curl -sk -o /dev/null https://127.0.0.1:$ECDSA/ && curl -sk -o /dev/null https://127.0.0.1:$T13/ && break
