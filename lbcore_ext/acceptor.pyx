@@ -22,6 +22,7 @@ from lbcore_ext.counters cimport add, inc, shared_cell, sum_cell
 from lbcore_ext.iptrie cimport IP_V4, IP_V6, IpTrie
 from lbcore_ext.ratelimit cimport take
 from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.tlsctl cimport ssl_ctx_ptr
 from lbcore_ext.transport cimport HandshakeQueue, tcp_accept, tls_accept
 
 from lbcore_ext.counters import (ACCEPT_BACKOFF as C_ACCEPT_BACKOFF, CONN_ACTIVE,
@@ -94,6 +95,7 @@ cdef class Acceptor:
     cdef object factory
     cdef ListenerRuntime lrt
     cdef object ssl_ctx
+    cdef void* ctx                      # its SSL_CTX (ssl_ctx keeps it alive)
     cdef HandshakeQueue hq
     cdef object backoff                 # TimerHandle while accepting is paused
     cdef bint closed
@@ -106,6 +108,7 @@ cdef class Acceptor:
         self.lrt = lrt
         self.ssl_ctx = lrt.ssl_ctx
         if self.ssl_ctx is not None:
+            self.ctx = ssl_ctx_ptr(self.ssl_ctx)
             self.hq = HandshakeQueue(loop, lrt.handshake_timeout)
         sock.setblocking(False)
 
@@ -164,7 +167,7 @@ cdef class Acceptor:
             if self.ssl_ctx is not None:
                 # TLS on the fd (it counts itself in CONN_OPENING until its
                 # handshake ends either way).
-                tls_accept(self.loop, fd, &ss, self.factory, lrt, self.hq, self.ssl_ctx)
+                tls_accept(self.loop, fd, &ss, self.factory, lrt, self.hq, self.ctx)
             else:
                 # Open at once: the protocol counts itself in CONN_ACTIVE in
                 # connection_made, before the next accept's limit check.

@@ -189,7 +189,7 @@ cdef class HttpProtocol(Downstream):
         # (A connection whose handshake ends after a drain began still gets
         # its first request answered, with Connection: close.)
         self.idle = True
-        self.last_activity = self.loop.time()
+        self.last_activity = monotonic()        # loop.time()'s clock, without a Python call
         self.req_start = self.last_activity
         self._schedule(self.last_activity + self.lrt.request_timeout)
         return 0

@@ -85,9 +85,12 @@ cdef class ForwardedLines:
     X-Forwarded-For."""
     cdef ListenerRuntime lrt            # the listener they were made for
     cdef bytes peer_ip
-    cdef bytes head                     # X-Forwarded-For (the peer alone), X-Real-IP, -Proto
-    cdef bytes rest                     # X-Real-IP, X-Forwarded-Proto
-    cdef bytes tail                     # X-Forwarded-Port, -For-Port, TLS lines, static lines
+    # One buffer: head, X-Forwarded-For (the peer alone), X-Real-IP, -Proto,
+    # up to tail_at; rest, the same from rest_at (no X-Forwarded-For); tail,
+    # X-Forwarded-Port, -For-Port, the TLS lines, the static lines.
+    cdef bytearray lines
+    cdef Py_ssize_t rest_at
+    cdef Py_ssize_t tail_at
 
 
 cdef class TimerBucket:

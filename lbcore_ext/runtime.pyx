@@ -3,13 +3,15 @@
 
 from heapq import heappop, heappush
 
-from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdio cimport snprintf
 
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
-from lbcore_ext.bufs cimport fnv_hash, put
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+
+from lbcore_ext.bufs cimport extend, fnv_hash, new_ba, put, put_at
 from lbcore_ext.headers cimport header_line
 
 from lbcore_ext.phases import HOOK_UPSTREAM_REQUEST_FILTER
@@ -60,6 +62,22 @@ CC_CERT = 2048
 CLIENTCERT_FIELDS = {"subjectdn": CC_SUBJECTDN, "issuerdn": CC_ISSUERDN,
                      "fingerprint": CC_FINGERPRINT, "serialnumber": CC_SERIALNUMBER,
                      "end": CC_END, "clientverify": CC_CLIENTVERIFY, "cert": CC_CERT}         # transfer_client_ip false: the client's value passes untouched
+
+
+# Room for the lines of ForwardedLines besides the static and TLS lines: the
+# longest names and an IPv6 peer fit.
+DEF FWD_ROOM = 192
+
+
+cdef inline int _put_line(bytearray b, bytes name, bytes value) except -1:
+    """name (with its ": ") value CRLF."""
+    cdef Py_ssize_t a = PyBytes_GET_SIZE(name), n = PyBytes_GET_SIZE(value)
+    cdef char* p = extend(b, a + n + 2)
+    memcpy(p, PyBytes_AS_STRING(name), a)
+    memcpy(p + a, PyBytes_AS_STRING(value), n)
+    p[a + n] = 13
+    p[a + n + 1] = 10
+    return 0
 
 
 cdef class ListenerRuntime:
@@ -220,18 +238,32 @@ cdef class ListenerRuntime:
         return out
 
     cdef ForwardedLines forwarded_lines(self, bytes peer_ip, bytes peer_port, bytes tls_lines):
-        """What append_forwarded adds for every request of one connection."""
+        """What append_forwarded adds for every request of one connection, made
+        in one buffer: head (X-Forwarded-For of the peer alone, X-Real-IP,
+        -Proto), then tail; rest is head from its X-Real-IP on. (Joined with
+        `+`, these were nine bytes objects per connection, about 2,500
+        instructions: a TLS connection's own code is about 35,000.)"""
         cdef ForwardedLines f = ForwardedLines.__new__(ForwardedLines)
+        cdef bytearray b = new_ba(FWD_ROOM + len(self.static_lines)
+                                  + (len(tls_lines) if tls_lines is not None else 0))
         f.lrt = self
         f.peer_ip = peer_ip
-        f.rest = ((self.n_real_ip + peer_ip + b"\r\n" if self.x_real_ip else b"")
-                  + (self.n_proto + self.scheme + b"\r\n" if self.x_forwarded_proto else b""))
-        f.head = (self.n_xff + peer_ip + b"\r\n" if self.xff_mode == C_XFF_APPEND
-                  or self.xff_mode == C_XFF_REMOVE else b"") + f.rest
-        f.tail = ((self.n_port + self.port_bytes + b"\r\n" if self.x_forwarded_port else b"")
-                  + (self.n_for_port + peer_port + b"\r\n" if self.x_forwarded_for_port
-                     else b"")
-                  + (tls_lines if tls_lines is not None else b"") + self.static_lines)
+        if self.xff_mode == C_XFF_APPEND or self.xff_mode == C_XFF_REMOVE:
+            _put_line(b, self.n_xff, peer_ip)
+        f.rest_at = PyByteArray_GET_SIZE(b)
+        if self.x_real_ip:
+            _put_line(b, self.n_real_ip, peer_ip)
+        if self.x_forwarded_proto:
+            _put_line(b, self.n_proto, self.scheme)
+        f.tail_at = PyByteArray_GET_SIZE(b)
+        if self.x_forwarded_port:
+            _put_line(b, self.n_port, self.port_bytes)
+        if self.x_forwarded_for_port:
+            _put_line(b, self.n_for_port, peer_port)
+        if tls_lines is not None:
+            put(b, tls_lines)
+        put(b, self.static_lines)
+        f.lines = b
         return f
 
     cdef int append_forwarded(self, bytearray out, ForwardedLines f, bytes xff, bytes host,
@@ -241,20 +273,21 @@ cdef class ListenerRuntime:
         X-Forwarded-Proto, -Host, -Port, -For-Port, the TLS lines, the static
         lines; `xff` is the client's X-Forwarded-For when appending. f holds
         what is the same for the whole connection (forwarded_lines())."""
+        cdef const char* lines = PyByteArray_AS_STRING(f.lines)
         if xff is not None and self.xff_mode == C_XFF_APPEND:
             put(out, self.n_xff)
             put(out, xff)
             put(out, b", ")
             put(out, f.peer_ip)
             put(out, b"\r\n")
-            put(out, f.rest)
+            put_at(out, lines + f.rest_at, f.tail_at - f.rest_at)
         else:
-            put(out, f.head)
+            put_at(out, lines, f.tail_at)
         if self.x_forwarded_host and host is not None:
             put(out, self.n_host)
             put(out, host)
             put(out, b"\r\n")
-        put(out, f.tail)
+        put_at(out, lines + f.tail_at, PyByteArray_GET_SIZE(f.lines) - f.tail_at)
         if self.hooks & K_UPSTREAM_REQUEST_FILTER:
             extra = self.phases.upstream_request_filter(view)
             if extra:

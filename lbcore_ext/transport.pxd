@@ -161,4 +161,4 @@ cdef TcpTransport tcp_accept(object loop, int fd, const void* sa, object factory
 # TLS: counted in CONN_OPENING (and lrt.conns, so a drain waits for it) until
 # its handshake ends either way; the protocol is made only then.
 cdef TlsTransport tls_accept(object loop, int fd, const void* sa, object factory,
-                             ListenerRuntime lrt, HandshakeQueue hq, object context)
+                             ListenerRuntime lrt, HandshakeQueue hq, void* ctx)

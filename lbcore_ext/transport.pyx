@@ -59,7 +59,7 @@ from libc.errno cimport EAGAIN, EINPROGRESS, EINTR, errno
 from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror, strncmp
 
-from lbcore_ext.clock cimport batch_begin, batch_end, stamp
+from lbcore_ext.clock cimport batch_begin, batch_end, monotonic, stamp
 
 from lbcore_ext.counters cimport add, count_reason, inc
 from lbcore_ext.runtime cimport ListenerRuntime
@@ -418,7 +418,7 @@ cdef class HandshakeQueue:
         self.timeout = timeout
 
     cdef int push(self, TlsTransport t) except -1:
-        t.deadline = self.loop.time() + self.timeout
+        t.deadline = monotonic() + self.timeout         # loop.time()'s clock, in C
         t.hq = self
         t.hq_prev = self.tail
         if self.tail is None:
@@ -1608,14 +1608,16 @@ cdef class TlsTransport(SocketTransport):
 
 
 cdef TlsTransport tls_accept(object loop, int fd, const void* sa, object factory,
-                             ListenerRuntime lrt, HandshakeQueue hq, object context):
+                             ListenerRuntime lrt, HandshakeQueue hq, void* ctx):
+    """ctx: the listener's SSL_CTX (ssl_ctx_ptr of lrt.ssl_ctx, which keeps it
+    alive), taken once by the Acceptor, not per connection."""
     cdef TlsTransport t = TlsTransport.__new__(TlsTransport)
     t.loop = loop
     t.fd = fd
     t.set_peer(sa)
     t.factory = factory
     t.lrt = lrt
-    t.ctx = ssl_ctx_ptr(context)
+    t.ctx = ctx
     t.batch_writes = True
     add(lrt.counters, lrt.cbase + O_OPENING, 1)
     lrt.conns.add(t)

@@ -108,13 +108,16 @@ def test_xff_modes_and_aliases(lb, backends, certs, mode, expected):
     text = config(certs, port, [(b, 1)]).replace(
         "    default_pool: web\n",
         f"    default_pool: web\n    insert_headers:\n      x_forwarded_for: {mode}\n"
-        "      x_forwarded_port: true\n      aliases: {x_forwarded_port: x-lb-port}\n", 1)
+        "      x_forwarded_port: true\n      x_forwarded_for_port: true\n"
+        "      aliases: {x_forwarded_port: x-lb-port}\n", 1)
     lb(text, [port])
     r = httpx.get(f"https://localhost:{port}/", verify=trust(certs),
                   headers={"X-Forwarded-For": "1.2.3.4", "X-LB-Port": "spoofed"})
     h = headers_of(r)
     assert h["x-forwarded-for"] == expected
     assert h["x-lb-port"] == str(port)
+    # The client's own port (made once per connection with the lines above).
+    assert 0 < int(h["x-forwarded-for-port"]) < 65536 and h["x-forwarded-for-port"] != str(port)
 
 
 def test_weighted_round_robin_and_weight_zero(lb, backends, certs):
