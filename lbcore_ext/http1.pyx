@@ -24,7 +24,7 @@ from lbcore_ext.clock cimport clock_now, monotonic
 from lbcore_ext.counters cimport add, count_reason, count_response, inc
 from lbcore_ext.headers cimport chunk_header, error_response, reason_phrase
 from lbcore_ext.request cimport D_ANSWER, Client, Request
-from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime, new_timer
+from lbcore_ext.runtime cimport LazyTimer, ListenerRuntime, owned_timer
 from lbcore_ext.transport cimport ProtocolFactory, SocketTransport, TlsTransport
 from lbcore_ext.upstream cimport Downstream, Exchange
 
@@ -161,7 +161,7 @@ cdef class HttpProtocol(Downstream):
                 if cell is not None:
                     inc(lrt.counters, lrt.cbase + <Py_ssize_t>cell)
         if lrt.sni_guard is not None:
-            client.sni_name = tt.lbcore_sni if tt is not None else getattr(
+            client.sni_name = tt.sni() if tt is not None else getattr(
                 sslobj, "lbcore_sni", None)
         if lrt.hooks & K_ON_ACCEPT and not lrt.phases.on_accept(client.peer_ip.decode(),
                                                                 int(client.peer_port)):
@@ -181,9 +181,9 @@ cdef class HttpProtocol(Downstream):
                 transport.set_protocol(h2conn)
                 h2conn.connection_made(transport)
                 return 0
-        # (Made only now: the timer's bound method would tie a connection handed
-        # to HTTP/2 into a cycle only the cyclic GC frees.)
-        self.timer = new_timer(self.loop, self._on_timer)
+        # (Made only now: the timer, which holds this protocol, would tie a
+        # connection handed to HTTP/2 into a cycle only the cyclic GC frees.)
+        self.timer = owned_timer(self.loop, self)
         self.parser = RequestParser.__new__(RequestParser)
         self.parser.start(HTTP_REQUEST, <void*>self)
         # (A connection whose handshake ends after a drain began still gets
@@ -269,8 +269,8 @@ cdef class HttpProtocol(Downstream):
         if self.parsing is not None:
             self.parsing.abort()
         self.parsing = None
-        # The timer holds a bound method of this protocol: drop it so reference
-        # counting frees the connection instead of the cyclic GC.
+        # The timer holds this protocol: drop it so reference counting frees
+        # the connection instead of the cyclic GC.
         self.parser = None
         self.timer = None
         self.tunnel = None
@@ -744,6 +744,10 @@ cdef class HttpProtocol(Downstream):
     cdef int _schedule(self, double at) except -1:
         if not self.closed:
             self.timer.schedule(at)
+        return 0
+
+    cdef int on_timer(self) except -1:
+        self._on_timer()
         return 0
 
     def _on_timer(self):

@@ -111,10 +111,18 @@ cdef class TimerWheel:
     cdef int remove(self, LazyTimer t) except -1
 
 
+cdef class TimerOwner:
+    """What a LazyTimer made by owned_timer() calls when it fires, from C: a
+    connection's timer then holds the connection itself, not a bound method
+    made for it (an attribute lookup and an object per connection)."""
+    cdef int on_timer(self) except -1
+
+
 cdef class LazyTimer:
     """One timer per connection, fired by the earliest deadline asked for; the
     owner re-checks its phase when it fires and asks again for what remains."""
-    cdef object callback
+    cdef object callback                # called when it fires, if owner is None
+    cdef TimerOwner owner
     cdef TimerWheel wheel
     cdef long long tick                 # the 10 ms tick it is due in; 0 = not armed
     cdef TimerBucket bucket             # the one it is linked in, or None
@@ -126,3 +134,4 @@ cdef class LazyTimer:
 
 # A LazyTimer on the loop's wheel that calls callback() (made from C).
 cdef LazyTimer new_timer(object loop, object callback)
+cdef LazyTimer owned_timer(object loop, TimerOwner owner)

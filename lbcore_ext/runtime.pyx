@@ -402,7 +402,10 @@ cdef class TimerWheel:
                 if t.tick:
                     t.tick = 0
                     try:
-                        t.callback()
+                        if t.owner is not None:
+                            t.owner.on_timer()
+                        else:
+                            t.callback()
                     except Exception as exc:    # one connection's bug stops no timer
                         self.loop.call_exception_handler({
                             "message": "lbcore timer callback failed", "exception": exc})
@@ -416,6 +419,20 @@ cdef LazyTimer new_timer(object loop, object callback):
     t.callback = callback
     t.wheel = wheel_for(loop)
     return t
+
+
+cdef LazyTimer owned_timer(object loop, TimerOwner owner):
+    """A timer that calls owner.on_timer(); the owner drops it when it ends
+    (it holds the owner: a cycle until then)."""
+    cdef LazyTimer t = LazyTimer.__new__(LazyTimer)
+    t.owner = owner
+    t.wheel = wheel_for(loop)
+    return t
+
+
+cdef class TimerOwner:
+    cdef int on_timer(self) except -1:
+        return 0
 
 
 cdef class LazyTimer:

@@ -1,4 +1,4 @@
-from lbcore_ext.runtime cimport ListenerRuntime
+from lbcore_ext.runtime cimport ListenerRuntime, TimerOwner
 
 
 cdef class HandshakeQueue:
@@ -15,7 +15,7 @@ cdef class HandshakeQueue:
     cdef int arm(self) except -1
 
 
-cdef class Receiver:
+cdef class Receiver(TimerOwner):
     """A protocol that takes what lbcore's transports read in place, as a
     pointer into the worker's shared read buffer, valid until it returns
     (no bytes object, no Python call). The default makes the bytes and calls
@@ -37,8 +37,9 @@ cdef class Poller:
     cdef object loop
     cdef int epfd
     cdef list table                     # fd -> the SocketTransport watched, or None
-    # connection_lost calls owed: (protocol, exc) pairs, made after the batch
-    # of events that closed them (or by one call_soon outside a batch).
+    # connection_lost calls owed: protocol, exc, protocol, exc... (no tuple
+    # per call), made after the batch of events that closed them (or by one
+    # call_soon outside a batch).
     cdef list lost
     cdef bint dispatching               # inside _ready (or running the owed calls)
     cdef bint flush_armed               # a call_soon of _run_lost is pending
@@ -141,7 +142,11 @@ cdef class TlsTransport(SocketTransport):
     cdef const char* c_cipher
     cdef int alpn                       # ALPN_*
     cdef bint resumed
-    cdef public object lbcore_sni       # the name the client sent, or None
+    # The name the client sent, as str (None: none), made when first asked
+    # (sni(); lbcore_sni from Python) or by the SNI callback, which needs it.
+    cdef object sni_text
+    cdef bint sni_known
+    cdef object sni(self)
     cdef bytes peer_cert                # DER of the client certificate (mutual TLS)
 
     cdef int _start_ssl(self) except -1

@@ -370,7 +370,8 @@ cdef int _servername_cb(void* ssl, int* alert, void* arg) noexcept with gil:
     try:
         server_name = (<bytes>name).decode("ascii", "replace") if name != NULL else None
         if tr is not None:
-            tr.lbcore_sni = server_name
+            tr.sni_text = server_name
+            tr.sni_known = True
         chosen = (<object>arg)(server_name)
         if chosen is not None:
             SSL_set_SSL_CTX(ssl, ssl_ctx_ptr(chosen))
@@ -631,7 +632,8 @@ cdef class Poller:
         call_soon for every close made outside a batch (a timer, a future's
         callback). One loop callback per connection cost about 2,500
         instructions (the Handle, the loop's idle handle, the context)."""
-        self.lost.append((protocol, exc))
+        self.lost.append(protocol)
+        self.lost.append(exc)
         if not self.dispatching and not self.flush_armed:
             self.flush_armed = True
             self.loop.call_soon(self._run_lost_soon)
@@ -644,18 +646,18 @@ cdef class Poller:
 
     cdef int run_lost(self) except -1:
         cdef list owed
-        cdef object protocol, exc
+        cdef Py_ssize_t i
         self.dispatching = True
         try:
             while self.lost:
                 owed, self.lost = self.lost, []
-                for protocol, exc in owed:
+                for i in range(0, len(owed), 2):
                     try:
-                        _lost(protocol, exc)
+                        _lost(owed[i], owed[i + 1])
                     except Exception as err:     # one protocol's bug stops no other
                         self.loop.call_exception_handler({
                             "message": "lbcore transport: connection_lost failed",
-                            "exception": err, "protocol": protocol})
+                            "exception": err, "protocol": owed[i]})
         finally:
             self.dispatching = False
         return 0
@@ -1328,7 +1330,6 @@ cdef class TlsTransport(SocketTransport):
         cdef const unsigned char* alpn = NULL
         cdef unsigned int alpn_len = 0
         cdef void* x509
-        cdef const char* name
         cdef int n
         cdef unsigned char* p
         if self.hq is not None:
@@ -1350,10 +1351,6 @@ cdef class TlsTransport(SocketTransport):
                         SSL_ctrl(self.ssl, SSL_CTRL_GET_SESSION_REUSED, 0, NULL)) == 1
         if self.resumed:
             inc(lrt.counters, lrt.cbase + O_TLS_RESUMED)
-        if self.lbcore_sni is None:
-            name = SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name)
-            if name != NULL:
-                self.lbcore_sni = (<bytes>name).decode("ascii", "replace")
         if SSL_get_verify_mode(self.ssl) & SSL_VERIFY_PEER:
             x509 = SSL_get1_peer_certificate(self.ssl)
             if x509 != NULL:
@@ -1371,6 +1368,22 @@ cdef class TlsTransport(SocketTransport):
         if self.state == ST_OPEN and not self.read_paused and SSL_has_pending(self.ssl):
             self._read()
         return 0
+
+    cdef object sni(self):
+        """The server name the client sent (str), or None: decoded only for
+        those who ask (the logs, the SNI guard, the TLS headers)."""
+        cdef const char* name
+        if not self.sni_known:
+            self.sni_known = True
+            if self.ssl != NULL:
+                name = SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name)
+                if name != NULL:
+                    self.sni_text = (<bytes>name).decode("ascii", "replace")
+        return self.sni_text
+
+    @property
+    def lbcore_sni(self):
+        return self.sni()
 
     cdef int _handshake_failed(self, str reason) except -1:
         cdef ListenerRuntime lrt = self.lrt
