@@ -634,6 +634,7 @@ def _md_head(head: list[str]) -> list[str]:
     """A markdown table's header row and the rule under it."""
     return [_md_row(head), "|---" * len(head) + "|"]
 
+
 def quiet_fit(results: dict) -> str:
     """What each proxy's figure would be on a quiet CPU 0, as a markdown table:
     per scenario and proxy, the least-squares line of the figure of merit

@@ -102,3 +102,7 @@ DEF HEAD_RESERVE = 480
 # (its Content-Length) as well: a small response's body, read with its head,
 # goes out in the same buffer and the same send without a realloc.
 DEF BODY_ROOM = 4096
+# Room for the forwarded lines made once per connection (runtime.pyx
+# ForwardedLines), besides the static and TLS lines: the longest names and an
+# IPv6 peer fit.
+DEF FWD_ROOM = 192

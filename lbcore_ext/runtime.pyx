@@ -1,6 +1,8 @@
 # cython: language_level=3
 """Runtime objects the control plane fills in and the data plane reads."""
 
+include "consts.pxi"
+
 from heapq import heappop, heappush
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -64,13 +66,10 @@ CLIENTCERT_FIELDS = {"subjectdn": CC_SUBJECTDN, "issuerdn": CC_ISSUERDN,
                      "end": CC_END, "clientverify": CC_CLIENTVERIFY, "cert": CC_CERT}         # transfer_client_ip false: the client's value passes untouched
 
 
-# Room for the lines of ForwardedLines besides the static and TLS lines: the
-# longest names and an IPv6 peer fit.
-DEF FWD_ROOM = 192
-
-
 cdef inline int _put_line(bytearray b, bytes name, bytes value) except -1:
     """name (with its ": ") value CRLF."""
+    if name is None or value is None:
+        raise TypeError("_put_line: None")      # as put() does, not a crash
     cdef Py_ssize_t a = PyBytes_GET_SIZE(name), n = PyBytes_GET_SIZE(value)
     cdef char* p = extend(b, a + n + 2)
     memcpy(p, PyBytes_AS_STRING(name), a)
@@ -284,9 +283,7 @@ cdef class ListenerRuntime:
         else:
             put_at(out, lines, f.tail_at)
         if self.x_forwarded_host and host is not None:
-            put(out, self.n_host)
-            put(out, host)
-            put(out, b"\r\n")
+            _put_line(out, self.n_host, host)
         put_at(out, lines + f.tail_at, PyByteArray_GET_SIZE(f.lines) - f.tail_at)
         if self.hooks & K_UPSTREAM_REQUEST_FILTER:
             extra = self.phases.upstream_request_filter(view)
