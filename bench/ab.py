@@ -6,7 +6,8 @@ gap of a few per cent per TLS connection takes dozens of rounds to see. Here
 both proxies run at once, pinned to the same CPU, with the bench's configs
 (nginx's listeners moved by +10000) and one load whose every client process
 alternates its connections between the two: whatever the machine does
-falls on both in the same window, and a window's ratio holds to about ±2%.
+falls on both in the same window. The windows of one run agree to about 1%,
+runs minutes apart to about 3%.
 Both proxies share the CPU's caches, so the absolute figures are higher than
 in `make bench`; the ratio is what this is for (does a change move it?).
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=sorted(PORTS), default="full-ecdsa")
     p.add_argument("--windows", type=int, default=6)
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--procs", type=int, default=4, help="load processes (on CPU 1)")
+    p.add_argument("--procs", type=int, default=4,
+                   help=f"load processes (on CPU {harness.LOAD_CPU})")
     p.add_argument("--lbcore-tree", type=Path, default=None,
                    help="run lbcore from another checkout (extension built in place)")
     args = p.parse_args(argv)
