@@ -12,7 +12,8 @@ import time
 import pytest
 
 from lbcore_ext.balancer import STICKY_LB_COOKIE
-from tests.support.inproc import LoopThread, exchange, free_port, start_backend, start_proxy
+from tests.support.inproc import LoopThread, exchange, start_backend, start_proxy
+from tests.support.lbproc import free_port
 
 
 class Scripted(asyncio.Protocol):

@@ -112,12 +112,6 @@ async def start_proxy(ports_weights, configure: Callable[[ListenerRuntime], None
     return acceptor, sock.getsockname()[1], lrt
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def exchange(port: int, raw: bytes, timeout: float = 5.0, half_close: bool = True) -> bytes:
     """Send `raw`, read until the proxy closes (or `timeout`)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

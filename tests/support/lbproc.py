@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -11,7 +12,28 @@ import time
 from pathlib import Path
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port nothing holds, below the kernel's ephemeral range. A
+    port that bind(0) hands out is in that range, and an outgoing connection
+    (a test client's, or a proxy's to its backend) may take it as its source
+    port before the server under test binds it: a start-up that fails with
+    EADDRINUSE once in a few hundred runs."""
+    floor = _ephemeral_floor()
+    for _ in range(100):
+        port = random.randrange(max(1024, floor - 12000), floor)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
