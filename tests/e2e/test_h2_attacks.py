@@ -120,6 +120,9 @@ pools:
                         break
                 time.sleep(0.05)
             assert self.worker, f"no ready worker; stderr: {self.stderr_tail()}"
+        except RuntimeError as exc:         # lbcore exited: its stderr is in a file
+            self.stop()
+            raise RuntimeError(f"{exc}{self.stderr_tail()}") from None
         except BaseException:
             self.stop()
             raise
